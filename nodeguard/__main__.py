@@ -1,0 +1,3 @@
+from nodeguard.cli import main
+
+main()

@@ -1,0 +1,177 @@
+"""socket: the daemon socket's owner, mode and POSIX ACL.
+
+`setfacl -m u:mallory:rw docker.sock` leaves the mode at 0660 and gives mallory root: the ACL is
+read from `system.posix_acl_access` itself, never inferred from the mode.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from nodeguard.controls.base import Context, Control, Outcome
+from nodeguard.host import FileStat
+from nodeguard.policy import Policy, SocketPolicy, file_mode_bits
+from nodeguard.structs import Finding, Rule, Severity, Status
+
+ACL_XATTR = "system.posix_acl_access"
+_ACL_VERSION = 2
+_TAGS = {0x01: "user_obj", 0x02: "user", 0x04: "group_obj", 0x08: "group", 0x10: "mask", 0x20: "other"}
+
+
+@dataclass(frozen=True)
+class AclEntry:
+    tag: str
+    qualifier: int | None
+    perms: int  # rwx bits
+
+    def render(self, names: dict[int, str]) -> str:
+        perm = "".join(c if self.perms & b else "-" for c, b in (("r", 4), ("w", 2), ("x", 1)))
+        who = names.get(self.qualifier, str(self.qualifier)) if self.qualifier is not None else ""
+        return f"{self.tag}:{who}:{perm}"
+
+
+def parse_acl(blob: bytes) -> list[AclEntry]:
+    """The kernel's xattr form: a u32 version, then (u16 tag, u16 perm, u32 id) entries."""
+    if len(blob) < 4 or (len(blob) - 4) % 8:
+        raise ValueError(f"ACL xattr of {len(blob)} bytes is malformed")
+    (version,) = struct.unpack_from("<I", blob, 0)
+    if version != _ACL_VERSION:
+        raise ValueError(f"unknown ACL version {version}")
+    entries = []
+    for off in range(4, len(blob), 8):
+        tag, perm, qual = struct.unpack_from("<HHI", blob, off)
+        name = _TAGS.get(tag, f"tag{tag:#x}")
+        entries.append(AclEntry(name, qual if name in ("user", "group") else None, perm & 0o7))
+    return entries
+
+
+@dataclass
+class SocketObservation:
+    path: str
+    stat: FileStat | None
+    acl: list[AclEntry] | None
+    acl_error: str | None
+    want_uid: int | None
+    want_gid: int | None
+    uid_names: dict[int, str]
+    gid_names: dict[int, str]
+
+
+class SocketControl(Control):
+    name: ClassVar[str] = "socket"
+    policy_key: ClassVar[str] = "socket"
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule("socket-owner", "docker.sock owned by root:docker", Severity.HIGH, "3.15", True),
+        Rule("socket-mode", "docker.sock no more permissive than 0660", Severity.CRITICAL, "3.16", True),
+        Rule("socket-acl", "no ACL entry grants anyone else access to docker.sock", Severity.CRITICAL, "3.16",
+             True),
+    )
+
+    def _settings(self, policy: Policy) -> SocketPolicy:
+        s = self.settings(policy)
+        assert isinstance(s, SocketPolicy)
+        return s
+
+    def watch_paths(self, ctx: Context) -> list[str]:
+        real = ctx.host.resolve(self._settings(ctx.policy).path)
+        return [ctx.host.host_path_of(real.parent)]
+
+    def observe(self, ctx: Context) -> SocketObservation:
+        s = self._settings(ctx.policy)
+        st = ctx.host.stat(s.path)
+        acl: list[AclEntry] | None = None
+        acl_error = None
+        if st is not None:
+            try:
+                blob = ctx.host.getxattr(s.path, ACL_XATTR)
+                acl = parse_acl(blob) if blob else []
+            except (OSError, ValueError) as exc:
+                acl_error = str(exc)
+        acc = ctx.accounts
+        # dockerd's -G flag or `group` key decides the socket's group; the policy names the one
+        # it must be, resolved on the host.
+        return SocketObservation(
+            s.path, st, acl, acl_error, acc.uid_of(s.owner), acc.gid_of(s.group),
+            {u.uid: u.name for u in acc.users.values()}, {g.gid: g.name for g in acc.groups.values()})
+
+    def _bad_acl(self, obs: SocketObservation, s: SocketPolicy) -> list[str]:
+        bad = []
+        for entry in obs.acl or []:
+            if entry.tag not in ("user", "group") or entry.perms == 0:
+                continue
+            names = obs.uid_names if entry.tag == "user" else obs.gid_names
+            text = entry.render(names)
+            allowed = False
+            for a in s.allowed_acl:
+                tag, who, perms = a.split(":")
+                want = sum(b for c, b in (("r", 4), ("w", 2), ("x", 1)) if c in perms)
+                if tag == entry.tag and who in (names.get(entry.qualifier or -1), str(entry.qualifier)) \
+                        and entry.perms & ~want == 0:
+                    allowed = True
+            if not allowed:
+                bad.append(text)
+        return bad
+
+    def evaluate(self, observed: SocketObservation, policy: Policy) -> list[Finding]:
+        s = self._settings(policy)
+        obs = observed
+        if obs.stat is None:
+            return self.skip_all(f"{obs.path} does not exist (is dockerd running?)", path=obs.path)
+        if obs.stat.kind != "socket":
+            return [self.finding(r.id, Status.FAIL, f"{obs.path} is a {obs.stat.kind}, not a socket",
+                                 observed=obs.stat.kind, expected="socket", path=obs.path) for r in self.rules]
+        out = []
+        have = f"{obs.uid_names.get(obs.stat.uid, obs.stat.uid)}:{obs.gid_names.get(obs.stat.gid, obs.stat.gid)}"
+        want = f"{s.owner}:{s.group}"
+        if obs.want_uid is None or obs.want_gid is None:
+            out.append(self.finding("socket-owner", Status.FAIL, f"{want} does not exist on this host",
+                                    observed=have, expected=want, path=obs.path))
+        else:
+            ok = (obs.stat.uid, obs.stat.gid) == (obs.want_uid, obs.want_gid)
+            out.append(self.finding("socket-owner", Status.PASS if ok else Status.FAIL,
+                                    f"{obs.path} is owned by {have}", observed=have, expected=want, path=obs.path))
+        allowed_mode = file_mode_bits(s.file_mode)
+        extra = obs.stat.mode & ~allowed_mode & 0o7777
+        out.append(self.finding(
+            "socket-mode", Status.FAIL if extra else Status.PASS,
+            f"{obs.path} has mode {obs.stat.mode_octal}"
+            + (f": bits {extra:04o} beyond {allowed_mode:04o} give others the daemon" if extra else ""),
+            observed=obs.stat.mode_octal, expected=f"at most {allowed_mode:04o}", path=obs.path))
+        if obs.acl_error:
+            out.append(self.finding("socket-acl", Status.FAIL, f"ACL unreadable: {obs.acl_error}",
+                                    observed=obs.acl_error, expected="no extra ACL entries", path=obs.path))
+        else:
+            bad = self._bad_acl(obs, s)
+            out.append(self.finding(
+                "socket-acl", Status.FAIL if bad else Status.PASS,
+                f"ACL entries {bad} grant access to the daemon" if bad else "no extra ACL entries",
+                observed=bad or [e.render({}) for e in obs.acl or []] or None,
+                expected=s.allowed_acl or "no named ACL entries", path=obs.path))
+        return out
+
+    def remediate(self, ctx: Context, finding: Finding, observed: Any) -> Outcome:
+        assert isinstance(observed, SocketObservation)
+        s = self._settings(ctx.policy)
+        st = observed.stat
+        if st is None or st.kind != "socket":
+            return Outcome(False, False, f"{observed.path} is not a socket; not touched")
+        if finding.rule == "socket-mode":
+            new_mode = st.mode & file_mode_bits(s.file_mode)
+            ctx.host.chmod(observed.path, new_mode, expect=st)
+            return Outcome(True, True, f"chmod {new_mode:04o} {observed.path}",
+                           {"old_mode": st.mode_octal, "new_mode": f"{new_mode:04o}"})
+        if finding.rule == "socket-owner":
+            if observed.want_uid is None or observed.want_gid is None:
+                return Outcome(False, False, f"{s.owner}:{s.group} does not exist on this host")
+            ctx.host.chown(observed.path, observed.want_uid, observed.want_gid, expect=st)
+            return Outcome(True, True, f"chown {s.owner}:{s.group} {observed.path}")
+        if finding.rule == "socket-acl":
+            # Removing the access ACL leaves the mode's group bits as the ACL mask was; re-apply
+            # the mode so the result is exactly owner/group/other again.
+            ctx.host.removexattr(observed.path, ACL_XATTR, expect=st)
+            ctx.host.chmod(observed.path, st.mode & file_mode_bits(s.file_mode), expect=st)
+            return Outcome(True, True, f"removed ACL entries from {observed.path}",
+                           {"removed": finding.observed})
+        return super().remediate(ctx, finding, observed)

@@ -1,0 +1,325 @@
+"""Every host path goes through a HostRoot: `/` from a shell, `/host` in a pod, a temp folder in tests.
+
+Paths are resolved *inside* the root the way a chroot would: an absolute symlink such as
+`/var/run -> /run` lands on `<root>/run`, and `..` never climbs above the root. No module builds a
+host path by string concatenation; they all ask a HostRoot.
+
+Writes are safe by construction: a temporary file in the same folder (opened relative to the
+folder's descriptor), fsync, rename over, fsync the folder; the target must be a regular file
+(never a symlink, FIFO or folder); owner and mode are kept. Metadata changes (chmod/chown/ACL)
+go through an O_PATH descriptor whose device/inode is compared with what was audited, so a file
+swapped between the check and the change is refused, not modified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+MAX_SYMLINKS = 40
+# A host file larger than this is not read whole: it is reported instead. 64 MiB covers any
+# sane daemon.json or /etc/group while bounding the agent's memory on a hostile host.
+DEFAULT_READ_LIMIT = 64 * 1024 * 1024
+
+
+class HostPathError(OSError):
+    """A host path could not be resolved safely (loop, too deep, or a component is not a folder)."""
+
+
+class FileTooLarge(OSError):
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        super().__init__(errno.EFBIG, f"{path} is {size} bytes, above the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+class NotRegularFile(OSError):
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"{path} is a {kind}, not a regular file; refusing to touch it")
+        self.kind = kind
+
+
+class FileChanged(OSError):
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.ESTALE, f"{path} was replaced between the check and the change; not touched")
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What the audit needs of a file's metadata, detached from os.stat_result."""
+
+    host_path: str
+    uid: int
+    gid: int
+    mode: int  # permission bits only (07777)
+    kind: str  # "file", "dir", "socket", "symlink", "fifo", "char", "block"
+    size: int
+    dev: int
+    ino: int
+
+    @property
+    def mode_octal(self) -> str:
+        return f"{self.mode:04o}"
+
+
+def file_kind(st_mode: int) -> str:
+    for test, name in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "dir"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISCHR, "char"),
+        (stat.S_ISBLK, "block"),
+    ):
+        if test(st_mode):
+            return name
+    return "unknown"
+
+
+def _to_filestat(host_path: str, st: os.stat_result) -> FileStat:
+    return FileStat(
+        host_path=host_path,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mode=stat.S_IMODE(st.st_mode),
+        kind=file_kind(st.st_mode),
+        size=st.st_size,
+        dev=st.st_dev,
+        ino=st.st_ino,
+    )
+
+
+class HostRoot:
+    """A view of a host's filesystem rooted at `root`."""
+
+    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+        self.root = Path(os.path.realpath(root))
+        if not self.root.is_dir():
+            raise HostPathError(errno.ENOTDIR, f"host root {self.root} is not a folder")
+
+    def __repr__(self) -> str:
+        return f"HostRoot({str(self.root)!r})"
+
+    # -- path resolution ---------------------------------------------------------------------
+
+    def resolve(self, host_path: str, *, follow_last: bool = True) -> Path:
+        """Map an absolute host path to a real path under the root, following symlinks inside it.
+
+        A missing component is fine (the result names where it would be); a loop or a
+        non-folder in the middle raises HostPathError.
+        """
+        parts = list(PurePosixPath("/", host_path).parts[1:])
+        resolved: list[str] = []
+        hops = 0
+        while parts:
+            name = parts.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if resolved:
+                    resolved.pop()
+                continue
+            candidate = self.root.joinpath(*resolved, name)
+            is_last = not parts
+            try:
+                st = candidate.lstat()
+            except FileNotFoundError:
+                resolved.append(name)
+                resolved.extend(p for p in parts if p not in ("", "."))
+                # The rest does not exist; `..` after a missing folder is collapsed lexically.
+                return self._lexical(resolved)
+            except NotADirectoryError as exc:
+                raise HostPathError(errno.ENOTDIR, f"{host_path}: a component is not a folder") from exc
+            if stat.S_ISLNK(st.st_mode) and (follow_last or not is_last):
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    raise HostPathError(errno.ELOOP, f"{host_path}: too many symlinks")
+                target = os.readlink(candidate)
+                target_parts = list(PurePosixPath(target).parts)
+                if target.startswith("/"):
+                    resolved = []
+                    target_parts = target_parts[1:]
+                parts = target_parts + parts
+                continue
+            resolved.append(name)
+        return self.root.joinpath(*resolved)
+
+    def _lexical(self, parts: list[str]) -> Path:
+        out: list[str] = []
+        for p in parts:
+            if p == "..":
+                if out:
+                    out.pop()
+            else:
+                out.append(p)
+        return self.root.joinpath(*out)
+
+    def host_path_of(self, real: Path) -> str:
+        """The host-side name of a real path under the root (for messages and events)."""
+        try:
+            rel = real.relative_to(self.root)
+        except ValueError:
+            return str(real)
+        return "/" + str(rel) if str(rel) != "." else "/"
+
+    def from_daemon_path(self, daemon_path: str) -> str:
+        """Turn a path as dockerd sees it into a host path.
+
+        dockerd names paths in the host's own namespace, which is what the host root maps. In a
+        sandbox (tests, or a host root mounted somewhere odd) a daemon may already name a path
+        under the root; such a path is taken as it is rather than prefixed twice.
+        """
+        if self.root != Path("/") and (daemon_path + "/").startswith(str(self.root) + "/"):
+            return self.host_path_of(Path(daemon_path))
+        return daemon_path
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def lstat(self, host_path: str) -> FileStat | None:
+        """Metadata of the final component itself (a symlink is reported as a symlink)."""
+        try:
+            st = self.resolve(host_path, follow_last=False).lstat()
+        except FileNotFoundError:
+            return None
+        return _to_filestat(host_path, st)
+
+    def stat(self, host_path: str) -> FileStat | None:
+        """Metadata after following symlinks inside the root; None when missing."""
+        try:
+            st = self.resolve(host_path).lstat()
+        except FileNotFoundError:
+            return None
+        return _to_filestat(host_path, st)
+
+    def exists(self, host_path: str) -> bool:
+        return self.stat(host_path) is not None
+
+    def read_bytes(self, host_path: str, *, limit: int = DEFAULT_READ_LIMIT, follow: bool = True) -> bytes:
+        """Read a regular file whole, refusing FIFOs, devices and anything above `limit`."""
+        real = self.resolve(host_path, follow_last=follow)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegularFile(host_path, file_kind(st.st_mode))
+            if st.st_size > limit:
+                raise FileTooLarge(host_path, st.st_size, limit)
+            chunks: list[bytes] = []
+            total = 0
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > limit:  # the file grew while we read it
+                    raise FileTooLarge(host_path, total, limit)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def read_text(self, host_path: str, *, limit: int = DEFAULT_READ_LIMIT) -> str:
+        return self.read_bytes(host_path, limit=limit).decode("utf-8", errors="replace")
+
+    def listdir(self, host_path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.resolve(host_path)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def getxattr(self, host_path: str, name: str) -> bytes | None:
+        try:
+            return os.getxattr(self.resolve(host_path, follow_last=False), name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENODATA, errno.ENOENT, errno.ENOTSUP, errno.EOPNOTSUPP):
+                return None
+            raise
+
+    # -- changing ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _open_path(self, host_path: str, expect: FileStat | None) -> Iterator[int]:
+        """An O_PATH descriptor on the file itself (never a symlink), checked against `expect`."""
+        real = self.resolve(host_path, follow_last=False)
+        fd = os.open(real, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode):
+                raise NotRegularFile(host_path, "symlink")
+            if expect is not None and (st.st_dev, st.st_ino) != (expect.dev, expect.ino):
+                raise FileChanged(host_path)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def chmod(self, host_path: str, mode: int, *, expect: FileStat | None = None) -> None:
+        with self._open_path(host_path, expect) as fd:
+            # chmod through the O_PATH magic link acts on the opened inode, not on a name.
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+
+    def chown(self, host_path: str, uid: int, gid: int, *, expect: FileStat | None = None) -> None:
+        with self._open_path(host_path, expect) as fd:
+            os.chown(f"/proc/self/fd/{fd}", uid, gid)
+
+    def removexattr(self, host_path: str, name: str, *, expect: FileStat | None = None) -> None:
+        with self._open_path(host_path, expect) as fd:
+            try:
+                os.removexattr(f"/proc/self/fd/{fd}", name)
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:
+                    raise
+
+    def write_atomic(
+        self,
+        host_path: str,
+        data: bytes,
+        *,
+        default_mode: int = 0o644,
+        default_owner: tuple[int, int] = (0, 0),
+        expect: FileStat | None = None,
+    ) -> None:
+        """Replace a file in one step: readers see the old bytes or the new, never half of them."""
+        real = self.resolve(host_path, follow_last=False)
+        folder, name = real.parent, real.name
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                if expect is not None:
+                    raise FileChanged(host_path) from None
+                mode, owner = default_mode, default_owner
+            else:
+                if not stat.S_ISREG(st.st_mode):
+                    raise NotRegularFile(host_path, file_kind(st.st_mode))
+                if expect is not None and (st.st_dev, st.st_ino) != (expect.dev, expect.ino):
+                    raise FileChanged(host_path)
+                mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
+            tmp = f".{name}.nodeguard-{os.getpid()}.tmp"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchown(fd, *owner)
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+            os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

@@ -1,0 +1,330 @@
+"""The policy: a versioned YAML document, validated by pydantic, merged over the embedded default.
+
+A user's file names only what it changes. It is deep-merged over the embedded default
+(`config/policy.yaml`, shipped as `nodeguard/data/policy.yaml`): mappings merge key by key, lists
+replace. Errors name the file, the line and the field, so `nodeguard policy validate` can tell an
+operator exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nodeguard.structs import Mode
+
+API_VERSION = "nodeguard.io/v1alpha1"
+KIND = "NodeGuardPolicy"
+# A policy larger than this is refused before parsing: a ConfigMap holds at most 1 MiB anyway.
+MAX_POLICY_BYTES = 1024 * 1024
+
+_OCTAL_MODE = re.compile(r"^0?[0-7]{3,4}$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used, with every problem located in the source file."""
+
+    def __init__(self, source: str, problems: Sequence[tuple[int | None, str, str]]) -> None:
+        self.source = source
+        # (line, field, why) per problem; line is 1-based, None when it cannot be located.
+        self.problems = list(problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = []
+        for line, fld, why in self.problems:
+            where = f"{self.source}:{line}" if line else self.source
+            lines.append(f"{where}: {fld or '(document)'}: {why}")
+        return "\n".join(lines)
+
+
+def _parse_mode(value: object) -> int:
+    """File modes are written as octal strings ("0660"); a bare YAML int is ambiguous, so refuse it."""
+    if isinstance(value, str) and _OCTAL_MODE.match(value):
+        return int(value, 8)
+    raise ValueError(f"must be an octal string such as \"0660\" (quoted), got {value!r}")
+
+
+FileMode = Annotated[str, Field(pattern=_OCTAL_MODE.pattern, description='octal, quoted: "0660"')]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ControlPolicy(_Strict):
+    """Settings every control shares: its mode and per-rule overrides."""
+
+    mode: Mode | None = Field(default=None, description="off | observe | enforce; unset: spec.mode")
+    rules: dict[str, Mode] = Field(default_factory=dict, description="rule id -> off | observe | enforce")
+
+    def rule_mode(self, rule_id: str, default: Mode) -> Mode:
+        control_mode = self.mode or default
+        if control_mode is Mode.OFF:
+            return Mode.OFF
+        return self.rules.get(rule_id, control_mode)
+
+
+class LogRotation(_Strict):
+    max_size: str = Field(default="10m", alias="maxSize", pattern=r"^[0-9]+[kmg]?$")
+    max_file: str = Field(default="3", alias="maxFile", pattern=r"^[0-9]+$")
+
+
+class DaemonConfigPolicy(ControlPolicy):
+    path: str = "/etc/docker/daemon.json"
+    allowed_insecure_registries: list[str] = Field(default_factory=list, alias="allowedInsecureRegistries")
+    log_rotation: LogRotation = Field(default_factory=LogRotation, alias="logRotation")
+    log_level: str = Field(default="info", alias="logLevel")
+    # A revert never restarts dockerd unless this says so; it reports "restart required" instead.
+    restart_daemon: bool = Field(default=False, alias="restartDaemon")
+
+
+class FileRequirement(_Strict):
+    path: str
+    owner: str = "root"
+    group: str = "root"
+    file_mode: FileMode = Field(alias="fileMode")
+
+
+class DaemonFilesPolicy(ControlPolicy):
+    config_dir: str = Field(default="/etc/docker", alias="configDir")
+    unit_dirs: list[str] = Field(
+        default_factory=lambda: ["/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system",
+                                 "/usr/lib/systemd/system"],
+        alias="unitDirs",
+    )
+    extra: list[FileRequirement] = Field(default_factory=list)
+
+
+class SocketPolicy(ControlPolicy):
+    path: str = "/var/run/docker.sock"
+    owner: str = "root"
+    group: str = "docker"
+    file_mode: FileMode = Field(default="0660", alias="fileMode")
+    # Extra ACL entries tolerated on the socket, as "user:NAME:PERMS" or "group:NAME:PERMS".
+    allowed_acl: list[str] = Field(default_factory=list, alias="allowedAcl")
+
+    @field_validator("allowed_acl")
+    @classmethod
+    def _acl_entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not re.match(r"^(user|group):[^:]+:[r-][w-][x-]$", entry):
+                raise ValueError(f"ACL entry {entry!r} must look like user:NAME:rw- or group:NAME:r--")
+        return value
+
+
+class DockerGroupPolicy(ControlPolicy):
+    group: str = "docker"
+    allowed_members: list[str] = Field(default_factory=list, alias="allowedMembers")
+
+    @field_validator("allowed_members")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid user name")
+        return value
+
+
+class FirewallPort(_Strict):
+    port: int = Field(ge=1, le=65535)
+    allow: list[str] = Field(default_factory=list)
+    action: Literal["drop", "reject"] = "drop"
+
+    @field_validator("allow")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        out = []
+        for cidr in value:
+            try:
+                out.append(str(ipaddress.ip_network(cidr, strict=False)))
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 network: {exc}") from None
+        return out
+
+
+class FirewallPolicy(ControlPolicy):
+    backend: Literal["auto", "nftables", "iptables-legacy", "iptables-nft"] = "auto"
+    ports: list[FirewallPort] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ports(self) -> FirewallPolicy:
+        seen = [p.port for p in self.ports]
+        dupes = sorted({p for p in seen if seen.count(p) > 1})
+        if dupes:
+            raise ValueError(f"port(s) {dupes} listed more than once")
+        return self
+
+
+class ListenersPolicy(ControlPolicy):
+    pass
+
+
+class Controls(_Strict):
+    daemon_config: DaemonConfigPolicy = Field(default_factory=DaemonConfigPolicy, alias="daemonConfig")
+    daemon_files: DaemonFilesPolicy = Field(default_factory=DaemonFilesPolicy, alias="daemonFiles")
+    socket: SocketPolicy = Field(default_factory=SocketPolicy)
+    docker_group: DockerGroupPolicy = Field(default_factory=DockerGroupPolicy, alias="dockerGroup")
+    firewall: FirewallPolicy = Field(default_factory=FirewallPolicy)
+    listeners: ListenersPolicy = Field(default_factory=ListenersPolicy)
+
+
+class DaemonLocation(_Strict):
+    """Where to find the running dockerd (its pidfile), to read the flags it really runs with."""
+
+    pid_file: str = Field(default="/var/run/docker.pid", alias="pidFile")
+
+
+class Flapping(_Strict):
+    threshold: int = Field(default=5, ge=1, description="reverts of one finding within the window")
+    window_seconds: float = Field(default=60.0, gt=0, alias="windowSeconds")
+    max_backoff_seconds: float = Field(default=300.0, gt=0, alias="maxBackoffSeconds")
+
+
+class AgentSettings(_Strict):
+    resync_seconds: float = Field(default=60.0, gt=0, alias="resyncSeconds")
+    coalesce_ms: int = Field(default=20, ge=0, le=5000, alias="coalesceMs")
+    flapping: Flapping = Field(default_factory=Flapping)
+
+
+class Spec(_Strict):
+    mode: Mode = Mode.OBSERVE
+    daemon: DaemonLocation = Field(default_factory=DaemonLocation)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    controls: Controls = Field(default_factory=Controls)
+
+
+class Metadata(_Strict):
+    name: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Policy(_Strict):
+    api_version: Literal["nodeguard.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["NodeGuardPolicy"]
+    metadata: Metadata = Field(default_factory=Metadata)
+    spec: Spec = Field(default_factory=Spec)
+
+    def with_mode(self, mode: Mode) -> Policy:
+        """The same policy with spec.mode overridden (the CLI's --mode)."""
+        return self.model_copy(update={"spec": self.spec.model_copy(update={"mode": mode})})
+
+
+def file_mode_bits(text: str) -> int:
+    return _parse_mode(text)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def default_policy_text() -> str:
+    return resources.files("nodeguard").joinpath("data/policy.yaml").read_text(encoding="utf-8")
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _node_line(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """Line of the YAML node at a pydantic error location (falls back to the nearest parent)."""
+    if node is None:
+        return None
+    best = node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if nxt is None:
+                break
+            key_node = next(k for k, v in node.value if v is nxt)
+            best = key_node.start_mark.line + 1
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            best = node.start_mark.line + 1
+        else:
+            break
+    return best
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _check_rule_ids(policy: Policy, node: yaml.Node | None) -> list[tuple[int | None, str, str]]:
+    # Imported late: the catalog lives beside the controls, which import this module.
+    from nodeguard.controls import rule_ids_by_policy_key
+
+    problems = []
+    known = rule_ids_by_policy_key()
+    controls = policy.spec.controls
+    for field_name, info in type(controls).model_fields.items():
+        key = info.alias or field_name
+        ctl: ControlPolicy = getattr(controls, field_name)
+        for rule_id in ctl.rules:
+            if rule_id not in known.get(key, ()):
+                loc = ("spec", "controls", key, "rules", rule_id)
+                choices = ", ".join(sorted(known.get(key, ()))) or "none"
+                problems.append((_node_line(node, loc), _dotted(loc), f"unknown rule; known rules: {choices}"))
+    return problems
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Parse and validate a policy document, merged over the embedded default."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_POLICY_BYTES:
+        raise PolicyError(source, [(None, "", f"larger than {MAX_POLICY_BYTES} bytes")])
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise PolicyError(source, [(line, "", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    except RecursionError:
+        raise PolicyError(source, [(None, "", "YAML nested too deeply")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(source, [(1, "", f"must be a mapping, got {type(data).__name__}")])
+    default = yaml.safe_load(default_policy_text())
+    merged = _deep_merge(default, data)
+    try:
+        policy = Policy.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
+            problems.append((_node_line(node, loc), _dotted(loc), err["msg"]))
+        raise PolicyError(source, problems) from None
+    problems = _check_rule_ids(policy, node)
+    if problems:
+        raise PolicyError(source, problems)
+    return policy
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The embedded default when `path` is None, else that file merged over the default."""
+    if path is None:
+        return parse_policy(default_policy_text(), "<embedded default>")
+    p = Path(path)
+    try:
+        raw = p.read_bytes()[: MAX_POLICY_BYTES + 1]
+    except OSError as exc:
+        raise PolicyError(str(p), [(None, "", f"cannot read: {exc.strerror or exc}")]) from None
+    return parse_policy(raw.decode("utf-8", errors="replace"), str(p))

@@ -1,0 +1,114 @@
+"""Editing /etc/group and /etc/gshadow the way shadow-utils does, so we never race `usermod`.
+
+shadow-utils takes `lckpwdf()` (a POSIX fcntl lock on /etc/.pwd.lock; `lockf`, because flock
+does not exclude it), then `<file>.lock` made by link() of a file holding its pid, then writes
+and renames. We take the same locks in the same order. A `.lock` left by a process we cannot
+prove dead is never stolen: across pid namespaces a live holder looks dead, so we give up and
+retry on the next pass instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+
+from nodeguard.host import HostRoot
+
+PWD_LOCK = "/etc/.pwd.lock"
+LOCK_TIMEOUT_S = 15.0  # what lckpwdf() waits
+
+
+class LockBusy(OSError):
+    pass
+
+
+@contextlib.contextmanager
+def lckpwdf(host: HostRoot, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    real = host.resolve(PWD_LOCK, follow_last=False)
+    fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN) or time.monotonic() > deadline:
+                    raise LockBusy(errno.EBUSY, f"{PWD_LOCK} is held by another process") from exc
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(host: HostRoot, host_path: str) -> Iterator[None]:
+    """`<file>.lock`, created by link() like shadow-utils' commonio_lock_nowait()."""
+    real = host.resolve(host_path, follow_last=False)
+    folder, name = real.parent, real.name
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    tmp = f"{name}.{os.getpid()}"
+    lock = f"{name}.lock"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        try:
+            os.write(fd, f"{os.getpid()}".encode())
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, lock, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        except FileExistsError:
+            raise LockBusy(errno.EBUSY, f"{host.host_path_of(folder / lock)} exists; not stealing it") from None
+        finally:
+            os.unlink(tmp, dir_fd=dfd)
+        try:
+            yield
+        finally:
+            os.unlink(lock, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def remove_member_line(line: str, group: str, member: str, members_field: int) -> str:
+    """Drop `member` from one group/gshadow line; other lines and spacing stay as they were."""
+    parts = line.split(":")
+    if parts[0] != group or len(parts) <= members_field:
+        return line
+    members = parts[members_field].split(",")
+    if member not in (m.strip() for m in members):
+        return line
+    parts[members_field] = ",".join(m for m in members if m.strip() and m.strip() != member)
+    return ":".join(parts)
+
+
+def _rewrite(text: str, group: str, member: str, members_fields: tuple[int, ...]) -> str:
+    lines = text.split("\n")
+    for members_field in members_fields:
+        lines = [remove_member_line(ln, group, member, members_field) for ln in lines]
+    return "\n".join(lines)
+
+
+def remove_group_member(host: HostRoot, group: str, member: str) -> list[str]:
+    """Remove `member` from `group` in /etc/group and /etc/gshadow; returns the files changed."""
+    changed = []
+    with lckpwdf(host):
+        # gshadow: field 2 lists the group's admins (who may add members), field 3 its members.
+        for path, members_fields in (("/etc/group", (3,)), ("/etc/gshadow", (2, 3))):
+            st = host.stat(path)
+            if st is None:
+                continue
+            with file_lock(host, path):
+                # surrogateescape: bytes that are not UTF-8 go back out exactly as they came in.
+                before = host.read_bytes(path).decode("utf-8", "surrogateescape")
+                after = _rewrite(before, group, member, members_fields)
+                if after != before:
+                    host.write_atomic(path, after.encode("utf-8", "surrogateescape"), expect=host.lstat(path))
+                    changed.append(path)
+    return changed
