@@ -14,10 +14,14 @@ from rich.console import Console
 
 from nodeguard._version import __version__
 from nodeguard.audit import run_audit
+from nodeguard.cli_events import events_app
+from nodeguard.cli_firewall import firewall_app
 from nodeguard.controls import control_names
+from nodeguard.events import options as ev_opts
 from nodeguard.host import HostPathError, HostRoot
 from nodeguard.policy import Policy, PolicyError, load_policy
 from nodeguard.report import render_table, to_json
+from nodeguard.structs import Mode
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -30,8 +34,11 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+app.add_typer(firewall_app, name="firewall")
+app.add_typer(events_app, name="events")
 
-err = Console(stderr=True)
+# soft_wrap: one "file:line: field: why" per line, whatever the terminal width, so it can be grepped.
+err = Console(stderr=True, soft_wrap=True)
 
 
 class OutputFormat(StrEnum):
@@ -109,10 +116,89 @@ def policy_show(policy: PolicyOpt = None) -> None:
     typer.echo(pol.model_dump_json(by_alias=True, indent=2))
 
 
+class RunMode(StrEnum):
+    observe = "observe"
+    enforce = "enforce"
+
+
+@app.command()
+def run(
+    host_root: HostRootOpt = Path("/"),
+    policy: PolicyOpt = None,
+    mode: Annotated[RunMode | None, typer.Option(
+        "--mode", envvar="NODEGUARD_MODE",
+        help="Override the policy's spec.mode for every control (rules set explicitly keep theirs).")] = None,
+    events_file: Annotated[str, typer.Option(
+        "--events-file", envvar="NODEGUARD_EVENTS_FILE",
+        help="Append each event as one JSON line to this file; - for stdout.")] = "-",
+    state_dir: Annotated[Path, typer.Option(
+        "--state-dir", envvar="NODEGUARD_STATE_DIR",
+        help="Last observed state, last good files, quarantined files.")] = Path("/var/lib/nodeguard"),
+    log_level: Annotated[str, typer.Option("--log-level", envvar="NODEGUARD_LOG_LEVEL",
+                                           help="debug, info, warning, error.")] = "info",
+    otlp_endpoint: ev_opts.OtlpEndpointOpt = None,
+    otlp_protocol: ev_opts.OtlpProtocolOpt = None,
+    otlp_headers: ev_opts.OtlpHeadersOpt = None,
+    otlp_certificate: ev_opts.OtlpCertificateOpt = None,
+    otlp_client_key: ev_opts.OtlpClientKeyOpt = None,
+    otlp_client_certificate: ev_opts.OtlpClientCertificateOpt = None,
+    otlp_insecure: ev_opts.OtlpInsecureOpt = None,
+    otlp_timeout: ev_opts.OtlpTimeoutOpt = None,
+    ocsf_file: ev_opts.OcsfFileOpt = None,
+    spool_max_bytes: ev_opts.SpoolMaxBytesOpt = None,
+    aggregate_seconds: ev_opts.AggregateSecondsOpt = None,
+    metrics: ev_opts.MetricsOpt = None,
+) -> None:
+    """Run the agent: evaluate everything, then watch the host; report drift (observe) or revert it (enforce).
+
+    Stops cleanly on SIGTERM/SIGINT. A change made while the agent was down is reported at start.
+    """
+    from nodeguard.agent import AgentConfig, run_agent
+    from nodeguard.events.pipeline import build_pipeline
+    from nodeguard.events.spool import SpoolBusy
+
+    logging.getLogger().setLevel(log_level.upper())
+    _host_or_exit(host_root)
+    cfg = AgentConfig(host_root=host_root, state_dir=state_dir, policy_path=policy,
+                      mode=Mode(mode.value) if mode else None)
+    export = ev_opts.export_options_from_flags(
+        host_root=host_root, events_file=events_file, otlp_endpoint=otlp_endpoint, otlp_protocol=otlp_protocol,
+        otlp_headers=otlp_headers, otlp_certificate=otlp_certificate, otlp_client_key=otlp_client_key,
+        otlp_client_certificate=otlp_client_certificate, otlp_insecure=otlp_insecure, otlp_timeout=otlp_timeout,
+        ocsf_file=ocsf_file, spool_max_bytes=spool_max_bytes, aggregate_seconds=aggregate_seconds, metrics=metrics)
+    try:
+        # Events are spooled durably under the state dir, then exported (OTLP, --events-file, --ocsf-file).
+        sink = build_pipeline(export, state_dir)
+    except SpoolBusy as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_USAGE) from None
+    try:
+        run_agent(cfg, [sink])
+    except PolicyError as exc:
+        err.print(f"[red]policy rejected and no last good policy to fall back to[/]\n{exc.render()}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
 @app.command()
 def version() -> None:
     """Print nodeguard's version."""
     typer.echo(__version__)
+
+
+@app.command()
+def health(
+    state_dir: Annotated[Path, typer.Option("--state-dir", envvar="NODEGUARD_STATE_DIR",
+                                            help="The agent's state dir, where it writes its heartbeat.")] = (
+        Path("/var/lib/nodeguard")),
+    max_age: Annotated[float, typer.Option("--max-age", min=1, help="Oldest heartbeat (seconds) still healthy.")] = (
+        180.0),
+) -> None:
+    """Exit 0 when the running agent's heartbeat is fresh, 1 otherwise: the pod's exec probe."""
+    from nodeguard.health import check_heartbeat
+
+    result = check_heartbeat(state_dir, max_age)
+    typer.echo(result.message)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
 def main() -> None:

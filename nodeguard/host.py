@@ -44,6 +44,19 @@ class NotRegularFile(OSError):
         self.kind = kind
 
 
+class HardLinked(OSError):
+    def __init__(self, path: str, links: int) -> None:
+        super().__init__(errno.EMLINK, f"{path} has {links} hard links: a change would reach the other names too; "
+                                       "not touched")
+        self.links = links
+
+
+class DiskFull(OSError):
+    def __init__(self, path: str, size: int) -> None:
+        super().__init__(errno.ENOSPC, f"no space left to write {size} bytes to {path}: the old file is kept whole, "
+                                       "nothing was half-written")
+
+
 class FileChanged(OSError):
     def __init__(self, path: str) -> None:
         super().__init__(errno.ESTALE, f"{path} was replaced between the check and the change; not touched")
@@ -179,12 +192,94 @@ class HostRoot:
             return self.host_path_of(Path(daemon_path))
         return daemon_path
 
+    # -- descriptor-relative walking ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open_parent(self, host_path: str, *, follow_last: bool = True) -> Iterator[tuple[int, str]]:
+        """(descriptor of the folder that holds the final component, its name), race-free.
+
+        The same in-root semantics as `resolve`, but every component is opened relative to its
+        parent's descriptor with O_NOFOLLOW, and symlinks are read with readlinkat and re-walked
+        from the root's descriptor. A folder swapped for a symlink after the check is then either
+        never followed (we hold the old folder's descriptor) or refused (O_NOFOLLOW|O_DIRECTORY on
+        a symlink fails): no path string is ever handed to the kernel to resolve on its own.
+        The final name may not exist; when the path names a folder itself the name is ".".
+        """
+        root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        stack = [root_fd]  # descriptors of the folders from the root down to the current one
+        try:
+            parts = list(PurePosixPath("/", host_path).parts[1:])
+            hops = 0
+            while parts:
+                name = parts.pop(0)
+                if name in ("", "."):
+                    continue
+                if name == "..":
+                    if len(stack) > 1:
+                        os.close(stack.pop())
+                    continue
+                is_last = not any(p not in ("", ".") for p in parts)
+                try:
+                    st = os.stat(name, dir_fd=stack[-1], follow_symlinks=False)
+                except FileNotFoundError:
+                    if is_last:
+                        yield stack[-1], name
+                        return
+                    raise
+                except NotADirectoryError as exc:
+                    raise HostPathError(errno.ENOTDIR, f"{host_path}: a component is not a folder") from exc
+                if stat.S_ISLNK(st.st_mode) and (follow_last or not is_last):
+                    hops += 1
+                    if hops > MAX_SYMLINKS:
+                        raise HostPathError(errno.ELOOP, f"{host_path}: too many symlinks")
+                    target = os.readlink(name, dir_fd=stack[-1])
+                    target_parts = list(PurePosixPath(target).parts)
+                    if target.startswith("/"):
+                        while len(stack) > 1:
+                            os.close(stack.pop())
+                        target_parts = target_parts[1:]
+                    parts = target_parts + parts
+                    continue
+                if is_last:
+                    yield stack[-1], name
+                    return
+                if not stat.S_ISDIR(st.st_mode):
+                    raise HostPathError(errno.ENOTDIR, f"{host_path}: a component is not a folder")
+                try:
+                    fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
+                except FileNotFoundError:
+                    raise
+                except OSError as exc:
+                    # Swapped for a symlink or a file between the check and the open.
+                    raise HostPathError(errno.ENOTDIR, f"{host_path}: {name} changed while resolving") from exc
+                stack.append(fd)
+            yield stack[-1], "."
+        finally:
+            for fd in stack:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def _open_inode(self, host_path: str, *, follow_last: bool) -> Iterator[tuple[int, os.stat_result]]:
+        """An O_PATH descriptor on the final component (a symlink itself when not followed).
+
+        O_PATH opens nothing: no FIFO blocks, no device driver's open() runs (a planted
+        /dev/watchdog named daemon.json must not arm the watchdog). Callers check the kind on the
+        descriptor, then reopen it through /proc/self/fd, which names that very inode.
+        """
+        with self.open_parent(host_path, follow_last=follow_last) as (dfd, name):
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            yield fd, os.fstat(fd)
+        finally:
+            os.close(fd)
+
     # -- reading -----------------------------------------------------------------------------
 
     def lstat(self, host_path: str) -> FileStat | None:
         """Metadata of the final component itself (a symlink is reported as a symlink)."""
         try:
-            st = self.resolve(host_path, follow_last=False).lstat()
+            with self.open_parent(host_path, follow_last=False) as (dfd, name):
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         return _to_filestat(host_path, st)
@@ -192,7 +287,8 @@ class HostRoot:
     def stat(self, host_path: str) -> FileStat | None:
         """Metadata after following symlinks inside the root; None when missing."""
         try:
-            st = self.resolve(host_path).lstat()
+            with self.open_parent(host_path) as (dfd, name):
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         return _to_filestat(host_path, st)
@@ -201,15 +297,14 @@ class HostRoot:
         return self.stat(host_path) is not None
 
     def read_bytes(self, host_path: str, *, limit: int = DEFAULT_READ_LIMIT, follow: bool = True) -> bytes:
-        """Read a regular file whole, refusing FIFOs, devices and anything above `limit`."""
-        real = self.resolve(host_path, follow_last=follow)
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
+        """Read a regular file whole, refusing symlinks (follow=False), FIFOs, devices and anything above `limit`."""
+        with self._open_inode(host_path, follow_last=follow) as (pfd, st):
             if not stat.S_ISREG(st.st_mode):
                 raise NotRegularFile(host_path, file_kind(st.st_mode))
             if st.st_size > limit:
                 raise FileTooLarge(host_path, st.st_size, limit)
+            fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
             chunks: list[bytes] = []
             total = 0
             while True:
@@ -229,13 +324,21 @@ class HostRoot:
 
     def listdir(self, host_path: str) -> list[str]:
         try:
-            return sorted(os.listdir(self.resolve(host_path)))
+            with self.open_parent(host_path) as (dfd, name):
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                return sorted(os.listdir(fd))
+            finally:
+                os.close(fd)
         except (FileNotFoundError, NotADirectoryError):
             return []
 
     def getxattr(self, host_path: str, name: str) -> bytes | None:
         try:
-            return os.getxattr(self.resolve(host_path, follow_last=False), name, follow_symlinks=False)
+            with self._open_inode(host_path, follow_last=False) as (fd, st):
+                if stat.S_ISLNK(st.st_mode):
+                    return None  # symlinks carry no ACL
+                return os.getxattr(f"/proc/self/fd/{fd}", name)
         except OSError as exc:
             if exc.errno in (errno.ENODATA, errno.ENOENT, errno.ENOTSUP, errno.EOPNOTSUPP):
                 return None
@@ -245,18 +348,20 @@ class HostRoot:
 
     @contextlib.contextmanager
     def _open_path(self, host_path: str, expect: FileStat | None) -> Iterator[int]:
-        """An O_PATH descriptor on the file itself (never a symlink), checked against `expect`."""
-        real = self.resolve(host_path, follow_last=False)
-        fd = os.open(real, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
+        """An O_PATH descriptor on the file itself (never a symlink), checked against `expect`.
+
+        A non-folder with more than one hard link is refused: a chmod/chown acts on the inode, so
+        a hard link planted under the watched name would carry the change to the other name too
+        (`ln /etc/shadow /etc/docker/daemon.json`, then "fix" its mode to 0644).
+        """
+        with self._open_inode(host_path, follow_last=False) as (fd, st):
             if stat.S_ISLNK(st.st_mode):
                 raise NotRegularFile(host_path, "symlink")
             if expect is not None and (st.st_dev, st.st_ino) != (expect.dev, expect.ino):
                 raise FileChanged(host_path)
+            if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+                raise HardLinked(host_path, st.st_nlink)
             yield fd
-        finally:
-            os.close(fd)
 
     def chmod(self, host_path: str, mode: int, *, expect: FileStat | None = None) -> None:
         with self._open_path(host_path, expect) as fd:
@@ -284,10 +389,14 @@ class HostRoot:
         default_owner: tuple[int, int] = (0, 0),
         expect: FileStat | None = None,
     ) -> None:
-        """Replace a file in one step: readers see the old bytes or the new, never half of them."""
-        real = self.resolve(host_path, follow_last=False)
-        folder, name = real.parent, real.name
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        """Replace a file in one step: readers see the old bytes or the new, never half of them.
+
+        A full disk (ENOSPC/EDQUOT) raises DiskFull after removing the temporary file: the old
+        file stays whole.
+        """
+        with self.open_parent(host_path, follow_last=False) as (pfd, name):
+            # O_PATH descriptors cannot be fsync'ed: reopen the very same folder for real.
+            dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
         try:
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -313,10 +422,12 @@ class HostRoot:
                 os.fchown(fd, *owner)
                 os.fchmod(fd, mode)
                 os.fsync(fd)
-            except BaseException:
+            except BaseException as exc:
                 os.close(fd)
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFull(host_path, len(data)) from exc
                 raise
             os.close(fd)
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nodeguard.structs import Mode
 
@@ -53,7 +61,30 @@ def _parse_mode(value: object) -> int:
     raise ValueError(f"must be an octal string such as \"0660\" (quoted), got {value!r}")
 
 
-FileMode = Annotated[str, Field(pattern=_OCTAL_MODE.pattern, description='octal, quoted: "0660"')]
+def _mode_is_text(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'must be a quoted octal string such as "0660", got the bare number {value}: '
+                         "YAML reads 0660 as octal (432) and 660 as decimal, so quote it")
+    return value
+
+
+FileMode = Annotated[str, BeforeValidator(_mode_is_text),
+                     Field(pattern=_OCTAL_MODE.pattern, description='octal, quoted: "0660"')]
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """YAML 1.1 minus its surprise booleans: `mode: off` is the string "off", not False.
+
+    Only true/false are booleans; pydantic still accepts yes/no/on/off for boolean fields.
+    """
+
+
+_PolicyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_PolicyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 class _Strict(BaseModel):
@@ -83,6 +114,8 @@ class DaemonConfigPolicy(ControlPolicy):
     allowed_insecure_registries: list[str] = Field(default_factory=list, alias="allowedInsecureRegistries")
     log_rotation: LogRotation = Field(default_factory=LogRotation, alias="logRotation")
     log_level: str = Field(default="info", alias="logLevel")
+    # CIS 2.10: a cgroup-parent other than the default is a finding unless confirmed here.
+    allowed_cgroup_parents: list[str] = Field(default_factory=list, alias="allowedCgroupParents")
     # A revert never restarts dockerd unless this says so; it reports "restart required" instead.
     restart_daemon: bool = Field(default=False, alias="restartDaemon")
 
@@ -102,6 +135,31 @@ class DaemonFilesPolicy(ControlPolicy):
         alias="unitDirs",
     )
     extra: list[FileRequirement] = Field(default_factory=list)
+    # CIS 3.23/3.24: containerd's socket is root on the host as much as dockerd's.
+    containerd_socket: str = Field(default="/run/containerd/containerd.sock", alias="containerdSocket")
+
+
+class HostAuditPolicy(ControlPolicy):
+    """CIS 1.1.3-1.1.18: where the host's audit rules and Docker's binaries are looked for."""
+
+    audit_rules_files: list[str] = Field(default_factory=lambda: ["/etc/audit/audit.rules"],
+                                         alias="auditRulesFiles")
+    audit_rules_dirs: list[str] = Field(default_factory=lambda: ["/etc/audit/rules.d"], alias="auditRulesDirs")
+    # `auditctl -l` shows what the kernel really has loaded; only meaningful when the host root is `/`.
+    auditctl: Literal["auto", "never"] = "auto"
+    binary_dirs: list[str] = Field(
+        default_factory=lambda: ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin",
+                                 "/usr/libexec/docker", "/usr/libexec/containerd", "/opt/bin"],
+        alias="binaryDirs",
+    )
+
+
+class HostLayoutPolicy(ControlPolicy):
+    """CIS 1.1.1: the mount table read to tell whether the data root has a partition of its own."""
+
+    # Read inside the host root (the host's init sees the host's mounts); when it is missing the
+    # agent's own /proc/self/mountinfo is used and matched against real paths.
+    mountinfo: str = "/proc/1/mountinfo"
 
 
 class SocketPolicy(ControlPolicy):
@@ -168,6 +226,63 @@ class ListenersPolicy(ControlPolicy):
     pass
 
 
+def _container_names(value: list[str]) -> list[str]:
+    for name in value:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+            raise ValueError(f"{name!r} is not a container name (matched whole, without the leading /)")
+    return value
+
+
+class RuntimePolicy(ControlPolicy):
+    """What the running daemon's containers and settings may be (read through the Docker API)."""
+
+    # CIS 1.2.2: the oldest engine accepted as patched; compared numerically (20.10.24+dfsg1 -> 20.10.24).
+    min_engine_version: str = Field(default="20.10.0", alias="minEngineVersion", pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
+    # CIS 5.6: host paths a bind mount may not expose; the host root `/` is always one.
+    sensitive_mounts: list[str] = Field(
+        default_factory=lambda: ["/etc", "/proc", "/sys", "/boot", "/dev", "/var/lib/docker", "/root"],
+        alias="sensitiveMounts",
+    )
+    # Containers (whole names) allowed to do what the rule forbids: an agent that needs the socket, say.
+    allowed_privileged: list[str] = Field(default_factory=list, alias="allowedPrivileged")
+    allowed_socket_mounts: list[str] = Field(default_factory=list, alias="allowedSocketMounts")
+    allowed_sensitive_mounts: list[str] = Field(default_factory=list, alias="allowedSensitiveMounts")
+    allowed_host_namespaces: list[str] = Field(default_factory=list, alias="allowedHostNamespaces")
+    # Capabilities any container may add beyond Docker's default set (e.g. NET_ADMIN).
+    allowed_capabilities: list[str] = Field(default_factory=list, alias="allowedCapabilities")
+    # Per-user daemons outside the policy's reach (rootless Docker).
+    rootless_sockets: str = Field(default="/run/user/*/docker.sock", alias="rootlessSockets")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300, alias="timeoutSeconds")
+
+    _names = field_validator("allowed_privileged", "allowed_socket_mounts", "allowed_sensitive_mounts",
+                             "allowed_host_namespaces")(_container_names)
+
+    @field_validator("allowed_capabilities")
+    @classmethod
+    def _caps(cls, value: list[str]) -> list[str]:
+        return [c.upper().removeprefix("CAP_") for c in value]
+
+    @field_validator("sensitive_mounts", "rootless_sockets")
+    @classmethod
+    def _absolute(cls, value: str | list[str]) -> str | list[str]:
+        for path in [value] if isinstance(value, str) else value:
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} must be an absolute host path")
+        return value
+
+
+class HostPolicy(ControlPolicy):
+    """Host-side checks: the daemon's TLS material, sshd, the data root's block device."""
+
+    cert_expiry_warn_days: int = Field(default=30, ge=0, le=3650, alias="certExpiryWarnDays")
+    min_rsa_bits: int = Field(default=2048, ge=1024, alias="minRsaBits")
+    min_ec_bits: int = Field(default=256, ge=160, alias="minEcBits")
+    sshd_config: str = Field(default="/etc/ssh/sshd_config", alias="sshdConfig")
+    # PermitRootLogin values accepted (without-password is the old name of prohibit-password).
+    permit_root_login: list[str] = Field(default_factory=lambda: ["no", "prohibit-password", "without-password"],
+                                         alias="permitRootLogin")
+
+
 class Controls(_Strict):
     daemon_config: DaemonConfigPolicy = Field(default_factory=DaemonConfigPolicy, alias="daemonConfig")
     daemon_files: DaemonFilesPolicy = Field(default_factory=DaemonFilesPolicy, alias="daemonFiles")
@@ -175,6 +290,10 @@ class Controls(_Strict):
     docker_group: DockerGroupPolicy = Field(default_factory=DockerGroupPolicy, alias="dockerGroup")
     firewall: FirewallPolicy = Field(default_factory=FirewallPolicy)
     listeners: ListenersPolicy = Field(default_factory=ListenersPolicy)
+    host_audit: HostAuditPolicy = Field(default_factory=HostAuditPolicy, alias="hostAudit")
+    host_layout: HostLayoutPolicy = Field(default_factory=HostLayoutPolicy, alias="hostLayout")
+    runtime: RuntimePolicy = Field(default_factory=RuntimePolicy)
+    host: HostPolicy = Field(default_factory=HostPolicy)
 
 
 class DaemonLocation(_Strict):
@@ -290,8 +409,8 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     if len(text.encode("utf-8", errors="replace")) > MAX_POLICY_BYTES:
         raise PolicyError(source, [(None, "", f"larger than {MAX_POLICY_BYTES} bytes")])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_PolicyLoader)
+        data = yaml.load(text, Loader=_PolicyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -302,7 +421,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         data = {}
     if not isinstance(data, dict):
         raise PolicyError(source, [(1, "", f"must be a mapping, got {type(data).__name__}")])
-    default = yaml.safe_load(default_policy_text())
+    default = yaml.load(default_policy_text(), Loader=_PolicyLoader)  # noqa: S506 (a SafeLoader subclass)
     merged = _deep_merge(default, data)
     try:
         policy = Policy.model_validate(merged)
@@ -310,7 +429,12 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         problems = []
         for err in exc.errors():
             loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
-            problems.append((_node_line(node, loc), _dotted(loc), err["msg"]))
+            why = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                why = "unknown key (keys are case-sensitive camelCase; see `nodeguard policy show`)"
+            elif err["type"] in ("enum", "literal_error"):
+                why += f", got {err['input']!r}"
+            problems.append((_node_line(node, loc), _dotted(loc), why))
         raise PolicyError(source, problems) from None
     problems = _check_rule_ids(policy, node)
     if problems:

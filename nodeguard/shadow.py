@@ -13,10 +13,11 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 
-from nodeguard.host import HostRoot
+from nodeguard.host import HostRoot, NotRegularFile, file_kind
 
 PWD_LOCK = "/etc/.pwd.lock"
 LOCK_TIMEOUT_S = 15.0  # what lckpwdf() waits
@@ -26,10 +27,30 @@ class LockBusy(OSError):
     pass
 
 
+def _open_lock_file(host: HostRoot) -> int:
+    """A writable descriptor on /etc/.pwd.lock that is surely a regular file of this root.
+
+    Opened relative to the folder's descriptor; an existing entry is first opened O_PATH and checked,
+    so a FIFO planted there cannot block us and a device's open() never runs.
+    """
+    with host.open_parent(PWD_LOCK, follow_last=False) as (dfd, name):
+        try:
+            pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                           dir_fd=dfd)
+    try:
+        st = os.fstat(pfd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(PWD_LOCK, file_kind(st.st_mode))
+        return os.open(f"/proc/self/fd/{pfd}", os.O_WRONLY | os.O_CLOEXEC)
+    finally:
+        os.close(pfd)
+
+
 @contextlib.contextmanager
 def lckpwdf(host: HostRoot, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    real = host.resolve(PWD_LOCK, follow_last=False)
-    fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = _open_lock_file(host)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -51,13 +72,15 @@ def lckpwdf(host: HostRoot, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
 @contextlib.contextmanager
 def file_lock(host: HostRoot, host_path: str) -> Iterator[None]:
     """`<file>.lock`, created by link() like shadow-utils' commonio_lock_nowait()."""
-    real = host.resolve(host_path, follow_last=False)
-    folder, name = real.parent, real.name
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    tmp = f"{name}.{os.getpid()}"
-    lock = f"{name}.lock"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+    with host.open_parent(host_path, follow_last=False) as (dfd, name):
+        tmp = f"{name}.{os.getpid()}"
+        lock = f"{name}.lock"
+        lock_path = f"{host_path.rsplit('/', 1)[0]}/{lock}"
+        # Never O_TRUNC an existing entry: a hard link planted under this name would carry the
+        # truncation to another file. Unlink whatever is there, then create exclusively.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         try:
             os.write(fd, f"{os.getpid()}".encode())
         finally:
@@ -65,15 +88,13 @@ def file_lock(host: HostRoot, host_path: str) -> Iterator[None]:
         try:
             os.link(tmp, lock, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
         except FileExistsError:
-            raise LockBusy(errno.EBUSY, f"{host.host_path_of(folder / lock)} exists; not stealing it") from None
+            raise LockBusy(errno.EBUSY, f"{lock_path} exists; not stealing it") from None
         finally:
             os.unlink(tmp, dir_fd=dfd)
         try:
             yield
         finally:
             os.unlink(lock, dir_fd=dfd)
-    finally:
-        os.close(dfd)
 
 
 def remove_member_line(line: str, group: str, member: str, members_field: int) -> str:
@@ -95,20 +116,23 @@ def _rewrite(text: str, group: str, member: str, members_fields: tuple[int, ...]
     return "\n".join(lines)
 
 
-def remove_group_member(host: HostRoot, group: str, member: str) -> list[str]:
+def remove_group_member(host: HostRoot, group: str, member: str, *,
+                        lock_timeout: float = LOCK_TIMEOUT_S) -> list[str]:
     """Remove `member` from `group` in /etc/group and /etc/gshadow; returns the files changed."""
     changed = []
-    with lckpwdf(host):
-        # gshadow: field 2 lists the group's admins (who may add members), field 3 its members.
-        for path, members_fields in (("/etc/group", (3,)), ("/etc/gshadow", (2, 3))):
-            st = host.stat(path)
-            if st is None:
-                continue
-            with file_lock(host, path):
-                # surrogateescape: bytes that are not UTF-8 go back out exactly as they came in.
-                before = host.read_bytes(path).decode("utf-8", "surrogateescape")
-                after = _rewrite(before, group, member, members_fields)
-                if after != before:
-                    host.write_atomic(path, after.encode("utf-8", "surrogateescape"), expect=host.lstat(path))
-                    changed.append(path)
+    # gshadow: field 2 lists the group's admins (who may add members), field 3 its members.
+    files = [(path, fields) for path, fields in (("/etc/group", (3,)), ("/etc/gshadow", (2, 3)))
+             if host.stat(path) is not None]
+    with lckpwdf(host, lock_timeout), contextlib.ExitStack() as locks:
+        # Both .lock files before either write, as gpasswd does: a busy gshadow.lock must not
+        # leave the member removed from group but still listed in gshadow.
+        for path, _ in files:
+            locks.enter_context(file_lock(host, path))
+        for path, members_fields in files:
+            # surrogateescape: bytes that are not UTF-8 go back out exactly as they came in.
+            before = host.read_bytes(path).decode("utf-8", "surrogateescape")
+            after = _rewrite(before, group, member, members_fields)
+            if after != before:
+                host.write_atomic(path, after.encode("utf-8", "surrogateescape"), expect=host.lstat(path))
+                changed.append(path)
     return changed

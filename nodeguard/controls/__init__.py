@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from nodeguard.controls.audit_rules import HostAuditControl
 from nodeguard.controls.base import Context, Control, Outcome
 from nodeguard.controls.daemon_config import DaemonConfigControl
 from nodeguard.controls.daemon_files import DaemonFilesControl
 from nodeguard.controls.docker_group import DockerGroupControl
+from nodeguard.controls.firewall import FirewallControl
+from nodeguard.controls.host_checks import HostControl
+from nodeguard.controls.host_layout import HostLayoutControl
+from nodeguard.controls.listeners import ListenersControl
+from nodeguard.controls.runtime import RuntimeControl
 from nodeguard.controls.socket import SocketControl
 
 ALL_CONTROLS: tuple[type[Control], ...] = (
@@ -13,6 +19,12 @@ ALL_CONTROLS: tuple[type[Control], ...] = (
     DaemonFilesControl,
     SocketControl,
     DockerGroupControl,
+    FirewallControl,
+    ListenersControl,
+    RuntimeControl,
+    HostControl,
+    HostLayoutControl,
+    HostAuditControl,
 )
 
 

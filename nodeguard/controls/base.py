@@ -8,17 +8,21 @@ finding and says what it did.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nodeguard.accounts import AccountDB, load_accounts
 from nodeguard.dockerd import DaemonProcess, find_daemon
 from nodeguard.host import HostRoot
 from nodeguard.policy import ControlPolicy, Policy
 from nodeguard.structs import Finding, JSONValue, Mode, Rule, Status
+
+if TYPE_CHECKING:
+    from nodeguard.state import StateStore
 
 
 @dataclass
@@ -63,6 +67,9 @@ class Control:
     """Base class: subclasses set the ClassVars and implement observe/evaluate (and remediate)."""
 
     name: ClassVar[str]  # in findings and events: "daemon-config"
+    # True for a control whose remediation changes the current network namespace (netfilter), not
+    # files under the host root: see `network_enforce_refusal`.
+    changes_network: ClassVar[bool] = False
     policy_key: ClassVar[str]  # under spec.controls: "daemonConfig"
     rules: ClassVar[Sequence[Rule]]
 
@@ -97,6 +104,19 @@ class Control:
     def remediate(self, ctx: Context, finding: Finding, observed: Any) -> Outcome:
         return Outcome(False, False, f"{self.name}/{finding.rule} has no automatic remediation")
 
+    def remediate_many(self, ctx: Context, findings: Sequence[Finding], observed: Any) -> list[Outcome]:
+        """One Outcome per finding, in order. Override to batch (one write for several keys)."""
+        outcomes = []
+        for f in findings:
+            try:
+                outcomes.append(self.remediate(ctx, f, observed))
+            except OSError as exc:
+                outcomes.append(Outcome(False, False, f"{exc.strerror or exc}"))
+        return outcomes
+
+    def remember(self, ctx: Context, observed: Any, store: StateStore) -> None:
+        """Keep what a later remediation may need (e.g. the last valid daemon.json). Default: nothing."""
+
     # -- helpers for subclasses ------------------------------------------------------------
 
     def finding(
@@ -129,3 +149,23 @@ class Control:
     def skip_all(self, message: str, rule_ids: Iterable[str] | None = None, path: str | None = None) -> list[Finding]:
         ids = list(rule_ids) if rule_ids is not None else [r.id for r in self.rules]
         return [self.finding(r, Status.SKIP, message, path=path) for r in ids]
+
+
+def network_enforce_refusal(host: HostRoot, proc: Path = Path("/proc")) -> str | None:
+    """Why netfilter must not be changed from here, or None when it may.
+
+    A control's files live under the host root, but netfilter is whatever network namespace the
+    agent runs in. A sandbox root (neither `/` nor `/host`) in the machine's own namespace is a test
+    or a mistake: enforcing there would firewall the machine the agent merely runs on.
+    """
+    if str(host.root) in ("/", "/host") or os.environ.get("NODEGUARD_FIREWALL_ANY_ROOT") == "1":
+        return None
+    try:
+        own = os.stat(proc / "self" / "ns" / "net").st_ino
+        init = os.stat(proc / "1" / "ns" / "net").st_ino
+    except OSError:
+        return None
+    if own == init:
+        return (f"host root {host.root} is a sandbox but the agent runs in this machine's own network "
+                "namespace: netfilter is not changed (set NODEGUARD_FIREWALL_ANY_ROOT=1 to override)")
+    return None

@@ -1,15 +1,24 @@
-"""daemon-config: the settings dockerd runs with, from daemon.json *and* its command line."""
+"""daemon-config: the settings dockerd runs with, from daemon.json *and* its command line.
+
+Every setting is read from both places and judged on the effective value (a flag wins: dockerd
+refuses to start with one directive in both, so a file edited after the start is pending). The
+source and, when they differ, both values go into the finding's details.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from nodeguard.controls.base import Context, Control
+from nodeguard.controls.base import Context, Control, Outcome
 from nodeguard.host import FileStat
 from nodeguard.policy import DaemonConfigPolicy, Policy
 from nodeguard.structs import Finding, Rule, Severity, Status
+
+if TYPE_CHECKING:
+    from nodeguard.state import StateStore
 
 # Keys dockerd applies on SIGHUP; any other changed key needs a daemon restart to take effect.
 RELOADABLE_KEYS = frozenset({
@@ -19,6 +28,10 @@ RELOADABLE_KEYS = frozenset({
     "allow-nondistributable-artifacts", "default-shm-size", "default-ipc-mode", "default-cgroupns-mode",
 })
 ROTATING_LOG_DRIVERS = ("json-file", "local")
+# CIS 2.13: these drivers keep logs on the node only (or nowhere); anything else ships them.
+LOCAL_LOG_DRIVERS = frozenset({"json-file", "local", "none"})
+# A seccomp profile is read to tell a real filter from an allow-all one; bigger is refused.
+SECCOMP_PROFILE_LIMIT = 4 * 1024 * 1024
 DELETE = object()  # a patch value meaning "remove this key"
 
 
@@ -32,11 +45,23 @@ class DaemonConfigObservation:
     flags: dict[str, Any] = field(default_factory=dict)
     daemon_pid: int | None = None
     config_file_flag: str | None = None
+    # CIS 2.17: the daemon-wide seccomp profile's file, when one is named: its defaultAction.
+    seccomp_default_action: str | None = None
+    seccomp_error: str | None = None
 
     @property
     def effective(self) -> dict[str, Any]:
-        """File overlaid by flags: what dockerd runs with (it refuses to start on a conflict)."""
-        return {**(self.config or {}), **self.flags}
+        """File overlaid by flags: what dockerd runs with (it refuses to start on a conflict).
+
+        A list key set in both (`hosts` in the file beside `-H`) is audited as the union: the file's
+        entries are what a restart would try to apply, so they must not hide behind the flag's.
+        """
+        cfg = {**(self.config or {}), **self.flags}
+        for key, value in (self.config or {}).items():
+            flag_value = self.flags.get(key)
+            if isinstance(value, list) and isinstance(flag_value, list):
+                cfg[key] = value + [v for v in flag_value if v not in value]
+        return cfg
 
     def source_of(self, key: str) -> str:
         if key in self.flags:
@@ -44,6 +69,20 @@ class DaemonConfigObservation:
         if self.config is not None and key in self.config:
             return "file"
         return "default"
+
+    def sources(self, key: str) -> dict[str, Any]:
+        """Where the effective value comes from; both values when file and flags disagree."""
+        out: dict[str, Any] = {"source": self.source_of(key)}
+        in_file = self.config is not None and key in self.config
+        if key in self.flags and in_file and self.config is not None and self.config[key] != self.flags[key]:
+            out["flag"] = self.flags[key]
+            out["file"] = self.config[key]
+        return out
+
+
+# JSON's own names in messages: an admin reads "array", not Python's "list".
+_JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+                    type(None): "null"}
 
 
 def parse_daemon_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
@@ -62,7 +101,7 @@ def parse_daemon_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     except RecursionError:
         return None, "invalid JSON: nested too deeply"
     if not isinstance(value, dict):
-        return None, f"must be a JSON object, found a JSON {type(value).__name__}"
+        return None, f"must be a JSON object, found a JSON {_JSON_TYPE_NAMES.get(type(value), 'value')}"
     return value, None
 
 
@@ -101,6 +140,38 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
+def effective_log_level(cfg: dict[str, Any]) -> str:
+    """`debug: true` (or `-D`) sets dockerd's log level to debug whatever `log-level` says."""
+    if _truthy(cfg.get("debug", False)):
+        return "debug"
+    return str(cfg.get("log-level") or "info")
+
+
+def default_ulimits(value: Any) -> dict[str, str]:
+    """daemon.json's {"nofile": {"Name", "Soft", "Hard"}} or the flags' ["nofile=100:200"] -> {name: "soft:hard"}."""
+    out: dict[str, str] = {}
+    if isinstance(value, dict):
+        for name, spec in value.items():
+            if isinstance(spec, dict):
+                out[str(spec.get("Name") or name)] = f"{spec.get('Soft')}:{spec.get('Hard')}"
+            else:
+                out[str(name)] = str(spec)
+    elif isinstance(value, list | str):
+        for item in [value] if isinstance(value, str) else value:
+            name, _, limits = str(item).partition("=")
+            soft, _, hard = limits.partition(":")
+            out[name] = f"{soft}:{hard or soft}"
+    return out
+
+
+def as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
 def tls_enabled(cfg: dict[str, Any]) -> bool:
     return _truthy(cfg.get("tlsverify")) or _truthy(cfg.get("tls"))
 
@@ -134,6 +205,16 @@ class DaemonConfigControl(Control):
         Rule("userland-proxy", "userland proxy is disabled", Severity.LOW, "2.16", True),
         Rule("experimental", "experimental features are off", Severity.LOW, "2.18", True),
         Rule("log-rotation", "local container logs are rotated", Severity.LOW, None, True),
+        # Report only: each needs a daemon restart, and a wrong value stops every container.
+        Rule("default-ulimits", "containers get default ulimits", Severity.LOW, "2.8", False),
+        Rule("cgroup-parent", "containers use the default (or a confirmed) cgroup parent", Severity.LOW, "2.10",
+             False),
+        Rule("base-device-size", "the base device size (dm.basesize) is not changed", Severity.LOW, "2.11", False),
+        Rule("authorization-plugin", "an authorization plugin checks every API request", Severity.MEDIUM, "2.12",
+             False),
+        Rule("remote-logging", "container logs go to a central or remote log driver", Severity.LOW, "2.13", False),
+        Rule("seccomp-profile", "the daemon-wide seccomp profile filters system calls", Severity.HIGH, "2.17",
+             False),
     )
 
     def config_path(self, ctx: Context) -> str:
@@ -156,14 +237,15 @@ class DaemonConfigControl(Control):
             flags = daemon.config_values()
             obs.config_file_flag = flags.pop("config-file", None)  # type: ignore[assignment]
             obs.flags = flags
-        if obs.stat is None:
-            return obs
-        try:
-            obs.raw = ctx.host.read_bytes(path, follow=False)
-        except OSError as exc:
-            obs.error = f"cannot read: {exc.strerror or exc}"
-            return obs
-        obs.config, obs.error = parse_daemon_json(obs.raw)
+        if obs.stat is not None:
+            try:
+                obs.raw = ctx.host.read_bytes(path, follow=False)
+            except OSError as exc:
+                obs.error = f"cannot read: {exc.strerror or exc}"
+                return obs
+            obs.config, obs.error = parse_daemon_json(obs.raw)
+        if obs.error is None:
+            _observe_seccomp(ctx, obs)
         return obs
 
     def evaluate(self, observed: DaemonConfigObservation, policy: Policy) -> list[Finding]:
@@ -221,7 +303,15 @@ class DaemonConfigControl(Control):
                 observed=have, expected=want, path=path, details=src(key)))
 
         exact("icc", "icc", False, True, "containers on the default bridge can talk to each other")
-        exact("log-level", "log-level", settings.log_level, "info", f"CIS asks for {settings.log_level!r}")
+        level = effective_log_level(cfg)
+        level_ok = level == settings.log_level
+        out.append(self.finding(
+            "log-level", Status.PASS if level_ok else Status.FAIL,
+            f"effective log level is {level!r}"
+            + ("" if level_ok else f": CIS asks for {settings.log_level!r}")
+            + (" (debug: true overrides log-level)" if _truthy(cfg.get("debug", False)) else ""),
+            observed=level, expected=settings.log_level, path=path,
+            details={**obs.sources("log-level"), "debug": obs.sources("debug")}))
         exact("iptables", "iptables", True, True, "Docker cannot keep its network rules in place")
         exact("no-new-privileges", "no-new-privileges", True, False, "setuid binaries can escalate")
         exact("live-restore", "live-restore", True, False, "a daemon restart stops every container")
@@ -260,15 +350,95 @@ class DaemonConfigControl(Control):
             observed={"log-driver": log_driver, "max-size": opts.get("max-size"), "max-file": opts.get("max-file")},
             expected={"max-size": settings.log_rotation.max_size, "max-file": settings.log_rotation.max_file},
             path=path, details=src("log-opts")))
+        out += self._evaluate_section2_extras(obs, cfg, settings)
+        return out
+
+    def _evaluate_section2_extras(self, obs: DaemonConfigObservation, cfg: dict[str, Any],
+                                  settings: DaemonConfigPolicy) -> list[Finding]:
+        """CIS 2.8, 2.10-2.13 and 2.17 (2.1, rootless, is the runtime control's: it asks the daemon)."""
+        path = obs.path
+        out: list[Finding] = []
+
+        ulimits = default_ulimits(cfg.get("default-ulimits"))
+        out.append(self.finding(
+            "default-ulimits", Status.PASS if ulimits else Status.FAIL,
+            f"default ulimits {ulimits}" if ulimits
+            else "no default ulimits: containers inherit dockerd's limits (often unlimited processes and files)",
+            observed=ulimits or None, expected="e.g. nofile and nproc limits", path=path,
+            details=obs.sources("default-ulimits")))
+
+        parent = cfg.get("cgroup-parent") or None
+        parent_ok = parent is None or parent in settings.allowed_cgroup_parents
+        out.append(self.finding(
+            "cgroup-parent", Status.PASS if parent_ok else Status.FAIL,
+            "containers use the default cgroup parent" if parent is None
+            else f"cgroup-parent is {parent!r}" + ("" if parent_ok else ": not confirmed in allowedCgroupParents"),
+            observed=parent, expected=settings.allowed_cgroup_parents or "unset", path=path,
+            details=obs.sources("cgroup-parent")))
+
+        basesize = [o for o in as_list(cfg.get("storage-opts")) if o.split("=", 1)[0].strip() == "dm.basesize"]
+        out.append(self.finding(
+            "base-device-size", Status.FAIL if basesize else Status.PASS,
+            f"storage option {basesize[-1]} changes the base device size" if basesize
+            else "base device size is the driver's default",
+            observed=basesize or None, expected="no dm.basesize", path=path, details=obs.sources("storage-opts")))
+
+        plugins = [p for p in as_list(cfg.get("authorization-plugins")) if p]
+        out.append(self.finding(
+            "authorization-plugin", Status.PASS if plugins else Status.FAIL,
+            f"authorization plugins {plugins}" if plugins
+            else "no authorization plugin: whoever reaches the API may do anything",
+            observed=plugins, expected="at least one authorization plugin", path=path,
+            details=obs.sources("authorization-plugins")))
+
+        driver = str(cfg.get("log-driver") or "json-file")
+        remote = driver not in LOCAL_LOG_DRIVERS
+        out.append(self.finding(
+            "remote-logging", Status.PASS if remote else Status.FAIL,
+            f"log driver {driver}" + ("" if remote else ": container logs stay on this node"),
+            observed=driver, expected=f"a remote driver (not {', '.join(sorted(LOCAL_LOG_DRIVERS))})", path=path,
+            details=obs.sources("log-driver")))
+
+        profile = cfg.get("seccomp-profile") or None
+        if profile is None or profile == "builtin":
+            status, msg = Status.PASS, "Docker's default seccomp profile applies"
+        elif profile == "unconfined":
+            status, msg = Status.FAIL, "seccomp-profile is unconfined: containers may make every system call"
+        elif obs.seccomp_error is not None:
+            status, msg = Status.FAIL, f"seccomp profile {profile}: {obs.seccomp_error}"
+        elif obs.seccomp_default_action in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
+            status, msg = Status.FAIL, (f"seccomp profile {profile} allows every system call it does not list "
+                                        f"(defaultAction {obs.seccomp_default_action})")
+        else:
+            status, msg = Status.PASS, f"custom seccomp profile {profile} (defaultAction {obs.seccomp_default_action})"
+        out.append(self.finding(
+            "seccomp-profile", status, msg, observed=profile,
+            expected="default, or a profile whose defaultAction refuses", path=path,
+            details={**obs.sources("seccomp-profile"), "defaultAction": obs.seccomp_default_action}))
         return out
 
     # -- enforce ---------------------------------------------------------------------------
+
+    def remediate_many(self, ctx: Context, findings: Sequence[Finding], observed: Any) -> list[Outcome]:
+        # One write and at most one SIGHUP for every failing key of a pass (nodeguard/daemon_json.py).
+        from nodeguard.daemon_json import remediate_config
+
+        return remediate_config(ctx, findings, observed)
+
+    def remember(self, ctx: Context, observed: Any, store: StateStore) -> None:
+        from nodeguard.daemon_json import remember_last_good
+
+        remember_last_good(ctx, observed, store)
 
     def patch_for(self, rule_id: str, observed: DaemonConfigObservation, policy: Policy) -> dict[str, Any]:
         """The daemon.json keys that put `rule_id` back to policy ({} when the file cannot fix it)."""
         settings = self.settings(policy)
         assert isinstance(settings, DaemonConfigPolicy)
         cfg = observed.config or {}
+        if rule_id == "log-level" and _truthy(cfg.get("debug", False)) and observed.source_of("debug") == "file":
+            # debug: true wins over log-level, so both keys go back (debug is reloadable).
+            return {} if observed.source_of("log-level") == "flag" else {
+                "log-level": settings.log_level, "debug": False}
         fixed: dict[str, Any] = {
             "icc": {"icc": False},
             "log-level": {"log-level": settings.log_level},
@@ -293,12 +463,37 @@ class DaemonConfigControl(Control):
             opts.setdefault("max-file", settings.log_rotation.max_file)
             return {"log-opts": opts}
         if rule_id in ("tcp-host-tls", "plaintext-2375"):
-            if observed.source_of("hosts") != "file":
+            if "hosts" not in cfg:  # only a flag names them: the unit must change, not the file
                 return {}
-            verify = _truthy(cfg.get("tlsverify"))
+            verify = _truthy(observed.effective.get("tlsverify"))
             kept_hosts = [e.raw for e in hosts_of(cfg)
                           if e.scheme != "tcp" or (verify and e.port != 2375)]
             # Never add a hosts key, and drop an emptied one: a socket-activated daemon (-H fd://)
             # refuses to start with hosts in the file.
             return {"hosts": kept_hosts if kept_hosts else DELETE}
         return {}
+
+
+def _observe_seccomp(ctx: Context, obs: DaemonConfigObservation) -> None:
+    """Read the daemon-wide seccomp profile named by the effective config (CIS 2.17)."""
+    profile = obs.effective.get("seccomp-profile")
+    if not isinstance(profile, str) or not profile or profile in ("unconfined", "builtin"):
+        return
+    host_path = ctx.host.from_daemon_path(profile)
+    try:
+        raw = ctx.host.read_bytes(host_path, limit=SECCOMP_PROFILE_LIMIT)
+    except FileNotFoundError:
+        obs.seccomp_error = "the file does not exist (dockerd cannot start containers with it)"
+        return
+    except OSError as exc:
+        obs.seccomp_error = f"cannot read: {exc.strerror or exc}"
+        return
+    value, error = parse_daemon_json(raw)
+    if value is None:
+        obs.seccomp_error = f"not a seccomp profile: {error}"
+        return
+    action = value.get("defaultAction")
+    if not isinstance(action, str):
+        obs.seccomp_error = "not a seccomp profile: no defaultAction"
+        return
+    obs.seccomp_default_action = action

@@ -2,15 +2,23 @@
 
 Modes are compared as permission bits: "at most 0644" means no bit outside 0644 is set, so 0606
 fails (world-writable) even though 606 < 644 as a number.
+
+Units are found the way systemd finds them: the first `docker.service` along the search path,
+plus every `docker.service.d/*.conf` drop-in (a drop-in can rewrite ExecStart, so it is as
+sensitive as the unit). Registry certificates under `certs.d` are checked one by one; a private
+key there must be 0400 even though CIS 3.8 says "444": a world-readable client key lets any
+local user impersonate the host to the registry.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from nodeguard.controls.base import Context, Control, Outcome
-from nodeguard.host import FileStat
+from nodeguard.host import FileStat, HostRoot
 from nodeguard.policy import DaemonFilesPolicy, Policy, file_mode_bits
 from nodeguard.structs import Finding, Rule, Severity, Status
 
@@ -44,6 +52,63 @@ def excess_bits(mode: int, max_mode: int) -> int:
     return mode & ~max_mode & 0o7777
 
 
+# A hostile certs.d with millions of files must not stall the pass.
+MAX_CERT_FILES = 4096
+KEY_SUFFIXES = (".key",)
+
+
+def _masked(host: HostRoot, host_path: str) -> bool:
+    """A unit or drop-in linked to /dev/null is masked: systemd ignores it."""
+    st = host.lstat(host_path)
+    if st is None or st.kind != "symlink":
+        return False
+    try:
+        return os.readlink(host.resolve(host_path, follow_last=False)) == "/dev/null"
+    except OSError:
+        return False
+
+
+def find_unit_files(host: HostRoot, unit_dirs: list[str], unit: str) -> tuple[str | None, list[str]]:
+    """(the unit file systemd loads, its drop-ins), searched along `unit_dirs` in priority order.
+
+    The first unit file found wins; drop-ins `UNIT.d/*.conf` come from every folder, a name in
+    an earlier folder hiding the same name in a later one. Folders that are the same place
+    (`/lib` -> `/usr/lib`) are read once.
+    """
+    main: str | None = None
+    dropins: dict[str, str] = {}
+    seen_dirs: set[str] = set()
+    for folder in unit_dirs:
+        base = folder.rstrip("/") or "/"
+        real = str(host.resolve(base))
+        if real in seen_dirs:
+            continue
+        seen_dirs.add(real)
+        candidate = f"{base}/{unit}"
+        if main is None and host.lstat(candidate) is not None:
+            main = None if _masked(host, candidate) else candidate
+            if main is None:
+                return None, []  # masked: systemd will not start it at all
+        for name in host.listdir(f"{base}/{unit}.d"):
+            if name.endswith(".conf") and name not in dropins:
+                dropins[name] = f"{base}/{unit}.d/{name}"
+    kept = [path for _, path in sorted(dropins.items()) if not _masked(host, path)]
+    return main, kept
+
+
+def registry_cert_files(host: HostRoot, certs_dir: str) -> list[str]:
+    """Every file under certs.d (CA certificates, client certificates and keys), as host paths."""
+    top = host.resolve(certs_dir)
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            out.append(host.host_path_of(Path(dirpath) / name))
+            if len(out) >= MAX_CERT_FILES:
+                return out
+    return out
+
+
 def _pair(role: str, title: str, cis_owner: str | None, cis_mode: str | None) -> tuple[Rule, Rule]:
     return (
         Rule(f"{role}-owner", f"{title} owned as the policy says", Severity.MEDIUM, cis_owner, True),
@@ -62,6 +127,10 @@ class DaemonFilesControl(Control):
         *_pair("tls-cert", "TLS server certificate", "3.11", "3.12"),
         *_pair("tls-key", "TLS server key", "3.13", "3.14"),
         *_pair("daemon-json", "daemon.json", "3.17", "3.18"),
+        *_pair("registry-cert", "registry certificates and keys under certs.d", "3.7", "3.8"),
+        *_pair("etc-default-docker", "/etc/default/docker", "3.19", "3.22"),
+        *_pair("etc-sysconfig-docker", "/etc/sysconfig/docker", "3.21", "3.20"),
+        *_pair("containerd-sock", "containerd's socket", "3.23", "3.24"),
         *_pair("extra", "a file the policy lists", None, None),
     )
 
@@ -81,19 +150,32 @@ class DaemonFilesControl(Control):
             if isinstance(cfg.get(key), str) and cfg[key]:
                 specs.append(FileSpec(role, ctx.host.from_daemon_path(cfg[key]), "root", "root", mode))
         for role, unit in (("docker-service", "docker.service"), ("docker-socket-unit", "docker.socket")):
-            # systemd takes the first unit file found along its search path.
-            for folder in settings.unit_dirs:
-                candidate = f"{folder.rstrip('/')}/{unit}"
-                if ctx.host.lstat(candidate) is not None:
-                    specs.append(FileSpec(role, candidate, "root", "root", 0o644))
-                    break
+            # systemd takes the first unit file found along its search path, plus every drop-in.
+            main, dropins = find_unit_files(ctx.host, settings.unit_dirs, unit)
+            for unit_path in ([main] if main else []) + dropins:
+                specs.append(FileSpec(role, unit_path, "root", "root", 0o644))
+        certs_dir = f"{settings.config_dir.rstrip('/')}/certs.d"
+        for cert in registry_cert_files(ctx.host, certs_dir):
+            mode = 0o400 if cert.endswith(KEY_SUFFIXES) else 0o444
+            specs.append(FileSpec("registry-cert", cert, "root", "root", mode))
+        for role, env_file in (("etc-default-docker", "/etc/default/docker"),
+                               ("etc-sysconfig-docker", "/etc/sysconfig/docker")):
+            if ctx.host.lstat(env_file) is not None:
+                specs.append(FileSpec(role, env_file, "root", "root", 0o644))
+        if ctx.host.lstat(settings.containerd_socket) is not None:
+            specs.append(FileSpec("containerd-sock", settings.containerd_socket, "root", "root", 0o660))
         for extra in settings.extra:
             specs.append(FileSpec("extra", extra.path, extra.owner, extra.group, file_mode_bits(extra.file_mode)))
         return specs
 
     def watch_paths(self, ctx: Context) -> list[str]:
+        settings = self._settings(ctx.policy)
         folders = {s.path.rsplit("/", 1)[0] or "/" for s in self.specs(ctx)}
-        folders.add(self._settings(ctx.policy).config_dir)
+        folders.add(settings.config_dir)
+        # A unit or drop-in created later must wake the control too: watch the folders that exist.
+        for folder in [*settings.unit_dirs, "/etc/default", "/etc/sysconfig"]:
+            if ctx.host.stat(folder) is not None:
+                folders.add(folder.rstrip("/") or "/")
         return sorted(folders)
 
     def observe(self, ctx: Context) -> DaemonFilesObservation:
@@ -113,8 +195,9 @@ class DaemonFilesControl(Control):
         for fo in observed.files:
             spec, st = fo.spec, fo.stat
             if st is None:
-                out += self.skip_all(f"{spec.path} does not exist", [f"{spec.role}-owner", f"{spec.role}-mode"],
-                                     spec.path)
+                # Same subject as when the file exists: the agent keys findings by (rule, subject).
+                out += [self.finding(r, Status.SKIP, f"{spec.path} does not exist", path=spec.path, subject=spec.path)
+                        for r in (f"{spec.role}-owner", f"{spec.role}-mode")]
                 continue
             want_uid, want_gid = fo.owner_ids
             have = f"{observed.uid_names.get(st.uid, st.uid)}:{observed.gid_names.get(st.gid, st.gid)}"

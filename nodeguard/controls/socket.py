@@ -103,11 +103,13 @@ class SocketControl(Control):
                 continue
             names = obs.uid_names if entry.tag == "user" else obs.gid_names
             text = entry.render(names)
+            # Named entries always carry an id; uid/gid 0 is one (never read it as "no qualifier").
+            qualifier = -1 if entry.qualifier is None else entry.qualifier
             allowed = False
             for a in s.allowed_acl:
                 tag, who, perms = a.split(":")
                 want = sum(b for c, b in (("r", 4), ("w", 2), ("x", 1)) if c in perms)
-                if tag == entry.tag and who in (names.get(entry.qualifier or -1), str(entry.qualifier)) \
+                if tag == entry.tag and who in (names.get(qualifier), str(qualifier)) \
                         and entry.perms & ~want == 0:
                     allowed = True
             if not allowed:

@@ -28,6 +28,8 @@ class EventName(enum.StrEnum):
     POLICY_LOADED = "nodeguard.policy.loaded"
     POLICY_REJECTED = "nodeguard.policy.rejected"
     AGENT_STOPPED = "nodeguard.agent.stopped"
+    # The durable spool was full and dropped its oldest events (see nodeguard/events/spool.py).
+    SPOOL_DROPPED = "nodeguard.spool.dropped"
 
 
 # OpenTelemetry severity numbers (logs data model): INFO=9, WARN=13, ERROR=17, FATAL=21.
@@ -62,7 +64,21 @@ class Event:
             "event.id": self.id,
             "body": self.body,
             "attributes": self.attributes,
+            # Exact time: `time` is rounded to microseconds, the chain hash covers nanoseconds.
+            "time_unix_nano": self.time_unix_nano,
         }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Event:
+        """The inverse of `to_record` (the spool keeps events in this form)."""
+        return cls(
+            name=EventName(record["event.name"]),
+            severity=record["severity"],
+            body=record["body"],
+            attributes=dict(record.get("attributes") or {}),
+            time_unix_nano=int(record["time_unix_nano"]),
+            id=record["event.id"],
+        )
 
     def to_json_line(self) -> str:
         return json.dumps(self.to_record(), sort_keys=False, default=str, separators=(",", ":"))

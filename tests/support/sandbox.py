@@ -131,4 +131,4 @@ def usermod_add(sb: Sandbox, user: str, group: str = "docker") -> None:
 
 def gpasswd_delete(sb: Sandbox, user: str, group: str = "docker") -> None:
     require_tool("gpasswd")
-    subprocess.run(["gpasswd", "-R", str(sb.root), "-d", user, group], check=True, capture_output=True, text=True)
+    subprocess.run(["gpasswd", "-Q", str(sb.root), "-d", user, group], check=True, capture_output=True, text=True)

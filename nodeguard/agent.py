@@ -1,0 +1,99 @@
+"""Assembling the agent: policy, event sinks, engine, watchers, signals. `nodeguard run` calls run_agent."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from nodeguard.engine import Engine, EngineOptions
+from nodeguard.events.model import Event, EventName, EventSink, lifecycle_event
+from nodeguard.host import HostRoot
+from nodeguard.policy import Policy, PolicyError, load_policy, parse_policy
+from nodeguard.state import StateStore
+from nodeguard.structs import Mode
+from nodeguard.watch import Watcher
+
+log = logging.getLogger(__name__)
+
+LAST_GOOD_POLICY = "policy.yaml"
+
+
+class FanoutSink:
+    """Hands every event to each sink; one failing sink never starves the others."""
+
+    def __init__(self, sinks: Sequence[EventSink]) -> None:
+        self.sinks = list(sinks)
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            for sink in self.sinks:
+                try:
+                    sink.emit(event)
+                except Exception:
+                    log.exception("sink %r failed", sink)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:
+                log.exception("sink %r failed to close", sink)
+
+
+@dataclass
+class AgentConfig:
+    host_root: Path
+    state_dir: Path
+    policy_path: Path | None = None
+    mode: Mode | None = None
+    proc: Path = Path("/proc")
+    watchers: list[Watcher] = field(default_factory=list)
+
+
+def initial_policy(cfg: AgentConfig, store: StateStore, sink: EventSink) -> Policy:
+    """The policy file; if it is invalid, the last good one kept in the state dir (else PolicyError)."""
+    try:
+        policy = load_policy(cfg.policy_path)
+    except PolicyError as exc:
+        kept = store.last_good(LAST_GOOD_POLICY)
+        sink.emit(lifecycle_event(EventName.POLICY_REJECTED,
+                                  f"policy rejected at start:\n{exc.render()}" +
+                                  ("; the last good policy stays in force" if kept else ""),
+                                  policy_source=str(cfg.policy_path), problems=[p[2] for p in exc.problems]))
+        if kept is None:
+            raise
+        return parse_policy(kept.decode(), "<last good policy>")
+    if cfg.policy_path is not None:
+        store.save_last_good(LAST_GOOD_POLICY, cfg.policy_path.read_bytes())
+    return policy
+
+
+def run_agent(cfg: AgentConfig, sinks: Iterable[EventSink]) -> Engine:
+    """Run until SIGTERM/SIGINT; returns the stopped engine (for its counters)."""
+    host = HostRoot(cfg.host_root)
+    store = StateStore(cfg.state_dir)
+    sink = FanoutSink(list(sinks))
+    try:
+        policy = initial_policy(cfg, store, sink)
+        engine = Engine(EngineOptions(host, cfg.state_dir, cfg.policy_path, cfg.mode, cfg.proc), policy, sink,
+                        watchers=cfg.watchers)
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            engine.stop()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            engine.run()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return engine
+    finally:
+        sink.close()

@@ -1,0 +1,120 @@
+"""`nodeguard firewall show | apply | remove`: nodeguard's own netfilter rules, by hand.
+
+The agent keeps the rules in place; these commands are for people: see what is there and why
+this backend, put the rules in place once (e.g. before the agent's first start), and take them
+away on purpose (uninstall). Stopping the agent never removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nodeguard.host import HostRoot
+from nodeguard.netfilter.backend import BackendError
+from nodeguard.netfilter.model import Desired
+from nodeguard.netfilter.select import Selection, backend_for, legacy_usable, nft_usable, select_backend
+from nodeguard.policy import FirewallPolicy
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+firewall_app = typer.Typer(help="nodeguard's own firewall rules: show, apply, remove.", no_args_is_help=True)
+
+HostRootOpt = Annotated[Path, typer.Option("--host-root", envvar="NODEGUARD_HOST_ROOT",
+                                           help="Where the host's filesystem is (its /run/xtables.lock is used).")]
+PolicyOpt = Annotated[Path | None, typer.Option("--policy", envvar="NODEGUARD_POLICY",
+                                                help="Policy YAML (its firewall section).")]
+
+
+def _selection(host_root: Path, policy: Path | None) -> tuple[HostRoot, FirewallPolicy, Selection]:
+    from nodeguard.cli import _host_or_exit, _load_policy_or_exit
+
+    pol = _load_policy_or_exit(policy)
+    host = _host_or_exit(host_root)
+    fw = pol.spec.controls.firewall
+    return host, fw, select_backend(fw.backend, host)
+
+
+@firewall_app.command("show")
+def show(
+    host_root: HostRootOpt = Path("/"),
+    policy: PolicyOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Which backend, why, and nodeguard's rules as the kernel holds them. Exit 1 when they differ from the policy."""
+    _, fw, sel = _selection(host_root, policy)
+    if sel.backend is None:
+        typer.echo(f"no firewall backend: {sel.reason}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    state = sel.backend.read_state()
+    desired = Desired.from_policy(fw)
+    in_place = sel.backend.in_place(desired, state)
+    if as_json:
+        out = {"backend": sel.name, "reason": sel.reason, "where": sel.backend.describe(), "in_place": in_place,
+               "error": state.error, "state": state.render(),
+               "desired": [f"{c.where}: " + ", ".join(r.render() for r in c.rules)
+                           for c in sel.backend.desired_chains(desired)]}
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        typer.echo(f"backend: {sel.name} ({sel.reason})")
+        typer.echo(f"where:   {sel.backend.describe()}")
+        if state.error:
+            typer.echo(f"error:   {state.error}")
+        for line in state.render():
+            typer.echo(f"  {line}")
+        typer.echo("in place: yes" if in_place else "in place: NO (differs from the policy)")
+    raise typer.Exit(EXIT_OK if in_place else EXIT_FAILED)
+
+
+@firewall_app.command("apply")
+def apply(host_root: HostRootOpt = Path("/"), policy: PolicyOpt = None) -> None:
+    """Put the policy's rules in place now (idempotent: nothing is written when they already are)."""
+    _, fw, sel = _selection(host_root, policy)
+    if sel.backend is None:
+        typer.echo(f"no firewall backend: {sel.reason}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        changed = sel.backend.apply(Desired.from_policy(fw))
+    except BackendError as exc:
+        typer.echo(f"{sel.name}: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(f"{sel.name}: {'applied' if changed else 'already in place'} ({sel.backend.describe()})")
+
+
+@firewall_app.command("remove")
+def remove(host_root: HostRootOpt = Path("/"), policy: PolicyOpt = None) -> None:
+    """Remove nodeguard's rules from every backend that holds them (uninstall). Nothing else is touched.
+
+    Run it after the agent is gone: a running agent in enforce mode puts them back.
+    """
+    from nodeguard.cli import _host_or_exit, _load_policy_or_exit
+
+    _load_policy_or_exit(policy)
+    host = _host_or_exit(host_root)
+    candidates = []
+    if nft_usable_ok():
+        candidates += ["nftables", "iptables-nft"]
+    if legacy_usable()[0]:
+        candidates.append("iptables-legacy")
+    failed = False
+    for name in candidates:
+        backend = backend_for(name, host)
+        try:
+            removed = backend.remove()
+        except BackendError as exc:
+            # iptables-nft tools may be missing on an nft-only host: that backend holds nothing then.
+            typer.echo(f"{name}: not removed: {exc}", err=True)
+            failed = failed or name != "iptables-nft"
+            continue
+        typer.echo(f"{name}: {'removed ' + backend.describe() if removed else 'nothing of nodeguard there'}")
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def nft_usable_ok() -> bool:
+    from nodeguard.netfilter.libnft import Nft
+
+    return nft_usable(Nft())[0]

@@ -1,0 +1,127 @@
+"""The agent's metrics (OpenTelemetry metrics SDK, exported over OTLP beside the events).
+
+| metric | kind | unit | attributes |
+|---|---|---|---|
+| `nodeguard.drift.detected` / `.reverted` / `.revert_failed` | counter | `{drift}` | `nodeguard.control` |
+| `nodeguard.reconcile.duration` | histogram | `s` | `nodeguard.control` |
+| `nodeguard.spool.depth` | gauge | `{event}` | `nodeguard.exporter` (events waiting for it) |
+| `nodeguard.spool.dropped` | counter | `{event}` | |
+| `nodeguard.export.failures` | counter | `{failure}` | `nodeguard.exporter` |
+| `nodeguard.export.delivered` | counter | `{event}` | `nodeguard.exporter` |
+
+The drift counters are fed by the event pipeline itself (every event passes through it, before
+aggregation), so the engine only reports what the pipeline cannot see:
+`record_reconcile(control, seconds)`. Every function here is a no-op until a pipeline has
+installed the metrics, so the engine can call them unconditionally.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+
+from nodeguard._version import __version__
+from nodeguard.events.model import Event, EventName
+from nodeguard.events.resource import SCHEMA_URL
+
+log = logging.getLogger(__name__)
+
+_DRIFT_COUNTERS = {
+    EventName.DRIFT_DETECTED: "nodeguard.drift.detected",
+    EventName.DRIFT_REVERTED: "nodeguard.drift.reverted",
+    EventName.DRIFT_REVERT_FAILED: "nodeguard.drift.revert_failed",
+}
+# A reconcile is one control's observe + evaluate (+ remediate): milliseconds, rarely seconds.
+_DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+
+
+class Metrics:
+    def __init__(self, provider: MeterProvider, depth: Callable[[], dict[str, int]] | None = None) -> None:
+        self.provider = provider
+        self._depth = depth
+        meter = provider.get_meter("nodeguard", __version__, schema_url=SCHEMA_URL)
+        self._drift = {
+            name: meter.create_counter(metric, unit="{drift}", description=f"Events {name.value} per control")
+            for name, metric in _DRIFT_COUNTERS.items()
+        }
+        self._reconcile = meter.create_histogram(
+            "nodeguard.reconcile.duration", unit="s", description="One control's observe/evaluate/remediate pass",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS)
+        self._dropped = meter.create_counter("nodeguard.spool.dropped", unit="{event}",
+                                             description="Events the full spool dropped")
+        self._failures = meter.create_counter("nodeguard.export.failures", unit="{failure}",
+                                              description="Failed delivery attempts per exporter")
+        self._delivered = meter.create_counter("nodeguard.export.delivered", unit="{event}",
+                                               description="Events confirmed by each exporter's destination")
+        meter.create_observable_gauge("nodeguard.spool.depth", callbacks=[self._observe_depth], unit="{event}",
+                                      description="Events in the spool waiting for each exporter")
+
+    def _observe_depth(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._depth is None:
+            return []
+        try:
+            return [Observation(n, {"nodeguard.exporter": name}) for name, n in self._depth().items()]
+        except Exception:  # the spool is closing
+            return []
+
+    def record_event(self, event: Event) -> None:
+        counter = self._drift.get(event.name)
+        if counter is not None:
+            counter.add(1, {"nodeguard.control": str(event.attributes.get("nodeguard.control", ""))})
+
+    def record_reconcile(self, control: str, seconds: float) -> None:
+        self._reconcile.record(seconds, {"nodeguard.control": control})
+
+    def record_dropped(self, count: int) -> None:
+        self._dropped.add(count)
+
+    def record_export_failure(self, exporter: str) -> None:
+        self._failures.add(1, {"nodeguard.exporter": exporter})
+
+    def record_delivered(self, exporter: str, count: int) -> None:
+        self._delivered.add(count, {"nodeguard.exporter": exporter})
+
+    def shutdown(self, timeout_seconds: float) -> None:
+        try:
+            self.provider.shutdown(timeout_millis=max(1.0, timeout_seconds * 1000))
+        except Exception:
+            log.exception("metrics shutdown failed")
+
+
+_lock = threading.Lock()
+_current: Metrics | None = None
+
+
+def install(provider: MeterProvider, depth: Callable[[], dict[str, int]] | None = None) -> Metrics:
+    global _current
+    with _lock:
+        _current = Metrics(provider, depth)
+        return _current
+
+
+def uninstall(metrics: Metrics) -> None:
+    global _current
+    with _lock:
+        if _current is metrics:
+            _current = None
+
+
+def make_provider(resource: Resource, readers: list[MetricReader]) -> MeterProvider:
+    return MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+
+
+def record_reconcile(control: str, seconds: float) -> None:
+    """The engine: how long one control's pass took (observe + evaluate + remediate)."""
+    if _current is not None:
+        _current.record_reconcile(control, seconds)
+
+
+def record_event(event: Event) -> None:
+    if _current is not None:
+        _current.record_event(event)

@@ -1,0 +1,342 @@
+r"""The cluster's view of each node: a Node condition and Node Events, written from inside the DaemonSet.
+
+`KubeSink` is an EventSink beside the other exporters. From the drift events it keeps the set of
+drifts still open on this node and:
+
+- sets the Node condition `DockerDaemonCompliant` (True: no open drift; False: the drifts, named),
+  the way node-problem-detector reports node problems. The condition is PATCHed (strategic merge,
+  so the kubelet's own conditions are untouched) only when its status, reason or message changes.
+- records a Kubernetes Event on the Node for each drift, aggregated like client-go's
+  EventCorrelator: a repeat of the same drift bumps `count` and `lastTimestamp` of the Event it
+  already created instead of creating another object.
+
+It never blocks the engine: `emit` updates the open-drift set under a lock and hands the API work
+to a thread of its own through a bounded queue (when the API server is slow and the queue is full,
+Node Events are dropped and counted; the condition is recomputed from the set, so it is never lost).
+The open-drift set is kept in the state dir, so an agent restart does not flip the condition to
+True until the drifts are really resolved.
+
+Outside a cluster (no KUBERNETES_SERVICE_HOST) `kube_sink_from_env` returns None: nothing to do.
+
+Every node's state (the README and the chart's NOTES have it with the reason and message too):
+
+    kubectl get nodes -o custom-columns=\
+      'NODE:.metadata.name,COMPLIANT:.status.conditions[?(@.type=="DockerDaemonCompliant")].status'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nodeguard.events.model import Event, EventName
+
+log = logging.getLogger(__name__)
+
+CONDITION_TYPE = "DockerDaemonCompliant"
+COMPONENT = "nodeguard"
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+# Events of cluster-scoped objects (a Node) live in "default", as client-go's recorder puts them.
+DEFAULT_EVENT_NAMESPACE = "default"
+OPEN_DRIFTS_FILE = "kube-open-drifts.json"
+MAX_MESSAGE = 1024  # events.k8s.io caps a note at 1 kB; keep condition messages as short
+EVENT_CACHE_SIZE = 4096  # aggregated Events remembered, as client-go's correlator
+_STOP = object()
+
+# Which agent events become Node Events, with the Event's type and reason.
+_NODE_EVENTS: dict[EventName, tuple[str, str]] = {
+    EventName.DRIFT_DETECTED: ("Warning", "DriftDetected"),
+    EventName.DRIFT_REVERTED: ("Normal", "DriftReverted"),
+    EventName.DRIFT_REVERT_FAILED: ("Warning", "DriftRevertFailed"),
+    EventName.DRIFT_FLAPPING: ("Warning", "DriftFlapping"),
+    EventName.DRIFT_RESOLVED: ("Normal", "DriftResolved"),
+    EventName.POLICY_REJECTED: ("Warning", "PolicyRejected"),
+}
+# A drift is open from `detected` until it is `resolved` (gone by itself) or `reverted` (by us).
+_OPENS = {EventName.DRIFT_DETECTED, EventName.DRIFT_REVERT_FAILED, EventName.DRIFT_FLAPPING}
+_CLOSES = {EventName.DRIFT_RESOLVED, EventName.DRIFT_REVERTED}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _short(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def drift_key(event: Event) -> str:
+    """control/rule[subject]: the identity of one drift, as the agent keys its findings."""
+    a = event.attributes
+    key = f"{a.get('nodeguard.control', '')}/{a.get('nodeguard.rule', '')}"
+    subject = a.get("nodeguard.subject")
+    return f"{key}[{subject}]" if subject else key
+
+
+@dataclass(frozen=True)
+class Condition:
+    status: str  # "True" | "False"
+    reason: str
+    message: str
+
+    @classmethod
+    def for_open(cls, open_drifts: list[str]) -> Condition:
+        if not open_drifts:
+            return cls("True", "NoOpenDrift", "the Docker daemon matches the nodeguard policy")
+        names = ", ".join(sorted(open_drifts))
+        return cls("False", "DriftOpen", _short(f"{len(open_drifts)} open drift(s): {names}"))
+
+
+@dataclass
+class _NodeEventWork:
+    kind: str  # Normal | Warning
+    reason: str
+    key: str
+    message: str
+
+
+@dataclass
+class _Recorded:
+    name: str
+    count: int
+
+
+class KubeSink:
+    """EventSink that keeps the Node's condition and Events; all API calls on its own thread."""
+
+    def __init__(
+        self,
+        api: Any,  # kubernetes.client.CoreV1Api
+        node_name: str,
+        *,
+        event_namespace: str = DEFAULT_EVENT_NAMESPACE,
+        state_dir: str | os.PathLike[str] | None = None,
+        queue_size: int = 1000,
+        retry_max: float = 60.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.api = api
+        self.node_name = node_name
+        self.event_namespace = event_namespace
+        self.dropped = 0  # Node Events dropped because the queue was full
+        self._state_file = Path(state_dir) / OPEN_DRIFTS_FILE if state_dir is not None else None
+        self._lock = threading.Lock()
+        self._open: set[str] = self._load_open()
+        self._open_saved = set(self._open)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._applied: Condition | None = None  # what the Node says now, as far as we know
+        self._applied_status_since: str | None = None
+        self._recorded: OrderedDict[tuple[str, str], _Recorded] = OrderedDict()
+        self._retry_max = retry_max
+        self._timeout = request_timeout
+        self._thread = threading.Thread(target=self._run, name="nodeguard-kube", daemon=True)
+        self._thread.start()
+
+    # -- EventSink ---------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Cheap and non-blocking: update the open set, queue the API work (or drop it when full)."""
+        key = drift_key(event)
+        with self._lock:
+            if event.name in _OPENS:
+                self._open.add(key)
+            elif event.name in _CLOSES:
+                self._open.discard(key)
+        kind_reason = _NODE_EVENTS.get(event.name)
+        if kind_reason is not None:
+            work = _NodeEventWork(kind_reason[0], kind_reason[1],
+                                  key if event.name is not EventName.POLICY_REJECTED else "policy",
+                                  _short(f"{key}: {event.body}" if event.name is not EventName.POLICY_REJECTED
+                                         else event.body))
+            try:
+                self._queue.put_nowait(work)
+            except queue.Full:
+                self.dropped += 1
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # a nudge: recompute the condition soon
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything emitted so far reached the API (or failed); True when it did in time."""
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush: the last condition and the queued Events are sent (bounded by `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._queue.put(_STOP, timeout=0.1)
+                break
+            except queue.Full:
+                if time.monotonic() > deadline or not self._thread.is_alive():
+                    break
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def open_drifts(self) -> list[str]:
+        with self._lock:
+            return sorted(self._open)
+
+    # -- the worker --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._read_condition()
+        backoff = 0.0
+        while True:
+            try:
+                item = self._queue.get(timeout=backoff or None)
+            except queue.Empty:
+                item = None
+            if isinstance(item, _NodeEventWork):
+                self._record(item)
+            if item is _STOP:
+                self._sync_condition()
+                return
+            if isinstance(item, threading.Event):  # flush(): everything before it is handled
+                self._sync_condition()
+                item.set()
+                continue
+            if not self._queue.empty() and item is not None:
+                continue  # drain the burst first: one condition PATCH per burst
+            # A failed PATCH (API server down) is retried with back-off, capped at retry_max.
+            backoff = 0.0 if self._sync_condition() else min(self._retry_max, max(1.0, backoff * 2))
+
+    def _read_condition(self) -> None:
+        """What the Node says at start, so a restart with nothing new patches nothing."""
+        try:
+            node = self.api.read_node(self.node_name, _request_timeout=self._timeout)
+        except Exception as exc:  # the API may be down at start; the first sync patches then
+            log.warning("cannot read node %s: %s", self.node_name, exc)
+            return
+        for cond in (node.status.conditions or []) if node.status else []:
+            if cond.type == CONDITION_TYPE:
+                self._applied = Condition(cond.status, cond.reason or "", cond.message or "")
+                if cond.last_transition_time is not None:
+                    self._applied_status_since = cond.last_transition_time.isoformat().replace("+00:00", "Z")
+
+    def _sync_condition(self) -> bool:
+        """PATCH the condition when it differs from what the Node has; False when that failed."""
+        with self._lock:
+            open_now = set(self._open)
+        self._save_open(open_now)
+        want = Condition.for_open(list(open_now))
+        if want == self._applied:
+            return True
+        now = _now()
+        since = self._applied_status_since if self._applied and self._applied.status == want.status else now
+        body = {"status": {"conditions": [{
+            "type": CONDITION_TYPE, "status": want.status, "reason": want.reason, "message": want.message,
+            "lastHeartbeatTime": now, "lastTransitionTime": since or now,
+        }]}}
+        try:
+            self.api.patch_node_status(self.node_name, body, _content_type=STRATEGIC_MERGE,
+                                       _request_timeout=self._timeout)
+        except Exception as exc:
+            log.warning("cannot patch node %s condition %s: %s", self.node_name, CONDITION_TYPE, exc)
+            return False
+        self._applied, self._applied_status_since = want, since or now
+        return True
+
+    def _record(self, work: _NodeEventWork) -> None:
+        """Create the Node Event, or bump the one this drift already has."""
+        from kubernetes.client import CoreV1Event
+        from kubernetes.client.exceptions import ApiException
+
+        cache_key = (work.reason, work.key)
+        now = _now()
+        seen = self._recorded.get(cache_key)
+        if seen is not None:
+            self._recorded.move_to_end(cache_key)
+            patch = {"count": seen.count + 1, "lastTimestamp": now, "message": work.message}
+            try:
+                self.api.patch_namespaced_event(seen.name, self.event_namespace, patch,
+                                                _content_type=STRATEGIC_MERGE, _request_timeout=self._timeout)
+                seen.count += 1
+                return
+            except ApiException as exc:
+                if exc.status != 404:  # gone (events expire after an hour): create a new one below
+                    log.warning("cannot update event %s: %s", seen.name, exc.reason)
+                    return
+            except Exception as exc:
+                log.warning("cannot update event %s: %s", seen.name, exc)
+                return
+        name = f"{self.node_name}.{time.time_ns():x}"
+        body = CoreV1Event.from_dict({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": self.event_namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": self.node_name},
+            "reason": work.reason, "message": work.message, "type": work.kind,
+            "count": 1, "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": COMPONENT, "host": self.node_name},
+            "reportingComponent": COMPONENT, "reportingInstance": self.node_name,
+        })
+        try:
+            self.api.create_namespaced_event(self.event_namespace, body, _request_timeout=self._timeout)
+        except Exception as exc:
+            log.warning("cannot create event on node %s: %s", self.node_name, exc)
+            return
+        self._recorded[cache_key] = _Recorded(name, 1)
+        while len(self._recorded) > EVENT_CACHE_SIZE:
+            self._recorded.popitem(last=False)
+
+    # -- the open set across restarts --------------------------------------------------------
+
+    def _load_open(self) -> set[str]:
+        if self._state_file is None:
+            return set()
+        try:
+            data = json.loads(self._state_file.read_text(encoding="utf-8"))
+            return {str(k) for k in data.get("open", [])}
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("ignoring unreadable %s: %s", self._state_file, exc)
+            return set()
+
+    def _save_open(self, open_now: set[str]) -> None:
+        if self._state_file is None or open_now == self._open_saved:
+            return
+        tmp = self._state_file.with_name(f".{self._state_file.name}.tmp")
+        try:
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"open": sorted(open_now)}) + "\n", encoding="utf-8")
+            os.replace(tmp, self._state_file)
+            self._open_saved = set(open_now)
+        except OSError as exc:
+            log.warning("cannot keep the open drifts in %s: %s", self._state_file, exc)
+
+
+def kube_sink_from_env(env: Mapping[str, str] | None = None, *,
+                       state_dir: str | os.PathLike[str] | None = None) -> KubeSink | None:
+    """A KubeSink for the node this pod runs on, or None outside a cluster (nothing to report to).
+
+    In-cluster config (the pod's service account); the node is the downward API's NODE_NAME.
+    """
+    env = os.environ if env is None else env
+    if not env.get("KUBERNETES_SERVICE_HOST"):
+        return None
+    node = env.get("NODE_NAME")
+    if not node:
+        log.warning("in a cluster but NODE_NAME is not set (downward API): no Node condition or Events")
+        return None
+    from kubernetes import client, config
+
+    config.load_incluster_config()  # type: ignore[no-untyped-call]
+    return KubeSink(client.CoreV1Api(), node,
+                    event_namespace=env.get("NODEGUARD_EVENT_NAMESPACE", DEFAULT_EVENT_NAMESPACE),
+                    state_dir=state_dir)

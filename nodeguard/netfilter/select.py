@@ -1,0 +1,150 @@
+"""Which backend drives this host's netfilter: the policy's choice, or `auto`.
+
+`auto` decides the way Kubernetes' iptables wrappers do, because a node's rules must go where
+its other netfilter users (kubelet, kube-proxy, dockerd) put theirs and where its operators look:
+
+0. where nodeguard's own table or chain already is (no flip-flop, no second copy);
+1. kubelet's hint chains (`KUBE-IPTABLES-HINT`, `KUBE-KUBELET-CANARY` in the mangle table):
+   in nf_tables -> nf_tables; in legacy xtables -> legacy;
+2. else where Docker's own chains (`DOCKER`, `DOCKER-USER`, `DOCKER-FORWARD`) live;
+3. else nf_tables when the kernel and libnftables have it (Debian 11+, Ubuntu 22.04+, RHEL 8+),
+   else legacy xtables.
+
+On an nf_tables host nodeguard uses its own `inet` table (it coexists with iptables-nft's
+tables); `iptables-nft` is there for operators who want the rules in iptables-nft's filter table.
+Looking never changes anything: a legacy table that is not loaded is not read (reading would
+load it), and nft only lists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodeguard.host import HostRoot
+from nodeguard.netfilter.backend import Backend
+from nodeguard.netfilter.libnft import Nft, NftError
+from nodeguard.netfilter.nft import NftablesBackend
+from nodeguard.netfilter.xtables import XtablesLegacyBackend, legacy_chain_names, legacy_tables, on_worker
+
+HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+DOCKER_CHAINS = ("DOCKER", "DOCKER-USER", "DOCKER-FORWARD")
+LOCK_FILE = "/run/xtables.lock"
+
+
+@dataclass
+class Selection:
+    """The backend chosen for this host, and why (shown by `nodeguard check`)."""
+
+    requested: str
+    name: str | None
+    reason: str
+    backend: Backend | None = None
+    probes: dict[str, str] = field(default_factory=dict)
+
+
+_cache: dict[tuple[str, str], Backend] = {}
+_cache_lock = threading.Lock()
+
+
+def backend_for(name: str, host: HostRoot) -> Backend:
+    """One backend object per (kind, host root) per process: the xtables worker thread lives on."""
+    lock_path = host.resolve(LOCK_FILE)
+    key = (name, str(lock_path))
+    with _cache_lock:
+        backend = _cache.get(key)
+        if backend is None:
+            if name == "nftables":
+                backend = NftablesBackend()
+            elif name == "iptables-legacy":
+                backend = XtablesLegacyBackend(lock_path)
+            elif name == "iptables-nft":
+                from nodeguard.netfilter.xtables_nft import XtablesNftBackend
+
+                backend = XtablesNftBackend()
+            else:
+                raise ValueError(f"unknown firewall backend {name!r}")
+            _cache[key] = backend
+        return backend
+
+
+def _nft_chains(nft: Nft, table: str) -> set[str] | None:
+    """Chain names of an nf_tables table (`ip mangle`), None when the table does not exist."""
+    try:
+        listing = json.loads(nft.run(f"list table {table}", json=True))
+    except (NftError, ValueError):
+        return None
+    return {item["chain"]["name"] for item in listing.get("nftables", []) if "chain" in item}
+
+
+def nft_usable(nft: Nft) -> tuple[bool, str]:
+    if not nft.available:
+        return False, "neither libnftables nor nft is installed"
+    try:
+        nft.run("list tables", json=True)
+    except NftError as exc:
+        return False, f"nf_tables unusable: {exc.message.strip()}"
+    return True, f"nf_tables available via {nft.via}"
+
+
+def legacy_usable() -> tuple[bool, str]:
+    if legacy_tables("ipv4") is None and not Path("/proc/net/ip_tables_names").exists():
+        return False, "no legacy xtables in this kernel (/proc/net/ip_tables_names missing)"
+    try:
+        # Imported on the xtables worker: libxtables' global state belongs to that thread.
+        on_worker(importlib.import_module, "iptc")
+    except Exception as exc:  # python-iptables raises XTablesError or OSError without libxtables
+        return False, f"python-iptables unusable: {exc}"
+    return True, "legacy xtables available"
+
+
+def select_backend(requested: str, host: HostRoot) -> Selection:
+    nft = Nft()
+    nft_ok, nft_why = nft_usable(nft)
+    legacy_ok, legacy_why = legacy_usable()
+    probes = {"nftables": nft_why, "iptables-legacy": legacy_why}
+
+    def chosen(name: str, reason: str) -> Selection:
+        ok = {"nftables": nft_ok, "iptables-legacy": legacy_ok, "iptables-nft": nft_ok}[name]
+        if not ok:
+            return Selection(requested, None, f"{reason}, but {probes[name if name != 'iptables-nft' else 'nftables']}",
+                             None, probes)
+        return Selection(requested, name, reason, backend_for(name, host), probes)
+
+    if requested != "auto":
+        return chosen(requested, f"the policy asks for {requested}")
+    if not nft_ok and not legacy_ok:
+        return Selection(requested, None, f"no netfilter backend: {nft_why}; {legacy_why}", None, probes)
+
+    # 0. Where nodeguard's own rules already are: switching would leave a copy behind.
+    if nft_ok and _nft_chains(nft, "inet nodeguard") is not None:
+        return chosen("nftables", "nodeguard's own table inet nodeguard is already in nf_tables")
+    if legacy_ok and "NODEGUARD" in (legacy_chain_names("filter") or set()):
+        return chosen("iptables-legacy", "nodeguard's own chain NODEGUARD is already in legacy xtables")
+    nft_mangle = _nft_chains(nft, "ip mangle") if nft_ok else None
+    legacy_mangle = legacy_chain_names("mangle") if legacy_ok else None
+    for hint in HINT_CHAINS:
+        if nft_mangle and hint in nft_mangle:
+            return chosen("nftables", f"kubelet's {hint} chain is in nf_tables")
+        if legacy_mangle and hint in legacy_mangle:
+            return chosen("iptables-legacy", f"kubelet's {hint} chain is in legacy xtables")
+    nft_docker = set()
+    if nft_ok:
+        for table in ("ip filter", "ip nat"):
+            nft_docker |= _nft_chains(nft, table) or set()
+    legacy_docker = set()
+    if legacy_ok:
+        for table in ("filter", "nat"):
+            legacy_docker |= legacy_chain_names(table) or set()
+    in_nft = sorted(set(DOCKER_CHAINS) & nft_docker)
+    in_legacy = sorted(set(DOCKER_CHAINS) & legacy_docker)
+    if in_legacy and not in_nft:
+        return chosen("iptables-legacy", f"Docker's chains {in_legacy} are in legacy xtables")
+    if in_nft and not in_legacy:
+        return chosen("nftables", f"Docker's chains {in_nft} are in nf_tables (iptables-nft)")
+    if nft_ok:
+        return chosen("nftables", "no kubelet hint or Docker chains decide it; nf_tables is available")
+    return chosen("iptables-legacy", "no kubelet hint or Docker chains decide it; only legacy xtables is available")

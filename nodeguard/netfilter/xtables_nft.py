@@ -1,0 +1,135 @@
+"""The iptables-nft backend: the same NODEGUARD chain, in iptables-nft's filter tables.
+
+For hosts whose operators audit with `iptables -S` on an nf_tables system and want to see
+nodeguard's rules there. Driven through `iptables-nft-save`/`iptables-nft-restore --noflush`:
+a restore is one nf_tables transaction (atomic, no xtables lock needed) that names only our
+chain and our jump, so nobody else's rules are read back into the kernel.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+
+from nodeguard.netfilter.backend import Backend, BackendError
+from nodeguard.netfilter.model import ChainState, Desired, Family, FirewallState, RuleSpec, normalise_cidr, rules_for
+from nodeguard.netfilter.xtables import CHAIN, FAMILIES
+
+_TOOLS = {"ipv4": ("iptables-nft-save", "iptables-nft-restore"),
+          "ipv6": ("ip6tables-nft-save", "ip6tables-nft-restore")}
+_TARGETS = {"RETURN": "pass", "DROP": "drop", "REJECT": "reject"}
+
+
+def parse_rule_line(args: list[str]) -> RuleSpec:
+    """`-s X -p tcp -m tcp --dport P -j T [--reject-with tcp-reset]` (after `-A CHAIN`) -> RuleSpec."""
+    raw = RuleSpec(None, None, raw=" ".join(args))
+    opts: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        if i + 1 >= len(args):
+            return raw
+        key, value = args[i], args[i + 1]
+        if key in opts and not (key == "-m" and value == "tcp"):
+            return raw
+        opts[key] = value
+        i += 2
+    extra = set(opts) - {"-s", "-p", "-m", "--dport", "-j", "--reject-with"}
+    verdict = _TARGETS.get(opts.get("-j", ""))
+    if extra or opts.get("-p") != "tcp" or opts.get("-m", "tcp") != "tcp" or verdict is None \
+            or not opts.get("--dport", "").isdigit():
+        return raw
+    if (verdict == "reject") != ("--reject-with" in opts) or opts.get("--reject-with", "tcp-reset") != "tcp-reset":
+        return raw
+    source = normalise_cidr(opts["-s"]) if "-s" in opts else None
+    if source is not None and verdict != "pass":
+        return raw
+    return RuleSpec(int(opts["--dport"]), verdict, source)  # type: ignore[arg-type]
+
+
+def render_rule_line(spec: RuleSpec) -> str:
+    src = f"-s {spec.source} " if spec.source else ""
+    target = {"pass": "RETURN", "drop": "DROP", "reject": "REJECT --reject-with tcp-reset"}[spec.verdict or "drop"]
+    return f"-A {CHAIN} {src}-p tcp -m tcp --dport {spec.port} -j {target}"
+
+
+class XtablesNftBackend(Backend):
+    name = "iptables-nft"
+
+    def describe(self) -> str:
+        return f"chain {CHAIN} in iptables-nft's filter tables (ip and ip6), jumped to from INPUT rule 1"
+
+    def desired_chains(self, desired: Desired) -> tuple[ChainState, ...]:
+        return tuple(ChainState(f"{fam} filter {CHAIN} (iptables-nft)", True, True, f"INPUT rule 1 jumps to {CHAIN}",
+                                rules_for(desired, fam)) for fam in FAMILIES)
+
+    @staticmethod
+    def _run(tool: str, stdin: str | None = None, *args: str) -> str:
+        path = shutil.which(tool)
+        if path is None:
+            raise BackendError(f"{tool} is not installed")
+        proc = subprocess.run([path, *args], input=stdin, capture_output=True, text=True, timeout=30, check=False)
+        if proc.returncode != 0:
+            raise BackendError(f"{tool} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc.stdout
+
+    def _read_family(self, family: Family) -> ChainState:
+        where = f"{family} filter {CHAIN} (iptables-nft)"
+        text = self._run(_TOOLS[family][0], None, "-t", "filter")
+        exists = False
+        jumps: list[int] = []
+        jump_specs: list[str] = []
+        input_index = 0
+        rules: list[RuleSpec] = []
+        for line in text.splitlines():
+            if line.startswith(f":{CHAIN} "):
+                exists = True
+            elif line.startswith("-A INPUT "):
+                words = shlex.split(line)[2:]
+                if words[-2:] == ["-j", CHAIN]:
+                    jumps.append(input_index if words == ["-j", CHAIN] else -1)
+                    jump_specs.append(shlex.join(words))
+                input_index += 1
+            elif line.startswith(f"-A {CHAIN} "):
+                rules.append(parse_rule_line(shlex.split(line)[2:]))
+        if not exists:
+            return ChainState(where, False, False, f"no chain {CHAIN}")
+        hooked = jumps == [0]
+        detail = f"INPUT rule 1 jumps to {CHAIN}" if hooked else (
+            f"no jump from INPUT to {CHAIN}" if not jumps else f"INPUT jumps to {CHAIN} but not (only) as rule 1")
+        return ChainState(where, True, hooked, detail, tuple(rules), tuple(jump_specs))
+
+    def read_state(self) -> FirewallState:
+        try:
+            return FirewallState(self.name, tuple(self._read_family(f) for f in FAMILIES))
+        except (BackendError, OSError, subprocess.SubprocessError, ValueError) as exc:
+            return FirewallState(self.name, error=str(exc))
+
+    def _script(self, have: ChainState, desired: Desired | None, family: Family) -> str:
+        lines = ["*filter"]
+        # With --noflush a chain line flushes that chain only (and creates it when missing).
+        lines.append(f":{CHAIN} - [0:0]")
+        lines += [f"-D INPUT {spec}" for spec in have.jumps]
+        if desired is None:
+            lines.append(f"-X {CHAIN}")
+        else:
+            lines.append(f"-I INPUT 1 -j {CHAIN}")
+            lines += [render_rule_line(r) for r in rules_for(desired, family)]
+        lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+    def _commit(self, family: Family, script: str) -> None:
+        self._run(_TOOLS[family][1], script, "--noflush")
+
+    def _write(self, desired: Desired, state: FirewallState) -> None:
+        for family, have, want in zip(FAMILIES, state.chains, self.desired_chains(desired), strict=True):
+            if not (have.exists and have.hooked and have.rules == want.rules):
+                self._commit(family, self._script(have, desired, family))
+
+    def _delete(self, state: FirewallState) -> bool:
+        changed = False
+        for family, have in zip(FAMILIES, state.chains, strict=True):
+            if have.exists:
+                self._commit(family, self._script(have, None, family))
+                changed = True
+        return changed

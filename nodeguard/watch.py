@@ -1,0 +1,124 @@
+"""inotify watches (watchdog) that turn host changes into "look again at control X" triggers.
+
+Folders, never files: editors and shadow-utils replace files by rename, and dockerd deletes and
+re-creates its socket; a watch on the file itself would die with the old inode. The handler does
+no I/O: it maps the event's folder to control names and hands them to the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+from watchdog.events import (
+    DirAttribEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+log = logging.getLogger(__name__)
+
+Trigger = Callable[[str, str], None]
+RESYNC = "*"  # trigger target meaning "every control"
+
+# Only changes: opening or reading a file (our own reads of /etc/group included) must not wake us,
+# or every evaluation would trigger the next one.
+CHANGE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent, FileAttribEvent,
+    DirCreatedEvent, DirDeletedEvent, DirMovedEvent, DirAttribEvent,
+]
+
+
+class Watcher(Protocol):
+    """Anything that can wake the engine: inotify here, netlink or the Docker events stream elsewhere."""
+
+    def start(self, trigger: Trigger) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, folder: str, targets: Iterable[str], trigger: Trigger) -> None:
+        self.folder = folder
+        self.targets = tuple(targets)
+        self.trigger = trigger
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        reason = f"{event.event_type} {os.fsdecode(event.src_path)}"
+        for target in self.targets:
+            self.trigger(target, reason)
+
+
+class _OverflowHook(logging.Handler):
+    """watchdog 7 logs an inotify queue overflow but never tells the handler: listen to the log."""
+
+    def __init__(self, trigger: Trigger) -> None:
+        super().__init__(logging.WARNING)
+        self.trigger = trigger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.trigger(RESYNC, "inotify queue overflow")
+
+
+def nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+class FolderWatcher:
+    """Watches real folders; `folders` maps a real folder to the targets it wakes."""
+
+    def __init__(self, folders: dict[Path, set[str]]) -> None:
+        self.folders = folders
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._hook: _OverflowHook | None = None
+        self._lock = threading.Lock()
+        self.failed: dict[str, str] = {}
+
+    def start(self, trigger: Trigger) -> None:
+        observer = Observer()
+        merged: dict[Path, set[str]] = {}
+        for folder, targets in self.folders.items():
+            # A folder that does not exist yet (no /etc/docker before Docker is installed): watch its
+            # nearest parent, so its creation wakes the controls; the resync covers the rest.
+            merged.setdefault(nearest_existing(folder), set()).update(targets)
+        for folder, targets in sorted(merged.items()):
+            try:
+                observer.schedule(_Handler(str(folder), sorted(targets), trigger), str(folder),
+                                  recursive=False, event_filter=CHANGE_EVENTS)
+            except OSError as exc:
+                # ENOSPC: fs.inotify.max_user_watches reached. The periodic resync still covers
+                # this folder; say so instead of failing the agent.
+                self.failed[str(folder)] = os.strerror(exc.errno or 0)
+                log.error("cannot watch %s (%s); relying on the periodic resync for it", folder, exc)
+        self._hook = _OverflowHook(trigger)
+        logging.getLogger("watchdog.observers.inotify_c").addHandler(self._hook)
+        observer.daemon = True
+        observer.start()
+        with self._lock:
+            self._observer = observer
+
+    def stop(self) -> None:
+        with self._lock:
+            observer, self._observer = self._observer, None
+        if self._hook is not None:
+            logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._hook)
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)

@@ -1,0 +1,230 @@
+"""The Helm chart, rendered and linted by Helm's own engine (helm-python-sdk, Helm v4, in-process).
+
+Every rendered object is checked against the Kubernetes schemas of a current release
+(kubernetes-validate, strict: unknown fields fail), for the default values and a matrix of value
+sets; values.schema.json must refuse bad values before anything renders.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import latest_version
+
+from nodeguard.policy import Mode, load_policy
+from tests.support.chart import CHART, container, host_mounts, objects, one, render
+
+KUBE_VERSION = latest_version()  # the newest Kubernetes whose schemas kubernetes-validate ships
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "enforce-with-policy": {
+        "mode": "enforce",
+        "policy": {
+            "controls": {
+                "dockerGroup": {"allowedMembers": ["ci-runner"]},
+                "socket": {"mode": "enforce"},
+                "daemonConfig": {"rules": {"userland-proxy": "observe"}},
+                "firewall": {"ports": [{"port": 2376, "allow": ["192.0.2.0/24", "2001:db8::/32"],
+                                        "action": "reject"}]},
+            },
+            "agent": {"resyncSeconds": 30},
+        },
+    },
+    "otlp-headers-and-mtls": {
+        "otlp": {"endpoint": "https://otel-collector.observability.svc:4317", "protocol": "grpc",
+                 "headers": "authorization=Bearer abc,x-tenant=ops",
+                 "tls": {"secretName": "otlp-client", "clientCertificate": True}},
+    },
+    "otlp-existing-secret": {
+        "otlp": {"endpoint": "http://collector:4318", "protocol": "http/protobuf",
+                 "existingSecret": {"name": "siem-token", "headersKey": "otlp-headers"},
+                 "tls": {"insecure": True}},
+    },
+    "no-cluster-view": {
+        "kube": {"enabled": False}, "rbac": {"create": False},
+        "serviceAccount": {"create": False, "name": "preexisting"},
+    },
+    "tuned": {
+        "fullnameOverride": "guard", "updateStrategy": {"maxUnavailable": "25%"},
+        "appArmorProfile": {"type": "Localhost", "localhostProfile": "nodeguard"},
+        "image": {"repository": "registry.example/nodeguard", "tag": "1.2.3", "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "regcred"}], "podAnnotations": {"team": "platform"},
+        "podLabels": {"tier": "node"}, "extraEnv": [{"name": "TZ", "value": "UTC"}],
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ci", "effect": "NoSchedule"}],
+        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "128Mi"}},
+        "logLevel": "debug", "hostPID": False,
+    },
+}
+
+
+@pytest.fixture(params=sorted(VALUE_SETS))
+def values(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return copy.deepcopy(VALUE_SETS[request.param])
+
+
+def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
+    report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == []
+    # Severity 1 is informational ("icon is recommended"); warnings and errors fail.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_rendered_objects_pass_the_kubernetes_schemas(values: dict[str, Any]) -> None:
+    objs = objects(values)
+    assert {o["kind"] for o in objs} >= {"DaemonSet", "ConfigMap"}
+    for obj in objs:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        labels = obj["metadata"]["labels"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            assert key in labels, (obj["kind"], key)
+
+
+def test_the_policy_configmap_is_a_policy_the_agent_accepts(values: dict[str, Any], tmp_path: Any) -> None:
+    cm = one(objects(values), "ConfigMap", "-policy")
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(cm["data"]["policy.yaml"])
+    policy = load_policy(policy_file)
+    assert policy.spec.mode == Mode(values.get("mode", "observe"))
+    if values.get("policy"):
+        doc = yaml.safe_load(cm["data"]["policy.yaml"])
+        assert doc["spec"]["controls"] == values["policy"]["controls"]
+
+
+def test_daemonset_runs_everywhere_with_least_privilege() -> None:
+    ds = one(objects(), "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    c = container(ds)
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["hostNetwork"] is True and pod["hostPID"] is True
+    assert "hostIPC" not in pod
+    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
+                                            "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    sc = c["securityContext"]
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"],
+                                  "add": ["CHOWN", "FOWNER", "DAC_OVERRIDE", "KILL", "NET_ADMIN", "NET_RAW"]}
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert "ports" not in c  # nothing listens on the node
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["exec"]["command"][:2] == ["nodeguard", "health"], probe
+        assert set(c[probe]) - {"exec", "periodSeconds", "timeoutSeconds", "failureThreshold"} == set()
+    assert c["command"] == ["nodeguard"]
+    assert c["args"] == ["run", "--host-root", "/host", "--policy", "/etc/nodeguard/policy.yaml",
+                         "--state-dir", "/host/var/lib/nodeguard", "--events-file", "-"]
+    env = {e["name"]: e for e in c["env"]}
+    for name, field in (("NODE_NAME", "spec.nodeName"), ("POD_NAME", "metadata.name"),
+                        ("POD_NAMESPACE", "metadata.namespace")):
+        assert env[name]["valueFrom"]["fieldRef"]["fieldPath"] == field
+
+
+def test_host_mounts_are_exactly_what_the_agent_touches() -> None:
+    ds = one(objects(), "DaemonSet")
+    mounts = host_mounts(ds)
+    assert sorted(mounts.values()) == sorted(["/etc", "/etc/docker", "/run", "/run/xtables.lock",
+                                              "/var/lib/nodeguard"])
+    # Each host path appears at --host-root + itself: the agent resolves host paths through the root.
+    for mount_path, host_path in mounts.items():
+        assert mount_path == "/host" + host_path
+    pod = ds["spec"]["template"]["spec"]
+    types = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
+    assert types["/run/xtables.lock"] == "FileOrCreate" and types["/var/lib/nodeguard"] == "DirectoryOrCreate"
+    # The policy is mounted as a folder (no subPath): the kubelet's ..data swap reaches the agent.
+    policy_mount = next(m for m in container(ds)["volumeMounts"] if m["name"] == "policy")
+    assert policy_mount == {"name": "policy", "mountPath": "/etc/nodeguard", "readOnly": True}
+    assert all("subPath" not in m for m in container(ds)["volumeMounts"])
+    # Probes and args name the same state dir as the mount.
+    probe = container(ds)["livenessProbe"]["exec"]["command"]
+    assert probe[probe.index("--state-dir") + 1] == "/host/var/lib/nodeguard"
+
+
+def test_changing_mode_or_policy_does_not_restart_a_pod() -> None:
+    """`helm upgrade --set mode=enforce` changes only the ConfigMap: the pod template is identical,
+    so the DaemonSet controller rolls nothing and the running agent hot-reloads its policy."""
+    before = objects()
+    after = objects({"mode": "enforce", "policy": {"controls": {"dockerGroup": {"allowedMembers": ["x"]}}}})
+    assert one(before, "DaemonSet") == one(after, "DaemonSet")
+    assert one(before, "ConfigMap") != one(after, "ConfigMap")
+
+
+def test_rbac_allows_only_what_the_cluster_view_calls() -> None:
+    objs = objects()
+    role = one(objs, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["get", "patch"]},
+    ]
+    events = one(objs, "Role", "-events")
+    assert events["metadata"]["namespace"] == "default"
+    assert events["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]
+    for binding in (one(objs, "ClusterRoleBinding"), one(objs, "RoleBinding")):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ng-nodeguard", "namespace": "nodeguard"}]
+
+
+def test_without_the_cluster_view_there_is_no_rbac_and_no_token() -> None:
+    objs = objects(VALUE_SETS["no-cluster-view"])
+    assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                                                 "ServiceAccount")]
+    pod = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "preexisting"
+
+
+def test_otlp_settings_become_the_opentelemetry_variables() -> None:
+    objs = objects(VALUE_SETS["otlp-headers-and-mtls"])
+    env = {e["name"]: e for e in container(one(objs, "DaemonSet"))["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "https://otel-collector.observability.svc:4317"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "grpc"
+    secret = one(objs, "Secret", "-otlp")
+    assert secret["stringData"] == {"headers": "authorization=Bearer abc,x-tenant=ops"}
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"], "key": "headers"}
+    assert "value" not in env["OTEL_EXPORTER_OTLP_HEADERS"]  # the token never sits in the pod spec
+    tls_dir = "/etc/nodeguard-otlp-tls"
+    assert env["OTEL_EXPORTER_OTLP_CERTIFICATE"]["value"] == f"{tls_dir}/ca.crt"
+    assert env["OTEL_EXPORTER_OTLP_CLIENT_KEY"]["value"] == f"{tls_dir}/tls.key"
+
+    objs = objects(VALUE_SETS["otlp-existing-secret"])
+    assert not [o for o in objs if o["kind"] == "Secret"]
+    env = {e["name"]: e for e in container(one(objs, "DaemonSet"))["env"]}
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"] == {"name": "siem-token",
+                                                                               "key": "otlp-headers"}
+    assert env["OTEL_EXPORTER_OTLP_INSECURE"]["value"] == "true"
+
+
+def test_notes_name_the_kubectl_view_of_every_node() -> None:
+    notes = next(docs[0]["text"] for path, docs in render().items() if path.endswith("NOTES.txt"))
+    assert 'conditions[?(@.type=="DockerDaemonCompliant")].status' in notes
+    assert "nodeguard firewall remove" in notes
+
+
+@pytest.mark.parametrize("bad", [
+    {"mode": "enforcing"},
+    {"mode": "off"},
+    {"policy": {"mode": "enforce"}},  # one place for the mode
+    {"policy": {"controls": {"socket": {"mode": "enforcing"}}}},
+    {"policy": {"spec": {}}},
+    {"updateStrategy": {"maxUnavailable": 0}},
+    {"updateStrategy": {"maxUnavailable": "150%"}},
+    {"capabilities": ["SYS_ADMIN"]},
+    {"capabilities": ["NET_ADMIN", "NET_ADMIN"]},
+    {"otlp": {"protocol": "http/json"}},
+    {"otlp": {"endpoint": "collector:4317"}},
+    {"appArmorProfile": {"type": "Localhost"}},
+    {"logLevel": "verbose"},
+    {"kube": {"eventNamespace": "Not_A_Namespace"}},
+    {"privileged": True},
+], ids=lambda v: str(v))
+def test_the_values_schema_refuses_bad_values(bad: dict[str, Any]) -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as refused:
+        chart.render(values=bad, name="ng", namespace="nodeguard")
+    assert next(iter(bad)) in str(refused.value)  # the message names the offending value
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(chart.merge_values({}))  # the defaults themselves pass

@@ -1,0 +1,279 @@
+"""`nodeguard run` against real parts: real inotify, a real dockerd, real usermod/gpasswd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import is_event, running_agent
+from tests.support.dockerd import running_dockerd
+from tests.support.sandbox import Sandbox, gpasswd_delete, require_root, usermod_add
+
+pytestmark = [pytest.mark.root]
+
+HARDENED = {
+    "icc": False, "live-restore": True, "no-new-privileges": True, "userland-proxy": False,
+    "log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "3"},
+}
+
+
+def wait_first_pass(state_dir: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (state_dir / "findings.json").exists():
+        assert time.monotonic() < deadline, "agent never finished its first pass"
+        time.sleep(0.02)
+
+
+def editor_write(path: Path, text: str) -> None:
+    """What vim/ansible do: write a temporary file beside the target and rename it over."""
+    tmp = path.with_name(f".{path.name}.swp")
+    tmp.write_text(text)
+    os.rename(tmp, path)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.mark.dockerd
+def test_enforce_reverts_socket_daemon_json_and_reloads_live_restore(sandbox: Sandbox, state_dir: Path) -> None:
+    with running_dockerd(sandbox, HARDENED) as d, \
+            running_agent(sandbox.root, state_dir, "--mode", "enforce") as agent:
+        wait_first_pass(state_dir)
+
+        # The socket opened to everyone.
+        mark = agent.mark()
+        d.socket.chmod(0o666)
+        agent.wait_for(is_event("nodeguard.drift.detected", "socket-mode"), after=mark)
+        agent.wait_for(is_event("nodeguard.drift.reverted", "socket-mode"), after=mark)
+        assert stat.S_IMODE(d.socket.stat().st_mode) == 0o660
+
+        # A plaintext TCP host added by an editor-style rename: patched out, never SIGHUP'd (hosts
+        # needs a restart), the drifted file quarantined and its diff in the event.
+        mark = agent.mark()
+        cfg = json.loads(d.config_file.read_text())
+        editor_write(d.config_file, json.dumps({**cfg, "hosts": ["tcp://0.0.0.0:2375"]}, indent=2))
+        ev = agent.wait_for(is_event("nodeguard.drift.reverted", "plaintext-2375"), after=mark)
+        assert ev["attributes"]["nodeguard.restart_required"] is True
+        assert '"tcp://0.0.0.0:2375"' in ev["attributes"]["nodeguard.diff"]
+        quarantined = Path(ev["attributes"]["nodeguard.quarantined"])
+        assert "2375" in quarantined.read_text()
+        assert json.loads(d.config_file.read_text()) == HARDENED  # every other key kept
+
+        # live-restore flipped off and applied by hand; nodeguard writes it back and SIGHUPs dockerd.
+        mark = agent.mark()
+        editor_write(d.config_file, json.dumps({**HARDENED, "live-restore": False}, indent=2))
+        d.sighup()
+        ev = agent.wait_for(is_event("nodeguard.drift.reverted", "live-restore"), after=mark)
+        assert "SIGHUP sent" in ev["body"]
+        deadline = time.monotonic() + 10
+        while d.info()["LiveRestoreEnabled"] is not True:
+            assert time.monotonic() < deadline, "dockerd never reloaded live-restore"
+            time.sleep(0.1)
+        assert f"pid {d.pid}" in ev["body"]
+
+
+def test_enforce_removes_docker_group_member_added_by_usermod(sandbox: Sandbox, state_dir: Path) -> None:
+    require_root()
+    with running_agent(sandbox.root, state_dir, "--mode", "enforce") as agent:
+        wait_first_pass(state_dir)
+        mark = agent.mark()
+        usermod_add(sandbox, "bob")
+        agent.wait_for(is_event("nodeguard.drift.detected", "member-allowed", subject="bob"), after=mark)
+        agent.wait_for(is_event("nodeguard.drift.reverted", "member-allowed", subject="bob"), after=mark)
+        assert "docker:x:990:\n" in sandbox.read("/etc/group")
+        assert "docker:!::\n" in sandbox.read("/etc/gshadow")
+        # shadow-utils still works on what we wrote, and finds no lock left behind.
+        usermod_add(sandbox, "alice")
+        agent.wait_for(is_event("nodeguard.drift.reverted", "member-allowed", subject="alice"), after=mark)
+        # (/etc/.pwd.lock stays, as shadow-utils leaves it; the per-file locks must be gone.)
+        assert not [p.name for p in sandbox.path("/etc").iterdir() if p.name in ("group.lock", "gshadow.lock")]
+
+
+def test_observe_mode_never_writes_to_the_host_root(sandbox: Sandbox, state_dir: Path) -> None:
+    require_root()
+    sandbox.write("/etc/docker/daemon.json", json.dumps({"icc": True, "hosts": ["tcp://0.0.0.0:2375"]}))
+    sandbox.path("/etc/docker").chmod(0o777)
+    usermod_add(sandbox, "bob")
+    sock = sandbox.path("/run/docker.sock")
+    import socket as pysocket
+
+    with pysocket.socket(pysocket.AF_UNIX) as s:
+        s.bind(str(sock))
+        sock.chmod(0o666)
+        before = sandbox.snapshot()
+        with running_agent(sandbox.root, state_dir) as agent:
+            for rule in ("plaintext-2375", "socket-mode", "member-allowed", "etc-docker-mode"):
+                agent.wait_for(is_event("nodeguard.drift.detected", rule))
+            # A further drift while watching is reported, not reverted.
+            mark = agent.mark()
+            usermod_add(sandbox, "alice")
+            agent.wait_for(is_event("nodeguard.drift.detected", "member-allowed", subject="alice"), after=mark)
+            before = {**before, **{k: v for k, v in sandbox.snapshot().items() if k.startswith("etc/")}}
+            time.sleep(0.3)
+        assert not [e for e in agent.events() if e["event.name"].startswith("nodeguard.drift.revert")]
+        assert sandbox.snapshot() == before
+
+
+def test_drift_while_down_is_reported_at_start(sandbox: Sandbox, state_dir: Path) -> None:
+    require_root()
+    with running_agent(sandbox.root, state_dir) as agent:
+        wait_first_pass(state_dir)
+    usermod_add(sandbox, "bob")
+    with running_agent(sandbox.root, state_dir, events_file=agent.events_file) as agent2:
+        ev = agent2.wait_for(is_event("nodeguard.drift.detected", "member-allowed", subject="bob"),
+                             after=agent.mark())
+        assert ev["attributes"]["nodeguard.while_down"] is True
+        assert "while nodeguard was not running" in ev["body"]
+    gpasswd_delete(sandbox, "bob")
+    with running_agent(sandbox.root, state_dir, events_file=agent.events_file) as agent3:
+        mark = agent3.mark()
+        agent3.wait_for(lambda e: e["event.name"] == "nodeguard.drift.resolved"
+                        and e["attributes"].get("nodeguard.subject") == "bob", after=mark - 5)
+
+
+def test_policy_hot_reload_configmap_style(sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    """kubelet updates a ConfigMap volume by swapping the `..data` symlink to a new timestamped folder."""
+    require_root()
+    cm = tmp_path / "configmap"
+    cm.mkdir()
+
+    def publish(text: str, version: int) -> None:
+        folder = cm / f"..2026_11_23_{version}"
+        folder.mkdir()
+        (folder / "policy.yaml").write_text(text)
+        tmp_link = cm / "..data_tmp"
+        tmp_link.symlink_to(folder.name)
+        os.rename(tmp_link, cm / "..data")
+        if not (cm / "policy.yaml").exists():
+            (cm / "policy.yaml").symlink_to("..data/policy.yaml")
+
+    head = "apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\n"
+    publish(head + "spec:\n  mode: observe\n", 1)
+    with running_agent(sandbox.root, state_dir, "--policy", str(cm / "policy.yaml")) as agent:
+        wait_first_pass(state_dir)
+        mark = agent.mark()
+        usermod_add(sandbox, "bob")
+        agent.wait_for(is_event("nodeguard.drift.detected", "member-allowed", subject="bob"), after=mark)
+
+        mark = agent.mark()
+        publish(head + "spec:\n  mode: enforcing\n", 2)  # invalid: refused, observe stays
+        ev = agent.wait_for(is_event("nodeguard.policy.rejected"), after=mark)
+        assert "policy.yaml:4: spec.mode:" in ev["body"]
+        time.sleep(0.3)
+        assert "bob" in sandbox.read("/etc/group")
+
+        mark = agent.mark()
+        publish(head + "spec:\n  mode: enforce\n", 3)
+        agent.wait_for(is_event("nodeguard.policy.loaded", mode="enforce"), after=mark)
+        agent.wait_for(is_event("nodeguard.drift.reverted", "member-allowed", subject="bob"), after=mark)
+        assert "docker:x:990:\n" in sandbox.read("/etc/group")
+
+
+def test_flapping_backs_off_instead_of_a_hot_loop(sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    require_root()
+    policy = tmp_path / "p.yaml"
+    policy.write_text("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  mode: enforce\n"
+                      "  agent:\n    flapping: {threshold: 3, windowSeconds: 30, maxBackoffSeconds: 2}\n")
+    etc_docker = sandbox.path("/etc/docker")
+    stop = threading.Event()
+
+    def fight() -> None:  # a config-management tool that disagrees with the policy
+        while not stop.is_set():
+            etc_docker.chmod(0o777)
+            time.sleep(0.01)
+
+    with running_agent(sandbox.root, state_dir, "--policy", str(policy)) as agent:
+        wait_first_pass(state_dir)
+        fighter = threading.Thread(target=fight)
+        fighter.start()
+        try:
+            ev = agent.wait_for(is_event("nodeguard.drift.flapping", "etc-docker-mode"))
+            assert ev["attributes"]["nodeguard.backoff_seconds"] == 1
+            time.sleep(1.5)
+            reverts = [e for e in agent.events() if is_event("nodeguard.drift.reverted", "etc-docker-mode")(e)]
+            # ~100 chmods per second for 1.5 s: without back-off that would be ~150 reverts.
+            assert len(reverts) < 20, len(reverts)
+        finally:
+            stop.set()
+            fighter.join()
+        # Once the fight stops, the next retry puts the folder back.
+        deadline = time.monotonic() + 10
+        while stat.S_IMODE(etc_docker.stat().st_mode) != 0o755:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_sigkill_during_a_storm_leaves_no_partial_file(sandbox: Sandbox, state_dir: Path) -> None:
+    require_root()
+    daemon_json = sandbox.path("/etc/docker/daemon.json")
+    daemon_json.write_text(json.dumps(HARDENED))
+    stop = threading.Event()
+
+    def storm() -> None:  # a tool re-breaking the file every few milliseconds: a storm of reverts
+        i = 0
+        while not stop.is_set():
+            editor_write(daemon_json, json.dumps({**HARDENED, "icc": True, "labels": [f"n={i}"]}))
+            i += 1
+            time.sleep(0.005)
+
+    with running_agent(sandbox.root, state_dir, "--mode", "enforce") as agent:
+        wait_first_pass(state_dir)
+        writer = threading.Thread(target=storm)
+        writer.start()
+        try:
+            agent.wait_for(is_event("nodeguard.drift.reverted", "icc"))
+            time.sleep(0.5)
+            assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+        finally:
+            stop.set()
+            writer.join()
+    json.loads(daemon_json.read_text())  # whole JSON, never half a file
+    with running_agent(sandbox.root, state_dir, "--mode", "enforce") as agent2:
+        wait_first_pass(state_dir)
+        deadline = time.monotonic() + 10
+        while json.loads(daemon_json.read_text()).get("icc") is not False:
+            assert time.monotonic() < deadline, "did not converge after restart"
+            time.sleep(0.05)
+    leftovers = [p.name for p in daemon_json.parent.iterdir() if ".nodeguard-" in p.name]
+    assert leftovers == []
+    assert agent2.proc.returncode == 0
+
+
+def test_sigterm_stops_cleanly_with_agent_stopped(sandbox: Sandbox, state_dir: Path) -> None:
+    with running_agent(sandbox.root, state_dir) as agent:
+        wait_first_pass(state_dir)
+    assert agent.proc.returncode == 0
+    assert agent.events()[-1]["event.name"] == "nodeguard.agent.stopped"
+
+
+def test_invalid_daemon_json_restored_from_last_good_in_enforce(sandbox: Sandbox, state_dir: Path) -> None:
+    daemon_json = sandbox.path("/etc/docker/daemon.json")
+    daemon_json.write_text(json.dumps(HARDENED, indent=2))
+    with running_agent(sandbox.root, state_dir, "--mode", "enforce") as agent:
+        wait_first_pass(state_dir)
+        mark = agent.mark()
+        editor_write(daemon_json, '{"icc": false,, }')
+        ev = agent.wait_for(is_event("nodeguard.drift.reverted", "valid-json"), after=mark)
+        assert json.loads(daemon_json.read_text()) == HARDENED
+        assert Path(ev["attributes"]["nodeguard.quarantined"]).read_text() == '{"icc": false,, }'
+        det = [e for e in agent.events()[mark:] if is_event("nodeguard.drift.detected", "valid-json")(e)][0]
+        assert "line 1 column 15" in det["body"]
+
+
+def test_run_help_documents_contract_flags() -> None:
+    out = subprocess.run([sys.executable, "-m", "nodeguard", "run", "--help"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"})
+    for flag in ("--host-root", "--policy", "--mode", "--events-file", "--state-dir"):
+        assert flag in out.stdout
+

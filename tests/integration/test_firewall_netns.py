@@ -1,0 +1,319 @@
+"""The firewall and listeners controls against real netfilter and a real dockerd with mutual TLS.
+
+Topology (namespaces made by the test, documentation addresses only):
+
+    allowed (192.0.2.2, 2001:db8:1::2) --veth-- node (dockerd on 0.0.0.0:2376, TLS;
+    denied  (198.51.100.2, 2001:db8:2::2) --veth--     a plaintext listener on [::]:2375)
+
+nodeguard runs inside "node" through nsenter around a subprocess; this machine's own netfilter
+is never read or written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.dockerd import Dockerd, running_dockerd
+from tests.support.netns import REPO, Topology, ns_process, ns_python, ns_run, nsenter, topology, wait_listening
+from tests.support.sandbox import Sandbox, make_sandbox, require_tool
+from tests.support.tlsca import TlsFiles, make_tls
+
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.dockerd]
+
+BACKENDS = ["nftables", "iptables-legacy"]
+
+
+@dataclass
+class Lab:
+    topo: Topology
+    sb: Sandbox
+    tls: TlsFiles
+    dockerd: Dockerd
+
+    def policy(self, backend: str, ports: list[dict[str, Any]] | None = None) -> Path:
+        ports = ports if ports is not None else [
+            {"port": 2376, "allow": list(self.topo.allowed_cidrs), "action": "drop"},
+            {"port": 2375, "allow": [], "action": "drop"},
+        ]
+        path = self.sb.root / f"policy-{backend}-{len(ports)}.yaml"
+        path.write_text(json.dumps({"spec": {"controls": {"firewall": {"backend": backend, "ports": ports}}}}))
+        return path
+
+    def fwpass(self, backend: str, mode: str, policy: Path | None = None) -> dict[str, Any]:
+        proc = ns_python(self.topo.node, "-m", "tests.support.fwpass", "pass", "--host-root", str(self.sb.root),
+                         "--policy", str(policy or self.policy(backend)), "--mode", mode)
+        out: dict[str, Any] = json.loads(proc.stdout)
+        return out
+
+    def check(self, backend: str, *only: str, policy: Path | None = None) -> list[dict[str, Any]]:
+        args = ["-m", "nodeguard", "check", "--host-root", str(self.sb.root), "--format", "json",
+                "--policy", str(policy or self.policy(backend))]
+        for name in only or ("firewall",):
+            args += ["--only", name]
+        proc = ns_python(self.topo.node, *args, check=False)
+        assert proc.returncode in (0, 1), proc.stderr
+        findings: list[dict[str, Any]] = json.loads(proc.stdout)["findings"]
+        return findings
+
+    def remove(self) -> None:
+        ns_python(self.topo.node, "-m", "nodeguard", "firewall", "remove", "--host-root", str(self.sb.root))
+
+    def ruleset(self, backend: str) -> str:
+        """The namespace's whole ruleset as its tool prints it; counters zeroed (traffic is not a rule)."""
+        if backend == "iptables-legacy":
+            text = ns_run(self.topo.node, ["iptables-legacy-save"]).stdout + \
+                ns_run(self.topo.node, ["ip6tables-legacy-save"]).stdout
+            text = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+            return re.sub(r"\[\d+:\d+\]", "[0:0]", text)
+        text = ns_run(self.topo.node, ["nft", "list", "ruleset"]).stdout
+        return re.sub(r"packets \d+ bytes \d+", "packets 0 bytes 0", text)
+
+    def reach(self) -> dict[str, bool]:
+        """Who reaches what, probed from both client namespaces at once."""
+        tls = {"ca": str(self.tls.ca), "cert": str(self.tls.client_cert), "key": str(self.tls.client_key)}
+        t = self.topo
+        plans = {
+            t.allowed: [("allowed", "v4", t.node_from_allowed_v4), ("allowed", "v6", t.node_from_allowed_v6)],
+            t.denied: [("denied", "v4", t.node_from_denied_v4), ("denied", "v6", t.node_from_denied_v6)],
+        }
+        procs = []
+        for ns, targets in plans.items():
+            specs, keys = [], []
+            for who, fam, host in targets:
+                specs.append({"kind": "docker", "host": host, "port": 2376, "tls": tls})
+                keys.append(f"{who}-{fam}-2376")
+                specs.append({"kind": "tcp", "host": host, "port": 2375})
+                keys.append(f"{who}-{fam}-2375")
+            procs.append((keys, subprocess.Popen([*nsenter(ns), sys.executable, "-m", "tests.support.probe",
+                                                  json.dumps(specs)], cwd=REPO, stdout=subprocess.PIPE, text=True)))
+        out: dict[str, bool] = {}
+        for keys, proc in procs:
+            stdout, _ = proc.communicate(timeout=60)
+            results = json.loads(stdout)
+            out.update({k: r["ok"] for k, r in zip(keys, results, strict=True)})
+            details = {k: r["detail"] for k, r in zip(keys, results, strict=True)}
+            if "allowed-v4-2376" in keys and not out["allowed-v4-2376"]:
+                print("allowed client failed:", details)
+        return out
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    require_tool("nft")
+    require_tool("iptables-legacy-save")
+    require_tool("ss")
+    root = Path(tempfile.mkdtemp(prefix="ngfw-", dir="/tmp"))
+    try:
+        sb = make_sandbox(root)
+        with topology() as topo:
+            tls = make_tls(root / "tls", [topo.node_from_allowed_v4, topo.node_from_allowed_v6,
+                                          topo.node_from_denied_v4, topo.node_from_denied_v6])
+            config = {"tlsverify": True, "tlscacert": str(tls.ca), "tlscert": str(tls.server_cert),
+                      "tlskey": str(tls.server_key)}
+            with running_dockerd(sb, config, netns=topo.node, hosts=["tcp://0.0.0.0:2376"]) as d, \
+                    ns_process(topo.node, [sys.executable, "-m", "http.server", "2375", "--bind", "::",
+                                           "--directory", str(root / "tls")]):
+                wait_listening(topo.node, 2375)
+                wait_listening(topo.node, 2376)
+                yield Lab(topo, sb, tls, d)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def by_rule(findings: list[dict[str, Any]], rule: str, subject: str | None = None) -> dict[str, Any]:
+    hits = [f for f in findings if f["rule"] == rule and (subject is None or f["subject"] == subject)]
+    assert hits, (rule, subject, [(f["rule"], f["subject"]) for f in findings])
+    return hits[0]
+
+
+def failing(findings: list[dict[str, Any]]) -> set[str]:
+    return {f["rule"] for f in findings if f["status"] == "fail"}
+
+
+EVERYONE = {f"{who}-{fam}-{port}": True for who in ("allowed", "denied") for fam in ("v4", "v6")
+            for port in (2375, 2376)}
+LOCKED = {**{k: False for k in EVERYONE}, "allowed-v4-2376": True, "allowed-v6-2376": True}
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "iptables-nft"])
+def test_tls_port_only_from_allowed_networks(lab: Lab, backend: str) -> None:
+    lab.remove()
+    # Without rules everyone reaches both ports: the probes below can tell the difference.
+    assert lab.reach() == EVERYONE
+    assert "port-restricted" in failing(lab.check(backend))
+
+    out = lab.fwpass(backend, "enforce")
+    assert out["outcomes"] and all(o["ok"] for o in out["outcomes"]), out["outcomes"]
+    assert any(o["changed"] for o in out["outcomes"])
+    findings = lab.check(backend)
+    assert failing(findings) == set(), [f["message"] for f in findings if f["status"] == "fail"]
+    assert by_rule(findings, "backend-available")["observed"] == backend
+    # The docker SDK with a client certificate gets in from the allowed network only, over
+    # IPv4 and IPv6 (Go's 0.0.0.0 listener is dual-stack); plaintext 2375 from nowhere.
+    assert lab.reach() == LOCKED
+    lab.remove()
+
+
+def test_auto_follows_dockers_chains_and_check_explains_it(lab: Lab) -> None:
+    lab.remove()
+    findings = lab.check("auto")
+    avail = by_rule(findings, "backend-available")
+    # dockerd in the node namespace put its chains where this machine's `iptables` points (nf_tables).
+    assert avail["status"] == "pass"
+    assert avail["observed"] == "nftables"
+    assert "Docker's chains" in avail["details"]["reason"] and "nf_tables" in avail["details"]["reason"]
+    assert "nftables" in avail["message"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_apply_is_idempotent_follows_the_policy_and_leaves_others_alone(lab: Lab, backend: str) -> None:
+    lab.remove()
+    foreign_v4 = ["-I", "INPUT", "-p", "tcp", "--dport", "9999", "-j", "ACCEPT"]
+    tool = "iptables-legacy" if backend == "iptables-legacy" else "nft"
+    if backend == "iptables-legacy":
+        ns_run(lab.topo.node, [tool, *foreign_v4])
+    else:
+        ns_run(lab.topo.node, ["nft", "add table inet someone; add chain inet someone c { type filter hook input "
+                                      "priority 0; }; add rule inet someone c tcp dport 9999 accept"])
+    try:
+        lab.fwpass(backend, "enforce")
+        first = lab.ruleset(backend)
+        again = lab.fwpass(backend, "enforce")
+        assert again["outcomes"] == []  # nothing failed, nothing written
+        applied = ns_python(lab.topo.node, "-m", "nodeguard", "firewall", "apply", "--host-root", str(lab.sb.root),
+                            "--policy", str(lab.policy(backend))).stdout
+        assert "already in place" in applied
+        assert lab.ruleset(backend) == first
+        assert "9999" in first  # someone else's rule is there, untouched
+
+        # The policy drops 2375: its rules go, 2376's stay.
+        fewer = lab.policy(backend, [{"port": 2376, "allow": list(lab.topo.allowed_cidrs)}])
+        assert "chain-intact" in failing(lab.check(backend, policy=fewer))
+        lab.fwpass(backend, "enforce", policy=fewer)
+        after = lab.ruleset(backend)
+        assert "2375" not in after and "2376" in after and "9999" in after
+        assert failing(lab.check(backend, policy=fewer)) == set()
+    finally:
+        if backend == "iptables-legacy":
+            ns_run(lab.topo.node, [tool, "-D", *foreign_v4[1:]], check=False)
+        else:
+            ns_run(lab.topo.node, ["nft", "delete", "table", "inet", "someone"], check=False)
+        lab.remove()
+
+
+TAMPER = {
+    "nftables": {
+        "delete-rule": (["sh", "-c", "nft delete rule inet nodeguard input handle "
+                         "$(nft -a list chain inet nodeguard input | grep 'dport 2375' | sed 's/.*handle //')"],
+                        {"chain-intact", "port-restricted", "plaintext-blocked"}),
+        "flush-chain": (["nft", "flush", "chain", "inet", "nodeguard", "input"],
+                        {"chain-intact", "port-restricted", "plaintext-blocked"}),
+        "delete-table": (["nft", "delete", "table", "inet", "nodeguard"],
+                         {"jump-present", "chain-intact", "port-restricted", "plaintext-blocked"}),
+        "insert-accept": (["nft", "insert", "rule", "inet", "nodeguard", "input", "tcp", "dport", "2376", "accept"],
+                          {"chain-intact", "port-restricted"}),
+    },
+    "iptables-legacy": {
+        "delete-rule": (["iptables-legacy", "-D", "NODEGUARD", "-p", "tcp", "-m", "tcp", "--dport", "2375",
+                         "-j", "DROP"], {"chain-intact", "port-restricted", "plaintext-blocked"}),
+        "flush-chain": (["ip6tables-legacy", "-F", "NODEGUARD"],
+                        {"chain-intact", "port-restricted", "plaintext-blocked"}),
+        "delete-jump": (["iptables-legacy", "-D", "INPUT", "-j", "NODEGUARD"],
+                        {"jump-present", "port-restricted", "plaintext-blocked"}),
+        "jump-not-first": (["iptables-legacy", "-I", "INPUT", "-s", "198.51.100.0/24", "-j", "ACCEPT"],
+                           {"jump-present", "port-restricted", "plaintext-blocked"}),
+    },
+}
+CASES = [(b, t) for b, tampers in TAMPER.items() for t in tampers]
+
+
+@pytest.mark.parametrize(("backend", "tamper"), CASES, ids=[f"{b}-{t}" for b, t in CASES])
+def test_tamper_is_reported_in_observe_and_restored_in_enforce(lab: Lab, backend: str, tamper: str) -> None:
+    command, rules = TAMPER[backend][tamper]
+    lab.remove()
+    try:
+        lab.fwpass(backend, "enforce")
+        assert failing(lab.check(backend)) == set()
+        ns_run(lab.topo.node, command)
+
+        before = lab.ruleset(backend)
+        observed = lab.fwpass(backend, "observe")
+        assert failing([f for f in observed["findings"]]) == rules
+        assert observed["outcomes"] == []
+        assert lab.ruleset(backend) == before  # observe mode changes nothing, byte for byte
+
+        enforced = lab.fwpass(backend, "enforce")
+        assert {o["rule"] for o in enforced["outcomes"]} == rules
+        assert all(o["ok"] for o in enforced["outcomes"]) and any(o["changed"] for o in enforced["outcomes"])
+        assert failing(lab.check(backend)) == set()
+        if tamper == "jump-not-first":
+            # Someone else's rule stays; ours is first again.
+            assert "-A INPUT -s 198.51.100.0/24 -j ACCEPT" in lab.ruleset(backend)
+            assert "-A INPUT -j NODEGUARD\n-A INPUT -s 198.51.100.0/24" in lab.ruleset(backend)
+    finally:
+        if tamper == "jump-not-first":
+            ns_run(lab.topo.node, ["iptables-legacy", "-D", "INPUT", "-s", "198.51.100.0/24", "-j", "ACCEPT"],
+                   check=False)
+        lab.remove()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_watcher_restores_a_deleted_table_or_chain_live(lab: Lab, backend: str) -> None:
+    lab.remove()
+    proc = subprocess.Popen([*nsenter(lab.topo.node), sys.executable, "-m", "tests.support.fwpass", "watch",
+                             "--host-root", str(lab.sb.root), "--policy", str(lab.policy(backend)),
+                             "--poll", "0.5"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["ready"] and ready["backend"] == backend and ready["changed"]
+        tamper = ["nft", "delete", "table", "inet", "nodeguard"] if backend == "nftables" else \
+            ["iptables-legacy", "-F", "NODEGUARD"]
+        t0 = time.time()
+        ns_run(lab.topo.node, tamper)
+        while True:
+            line = json.loads(proc.stdout.readline())
+            if line["changed"]:
+                break
+        assert line["t"] - t0 < 5.0
+        if backend == "nftables":
+            assert "nf_tables generation" in line["reason"] and "nft[" in line["reason"]
+        assert failing(lab.check(backend)) == set()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+        lab.remove()
+
+
+def test_listeners_report_what_dockerd_really_listens_on(lab: Lab) -> None:
+    lab.remove()
+    findings = lab.check("nftables", "listeners")
+    wildcard = by_rule(findings, "wildcard-listener")
+    assert wildcard["status"] == "fail"
+    assert wildcard["observed"]["pids"] == [lab.dockerd.pid]
+    assert wildcard["observed"]["process"] == "dockerd"
+    assert wildcard["observed"]["dual_stack"] is True
+    unfw = by_rule(findings, "listener-firewalled")
+    assert unfw["status"] == "fail" and unfw["subject"].endswith(":2376")
+    plain = by_rule(findings, "plaintext-listener")
+    assert plain["status"] == "fail" and plain["subject"].endswith(":2375")
+    assert plain["observed"]["process"].startswith("python")
+
+    lab.fwpass("nftables", "enforce")
+    try:
+        findings = lab.check("nftables", "listeners")
+        assert by_rule(findings, "listener-firewalled")["status"] == "pass"
+    finally:
+        lab.remove()

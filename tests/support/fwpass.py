@@ -1,0 +1,83 @@
+"""Inside a test namespace: one firewall reconcile pass, or a live loop driven by the watchers.
+
+    python -m tests.support.fwpass pass  --host-root R [--policy P] --mode observe|enforce
+    python -m tests.support.fwpass watch --host-root R [--policy P] [--poll SECONDS]
+
+This is the agent's contract for one control (observe -> evaluate -> remediate the failing,
+enforceable findings in enforce mode; a watcher's trigger means "run a pass"), run as a
+subprocess under `nsenter` so that the netfilter it touches is the namespace's. `watch` prints
+one JSON line per pass: {"t": wall time, "reason", "changed", "outcomes"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nodeguard.audit import evaluate_control
+from nodeguard.controls.base import Context
+from nodeguard.controls.firewall import FirewallControl
+from nodeguard.host import HostRoot
+from nodeguard.netfilter.monitor import NftablesWatcher, PollWatcher
+from nodeguard.policy import load_policy
+from nodeguard.structs import Mode, Status
+
+
+def one_pass(ctx: Context, control: FirewallControl) -> dict[str, Any]:
+    result = evaluate_control(control, ctx)
+    failing = [f for f in result.findings
+               if f.status is Status.FAIL and f.mode is Mode.ENFORCE and control.rule(f.rule).enforceable]
+    outcomes = control.remediate_many(ctx, failing, result.observed) if failing else []
+    return {"findings": [f.to_json() for f in result.findings],
+            "outcomes": [{"rule": f.rule, "subject": f.subject, "changed": o.changed, "ok": o.ok, "message": o.message}
+                         for f, o in zip(failing, outcomes, strict=True)]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("command", choices=["pass", "watch"])
+    ap.add_argument("--host-root", type=Path, required=True)
+    ap.add_argument("--policy", type=Path)
+    ap.add_argument("--mode", choices=["observe", "enforce"], default="enforce")
+    ap.add_argument("--poll", type=float, default=3.0)
+    args = ap.parse_args()
+    policy = load_policy(args.policy).with_mode(Mode(args.mode))
+    ctx = Context(HostRoot(args.host_root), policy)
+    control = FirewallControl()
+    if args.command == "pass":
+        sys.stdout.write(json.dumps(one_pass(ctx, control)) + "\n")
+        return
+    triggers: queue.Queue[str] = queue.Queue()
+    signal.signal(signal.SIGTERM, lambda *_: triggers.put("__stop__"))
+    first = one_pass(ctx, control)
+    backend = control.observe(ctx).selection.backend
+    assert backend is not None
+    watcher = NftablesWatcher() if backend.name != "iptables-legacy" else PollWatcher(backend, args.poll)
+    watcher.start(lambda _control, reason: triggers.put(reason))
+    print(json.dumps({"t": time.time(), "reason": "start", "ready": True, "backend": backend.name,
+                      "changed": any(o["changed"] for o in first["outcomes"])}), flush=True)
+    try:
+        while True:
+            reason = triggers.get()
+            if reason == "__stop__":
+                break
+            # Coalesce what arrived meanwhile: one pass answers them all (level-triggered).
+            while not triggers.empty():
+                if triggers.get_nowait() == "__stop__":
+                    return
+            out = one_pass(ctx, control)
+            print(json.dumps({"t": time.time(), "reason": reason,
+                              "changed": any(o["changed"] for o in out["outcomes"]),
+                              "outcomes": out["outcomes"]}), flush=True)
+    finally:
+        watcher.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""A real OTLP receiver for tests: gRPC (grpcio + the official opentelemetry-proto services) or
+HTTP/protobuf (http.server), on 127.0.0.1. It decodes what the agent really sends.
+
+`failing = True` makes it answer UNAVAILABLE / 503 (a collector that is up but refuses); `stop()`
+then `start()` on the same port is an outage and a recovery.
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+
+def any_value(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in v.kvlist_value.values}
+    return getattr(v, kind)
+
+
+def attributes(kvs: Any) -> dict[str, Any]:
+    return {kv.key: any_value(kv.value) for kv in kvs}
+
+
+@dataclass
+class ReceivedLog:
+    resource: dict[str, Any]
+    resource_schema_url: str
+    scope_name: str
+    scope_version: str
+    event_name: str
+    severity_number: int
+    severity_text: str
+    body: Any
+    attributes: dict[str, Any]
+    time_unix_nano: int
+    observed_time_unix_nano: int
+    received_at: float
+
+
+@dataclass
+class ReceivedMetric:
+    resource: dict[str, Any]
+    name: str
+    unit: str
+    points: list[tuple[dict[str, Any], Any]]  # (attributes, value or (count, sum) for histograms)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class OtlpReceiver:
+    def __init__(self, protocol: str = "grpc", port: int | None = None) -> None:
+        assert protocol in ("grpc", "http")
+        self.protocol = protocol
+        self.port = port or free_port()
+        self.failing = False
+        self.requests = 0
+        self.logs: list[ReceivedLog] = []
+        self.metrics: list[ReceivedMetric] = []
+        self.headers: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        self._grpc: grpc.Server | None = None
+        self._http: ThreadingHTTPServer | None = None
+        self._http_thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def otel_protocol(self) -> str:
+        return "grpc" if self.protocol == "grpc" else "http/protobuf"
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def _take_logs(self, req: logs_service_pb2.ExportLogsServiceRequest, headers: dict[str, str]) -> None:
+        now = time.monotonic()
+        out = []
+        for rl in req.resource_logs:
+            res = attributes(rl.resource.attributes)
+            for sl in rl.scope_logs:
+                for lr in sl.log_records:
+                    out.append(ReceivedLog(res, rl.schema_url, sl.scope.name, sl.scope.version, lr.event_name,
+                                           lr.severity_number, lr.severity_text, any_value(lr.body),
+                                           attributes(lr.attributes), lr.time_unix_nano, lr.observed_time_unix_nano,
+                                           now))
+        with self._lock:
+            self.requests += 1
+            self.logs.extend(out)
+            self.headers.append(headers)
+
+    def _take_metrics(self, req: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
+        out = []
+        for rm in req.resource_metrics:
+            res = attributes(rm.resource.attributes)
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    kind = m.WhichOneof("data")
+                    points: list[tuple[dict[str, Any], Any]] = []
+                    if kind in ("sum", "gauge"):
+                        for p in getattr(m, kind).data_points:
+                            val = p.as_int if p.WhichOneof("value") == "as_int" else p.as_double
+                            points.append((attributes(p.attributes), val))
+                    elif kind == "histogram":
+                        for p in m.histogram.data_points:
+                            points.append((attributes(p.attributes), (p.count, p.sum)))
+                    out.append(ReceivedMetric(res, m.name, m.unit, points))
+        with self._lock:
+            self.metrics.extend(out)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> OtlpReceiver:
+        if self.protocol == "grpc":
+            self._start_grpc()
+        else:
+            self._start_http()
+        return self
+
+    def stop(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=None).wait(5)
+            self._grpc = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+            if self._http_thread is not None:
+                self._http_thread.join(5)
+
+    def _start_grpc(self) -> None:
+        receiver = self
+
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (the proto's name)
+                if receiver.failing:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
+                receiver._take_logs(request, dict(context.invocation_metadata()))
+                return logs_service_pb2.ExportLogsServiceResponse()
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+                if receiver.failing:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
+                receiver._take_metrics(request)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+        bound = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        assert bound == self.port, f"could not bind 127.0.0.1:{self.port}"
+        server.start()
+        self._grpc = server
+
+    def _start_http(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                encoding = self.headers.get("Content-Encoding", "")
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                if receiver.failing:
+                    self._reply(503, b"")
+                    return
+                if self.path == "/v1/logs":
+                    req = logs_service_pb2.ExportLogsServiceRequest.FromString(body)
+                    receiver._take_logs(req, {k.lower(): v for k, v in self.headers.items()})
+                    self._reply(200, logs_service_pb2.ExportLogsServiceResponse().SerializeToString())
+                elif self.path == "/v1/metrics":
+                    receiver._take_metrics(metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
+                    self._reply(200, metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString())
+                else:
+                    self._reply(404, b"")
+
+            def _reply(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        self._http = server
+        self._http_thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._http_thread.start()
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def snapshot(self) -> list[ReceivedLog]:
+        with self._lock:
+            return list(self.logs)
+
+    def unique_by_uid(self) -> dict[str, ReceivedLog]:
+        """Receiver-side de-duplication by the record's stable id (`log.record.uid`)."""
+        return {log.attributes["log.record.uid"]: log for log in self.snapshot()}
+
+    def wait_for(self, predicate: Callable[[OtlpReceiver], bool], timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.05)
+        return predicate(self)
+
+
+@contextmanager
+def otlp_receiver(protocol: str = "grpc", port: int | None = None) -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver(protocol, port).start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+

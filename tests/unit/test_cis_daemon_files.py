@@ -1,0 +1,210 @@
+"""CIS section 3 on a sandbox host root: every id, a passing and a failing file (owner or mode).
+
+The failing modes are chosen where a decimal comparison goes wrong whenever one exists (0606
+passes `stat -c %a <= 644`, 0707 passes `<= 755`), so a test of "mode as a number" would fail here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from nodeguard.controls.daemon_files import DaemonFilesControl, find_unit_files
+from nodeguard.controls.socket import SocketControl
+from nodeguard.host import HostRoot
+from nodeguard.structs import Finding, Status
+from tests.support.rules import run
+from tests.support.sandbox import ALICE_UID, DOCKER_GID, Sandbox, require_root
+
+FILES = DaemonFilesControl()
+SOCKET = SocketControl()
+
+
+def _bind(sb: Sandbox, host_path: str) -> None:
+    path = sb.path(host_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(str(path))
+    finally:
+        s.close()
+
+
+@dataclass(frozen=True)
+class Case:
+    cis: str
+    rule: str
+    path: str  # the host path the finding names
+    make: Callable[[Sandbox], None]
+    good_mode: int
+    bad_mode: int
+    good_owner: tuple[int, int] = (0, 0)
+    kind: str = "owner"  # which half of the pair the CIS id is about: "owner" or "mode"
+    # Where the file really is in the sandbox when `path` goes through a symlink: /var/run is an
+    # absolute link to /run, which outside the HostRoot would be this machine's own /run.
+    fs_path: str | None = None
+
+
+def _plain(path: str, mode: int = 0o644) -> Callable[[Sandbox], None]:
+    def make(sb: Sandbox) -> None:
+        sb.write(path, "x\n", mode)
+    return make
+
+
+def _tls(sb: Sandbox) -> None:
+    for name in ("ca.pem", "server-cert.pem", "server-key.pem"):
+        sb.write(f"/etc/docker/tls/{name}", "pem\n", 0o400)
+    sb.write("/etc/docker/daemon.json", json.dumps({
+        "tlsverify": True, "tlscacert": "/etc/docker/tls/ca.pem", "tlscert": "/etc/docker/tls/server-cert.pem",
+        "tlskey": "/etc/docker/tls/server-key.pem"}))
+
+
+def _certs_d(sb: Sandbox) -> None:
+    sb.write("/etc/docker/certs.d/registry.example:5000/ca.crt", "pem\n", 0o444)
+
+
+def _docker_sock(sb: Sandbox) -> None:
+    _bind(sb, "/run/docker.sock")
+
+
+def _containerd_sock(sb: Sandbox) -> None:
+    _bind(sb, "/run/containerd/containerd.sock")
+
+
+def _etc_docker(sb: Sandbox) -> None:
+    pass  # make_sandbox made it
+
+
+def _pair(owner_cis: str, mode_cis: str, role: str, path: str, make: Callable[[Sandbox], None], good: int,
+          bad: int, owner: tuple[int, int] = (0, 0)) -> list[Case]:
+    return [Case(owner_cis, f"{role}-owner", path, make, good, bad, owner, "owner"),
+            Case(mode_cis, f"{role}-mode", path, make, good, bad, owner, "mode")]
+
+
+CASES: list[Case] = [
+    *_pair("3.1", "3.2", "docker-service", "/lib/systemd/system/docker.service",
+           _plain("/lib/systemd/system/docker.service"), 0o644, 0o606),
+    *_pair("3.3", "3.4", "docker-socket-unit", "/lib/systemd/system/docker.socket",
+           _plain("/lib/systemd/system/docker.socket"), 0o644, 0o606),
+    *_pair("3.5", "3.6", "etc-docker", "/etc/docker", _etc_docker, 0o755, 0o707),
+    *_pair("3.7", "3.8", "registry-cert", "/etc/docker/certs.d/registry.example:5000/ca.crt", _certs_d,
+           0o444, 0o446),
+    *_pair("3.9", "3.10", "tls-ca", "/etc/docker/tls/ca.pem", _tls, 0o444, 0o446),
+    *_pair("3.11", "3.12", "tls-cert", "/etc/docker/tls/server-cert.pem", _tls, 0o444, 0o406),
+    *_pair("3.13", "3.14", "tls-key", "/etc/docker/tls/server-key.pem", _tls, 0o400, 0o440),
+    *_pair("3.17", "3.18", "daemon-json", "/etc/docker/daemon.json", _plain("/etc/docker/daemon.json"),
+           0o644, 0o606),
+    Case("3.19", "etc-default-docker-owner", "/etc/default/docker", _plain("/etc/default/docker"), 0o644, 0o606),
+    Case("3.20", "etc-sysconfig-docker-mode", "/etc/sysconfig/docker", _plain("/etc/sysconfig/docker"), 0o644,
+         0o606, kind="mode"),
+    Case("3.21", "etc-sysconfig-docker-owner", "/etc/sysconfig/docker", _plain("/etc/sysconfig/docker"), 0o644,
+         0o606),
+    Case("3.22", "etc-default-docker-mode", "/etc/default/docker", _plain("/etc/default/docker"), 0o644, 0o606,
+         kind="mode"),
+    *_pair("3.23", "3.24", "containerd-sock", "/run/containerd/containerd.sock", _containerd_sock, 0o660, 0o606),
+]
+SOCKET_CASES: list[Case] = [
+    Case("3.15", "socket-owner", "/var/run/docker.sock", _docker_sock, 0o660, 0o660, (0, DOCKER_GID),
+         fs_path="/run/docker.sock"),
+    Case("3.16", "socket-mode", "/var/run/docker.sock", _docker_sock, 0o660, 0o606, (0, DOCKER_GID), "mode",
+         fs_path="/run/docker.sock"),
+]
+
+
+def test_every_section3_id_has_a_case() -> None:
+    assert sorted({c.cis for c in CASES + SOCKET_CASES}, key=lambda c: int(c.split(".")[1])) == [
+        f"3.{n}" for n in range(1, 25)]
+
+
+def _finding(found: list[Finding], case: Case) -> Finding:
+    hits = [f for f in found if f.rule == case.rule and (f.subject or f.path) in (case.path, None)
+            or f.rule == case.rule and f.path == case.path]
+    assert len(hits) == 1, (case, found)
+    return hits[0]
+
+
+@pytest.mark.parametrize("case", CASES + SOCKET_CASES, ids=[f"{c.cis}-{c.rule}" for c in CASES + SOCKET_CASES])
+@pytest.mark.parametrize("passing", [True, False], ids=["pass", "fail"])
+def test_each_cis_id(sandbox: Sandbox, case: Case, passing: bool) -> None:
+    require_root()  # owners: only root can hand a file to root, or to someone else
+    case.make(sandbox)
+    real = sandbox.path(case.fs_path or case.path)
+    assert str(real).startswith(str(sandbox.root)) and not real.parent.is_symlink()
+    if case.kind == "owner":
+        os.lchown(real, *(case.good_owner if passing else (ALICE_UID, case.good_owner[1])))
+        os.chmod(real, case.good_mode)
+    else:
+        os.lchown(real, *case.good_owner)
+        os.chmod(real, case.good_mode if passing else case.bad_mode)
+    control = SOCKET if case in SOCKET_CASES else FILES
+    f = _finding(run(control, sandbox), case)
+    assert f.cis == case.cis
+    assert f.status is (Status.PASS if passing else Status.FAIL), f.message
+    if not passing and case.kind == "mode":
+        # The bits are what fails, not the number: every bad mode here is 'less than' a decimal reading
+        # would allow, or only differs in a bit a decimal reading cannot see.
+        assert "bits" in f.message
+
+
+def test_a_registry_key_must_be_0400_not_444(sandbox: Sandbox) -> None:
+    sandbox.write("/etc/docker/certs.d/reg:5000/client.cert", "pem\n", 0o444)
+    sandbox.write("/etc/docker/certs.d/reg:5000/client.key", "key\n", 0o444)
+    found = {f.subject: f.status for f in run(FILES, sandbox) if f.rule == "registry-cert-mode"}
+    assert found == {"/etc/docker/certs.d/reg:5000/client.cert": Status.PASS,
+                     "/etc/docker/certs.d/reg:5000/client.key": Status.FAIL}
+
+
+def test_every_file_under_certs_d_is_checked(sandbox: Sandbox) -> None:
+    for reg in ("a.example", "b.example:5000", "c.example/nested"):
+        sandbox.write(f"/etc/docker/certs.d/{reg}/ca.crt", "pem\n", 0o444)
+    sandbox.write("/etc/docker/certs.d/b.example:5000/extra.pem", "pem\n", 0o666)
+    found = {f.subject: f.status for f in run(FILES, sandbox) if f.rule == "registry-cert-mode"}
+    assert len(found) == 4
+    assert found["/etc/docker/certs.d/b.example:5000/extra.pem"] is Status.FAIL
+
+
+def test_units_are_found_the_way_systemd_finds_them(sandbox: Sandbox) -> None:
+    # /lib is /usr/lib on a merged-/usr host; /etc wins over /lib; drop-ins come from every folder.
+    sandbox.path("/usr/lib/systemd/system").mkdir(parents=True)
+    sandbox.write("/usr/lib/systemd/system/docker.service", "[Service]\n")
+    sandbox.write("/etc/systemd/system/docker.service", "[Service]\n")
+    sandbox.write("/run/systemd/system/docker.service.d/10-flags.conf", "[Service]\n", 0o666)
+    sandbox.write("/lib/systemd/system/docker.service.d/10-flags.conf", "[Service]\n")  # hidden by /run's
+    sandbox.write("/lib/systemd/system/docker.service.d/20-more.conf", "[Service]\n")
+    sandbox.write("/etc/systemd/system/docker.service.d/notes.txt", "not a drop-in\n")
+    os.symlink("/dev/null", sandbox.path("/etc/systemd/system/docker.service.d/30-masked.conf"))
+    host = HostRoot(sandbox.root)
+    dirs = ["/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"]
+    main, dropins = find_unit_files(host, dirs, "docker.service")
+    assert main == "/etc/systemd/system/docker.service"
+    assert dropins == ["/run/systemd/system/docker.service.d/10-flags.conf",
+                       "/lib/systemd/system/docker.service.d/20-more.conf"]
+    found = {f.subject: f.status for f in run(FILES, sandbox) if f.rule == "docker-service-mode"}
+    assert found == {"/etc/systemd/system/docker.service": Status.PASS,
+                     "/run/systemd/system/docker.service.d/10-flags.conf": Status.FAIL,
+                     "/lib/systemd/system/docker.service.d/20-more.conf": Status.PASS}
+
+
+def test_a_masked_unit_is_not_checked(sandbox: Sandbox) -> None:
+    sandbox.write("/lib/systemd/system/docker.socket", "[Socket]\n", 0o666)
+    os.symlink("/dev/null", sandbox.path("/etc/systemd/system/docker.socket"))
+    found = [f for f in run(FILES, sandbox) if f.rule == "docker-socket-unit-mode"]
+    assert [f.status for f in found] == [Status.SKIP]
+
+
+def test_enforce_clears_only_the_extra_bits(sandbox: Sandbox) -> None:
+    from tests.support.rules import context
+
+    sandbox.write("/etc/default/docker", "DOCKER_OPTS=\n", 0o666)
+    ctx = context(sandbox)
+    obs = FILES.observe(ctx)
+    bad = [f for f in FILES.evaluate(obs, ctx.policy) if f.rule == "etc-default-docker-mode"]
+    assert bad[0].status is Status.FAIL
+    outcome = FILES.remediate(ctx, bad[0], obs)
+    assert outcome.ok and outcome.changed
+    assert oct(sandbox.path("/etc/default/docker").stat().st_mode & 0o7777) == oct(0o644)

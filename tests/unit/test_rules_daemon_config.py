@@ -1,0 +1,316 @@
+"""daemon-config: every rule's evaluate, pass and fail, on daemon.json and dockerd's flags, hostile input included."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodeguard.controls.daemon_config import (
+    DaemonConfigControl,
+    DaemonConfigObservation,
+    parse_daemon_json,
+    parse_host,
+)
+from nodeguard.dockerd import DaemonProcess, parse_flags
+from nodeguard.structs import Finding, Status
+from tests.support.rules import assert_complete, context, one, policy_from, run, statuses
+from tests.support.sandbox import Sandbox
+
+CTL = DaemonConfigControl()
+PATH = "/etc/docker/daemon.json"
+
+# The rules of DESIGN.md's table; later issues add more rules to the control (CIS 2.1, 2.8, ...),
+# which these tests leave to their own.
+CORE_RULES = {"valid-json", "tcp-host-tls", "plaintext-2375", "tls-verify", "icc", "log-level", "iptables",
+              "insecure-registries", "storage-driver", "userns-remap", "no-new-privileges", "live-restore",
+              "userland-proxy", "experimental", "log-rotation"}
+
+HARDENED: dict[str, Any] = {
+    "icc": False, "live-restore": True, "no-new-privileges": True, "userland-proxy": False,
+    "log-level": "info", "log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "3"},
+    "userns-remap": "default", "hosts": ["unix:///var/run/docker.sock"],
+}
+
+
+def evaluate(config: dict[str, Any] | None, flags: list[str] | None = None, policy: str | None = None) -> list[Finding]:
+    """Pure evaluate on a constructed observation: `config` as the file holds it, `flags` as dockerd's argv."""
+    obs = DaemonConfigObservation(path=PATH, stat=None if config is None else _fake_stat())
+    obs.config = config
+    if flags is not None:
+        argv = ["dockerd", *flags]
+        obs.flags = DaemonProcess(4242, argv, "pidfile", parse_flags(argv)).config_values()
+        obs.daemon_pid = 4242
+    findings = CTL.evaluate(obs, policy_from(policy))
+    assert_complete(CTL, findings)
+    return findings
+
+
+def _fake_stat() -> Any:
+    from nodeguard.host import FileStat
+
+    return FileStat(PATH, 0, 0, 0o644, "file", 2, 1, 1)
+
+
+def write_json(sb: Sandbox, text: str | bytes) -> Path:
+    p = sb.path(PATH)
+    if isinstance(text, bytes):
+        p.write_bytes(text)
+    else:
+        p.write_text(text)
+    return p
+
+
+def test_a_hardened_configuration_passes_every_rule() -> None:
+    found = statuses(evaluate(HARDENED))
+    assert set(found) >= CORE_RULES
+    assert {r for r, s in found.items() if s is not Status.PASS and r in CORE_RULES} == set(), found
+
+
+def test_the_docker_defaults_fail_what_cis_asks_to_change() -> None:
+    found = statuses(evaluate({}))
+    failing = {r for r, s in found.items() if s is Status.FAIL and r in CORE_RULES}
+    assert failing == {"icc", "no-new-privileges", "live-restore", "userland-proxy", "userns-remap", "log-rotation"}
+
+
+def test_no_daemon_json_is_valid_and_means_defaults() -> None:
+    found = evaluate(None)
+    assert one(found, "valid-json").status is Status.PASS
+    assert one(found, "icc").status is Status.FAIL
+
+
+# -- listeners -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["tcp://0.0.0.0:2376", "tcp://127.0.0.1:12345", "tcp://[::]:2376", "0.0.0.0:2376",
+                                  ":2376"])
+def test_tcp_host_without_tlsverify_fails(host: str) -> None:
+    f = one(evaluate({**HARDENED, "hosts": ["unix:///var/run/docker.sock", host]}), "tcp-host-tls")
+    assert f.status is Status.FAIL
+    assert f.observed == [host]
+    assert f.details["source"] == "file"
+
+
+def test_tcp_host_with_tlsverify_passes() -> None:
+    cfg = {**HARDENED, "hosts": ["tcp://0.0.0.0:2376"], "tlsverify": True, "tlscacert": "/etc/docker/ca.pem"}
+    found = statuses(evaluate(cfg))
+    assert found["tcp-host-tls"] is Status.PASS
+    assert found["plaintext-2375"] is Status.PASS
+    assert found["tls-verify"] is Status.PASS
+
+
+@pytest.mark.parametrize("host", ["tcp://0.0.0.0:2375", "tcp://127.0.0.1:2375", "tcp://[::1]:2375", ":2375",
+                                  "tcp://10.0.0.1:2375/"])
+def test_any_listener_on_2375_fails_even_with_tlsverify(host: str) -> None:
+    f = one(evaluate({**HARDENED, "hosts": [host], "tlsverify": True}), "plaintext-2375")
+    assert f.status is Status.FAIL, host
+    assert f.observed == [host]
+
+
+def test_tcp_without_a_port_defaults_to_2376_under_tls() -> None:
+    assert parse_host("tcp://0.0.0.0", tls=True).port == 2376
+    assert parse_host("tcp://0.0.0.0", tls=False).port == 2375
+    assert parse_host("tcp://[2001:db8::1]:2376", tls=False).host == "2001:db8::1"
+    assert parse_host("unix:///run/docker.sock", tls=False).scheme == "unix"
+    assert parse_host("fd://", tls=False).scheme == "fd"
+
+
+def test_hosts_as_a_single_string_is_still_audited() -> None:
+    assert one(evaluate({**HARDENED, "hosts": "tcp://0.0.0.0:2375"}), "plaintext-2375").status is Status.FAIL
+
+
+def test_a_tls_flag_without_tlsverify_fails() -> None:
+    assert one(evaluate(HARDENED, ["--tls"]), "tls-verify").status is Status.FAIL
+    assert one(evaluate(HARDENED, ["--tls", "--tlsverify"]), "tls-verify").status is Status.PASS
+
+
+def test_tls_without_tlsverify_fails() -> None:
+    found = statuses(evaluate({**HARDENED, "hosts": ["tcp://0.0.0.0:2376"], "tls": True}))
+    assert found["tls-verify"] is Status.FAIL
+    # tls alone encrypts but accepts any client: the TCP listener is not protected either.
+    assert found["tcp-host-tls"] is Status.FAIL
+    assert statuses(evaluate({**HARDENED, "tls": True, "tlsverify": True}))["tls-verify"] is Status.PASS
+
+
+# -- flags beat the file ---------------------------------------------------------------------------
+
+
+def test_a_host_flag_is_audited_though_the_file_is_clean() -> None:
+    found = evaluate(HARDENED, ["-H", "unix:///var/run/docker.sock", "-H", "tcp://0.0.0.0:2375"])
+    f = one(found, "plaintext-2375")
+    assert f.status is Status.FAIL
+    assert f.details["source"] == "flag"
+    assert one(found, "tcp-host-tls").status is Status.FAIL
+
+
+@pytest.mark.parametrize(("flags", "rule"), [
+    (["--live-restore=false"], "live-restore"),
+    (["--icc=true"], "icc"),
+    (["--userland-proxy=true"], "userland-proxy"),
+    (["--iptables=false"], "iptables"),
+    (["--experimental"], "experimental"),
+    (["--insecure-registry", "registry.example:5000"], "insecure-registries"),
+    (["-l", "debug"], "log-level"),
+])
+def test_flags_override_the_file(flags: list[str], rule: str) -> None:
+    assert one(evaluate(HARDENED), rule).status is Status.PASS
+    f = one(evaluate(HARDENED, flags), rule)
+    assert f.status is Status.FAIL, f
+    assert f.details["source"] == "flag"
+
+
+def test_a_flag_can_also_fix_what_the_file_lacks() -> None:
+    f = one(evaluate({}, ["--live-restore", "--no-new-privileges"]), "live-restore")
+    assert f.status is Status.PASS
+
+
+# -- single keys -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rule", "bad", "good"), [
+    ("icc", {"icc": True}, {"icc": False}),
+    ("log-level", {"log-level": "debug"}, {"log-level": "info"}),
+    ("iptables", {"iptables": False}, {"iptables": True}),
+    ("no-new-privileges", {"no-new-privileges": False}, {"no-new-privileges": True}),
+    ("live-restore", {"live-restore": False}, {"live-restore": True}),
+    ("userland-proxy", {"userland-proxy": True}, {"userland-proxy": False}),
+    ("experimental", {"experimental": True}, {"experimental": False}),
+    ("insecure-registries", {"insecure-registries": ["r.example:5000"]}, {"insecure-registries": []}),
+    ("storage-driver", {"storage-driver": "aufs"}, {"storage-driver": "overlay2"}),
+    ("userns-remap", {"userns-remap": ""}, {"userns-remap": "default"}),
+    ("log-rotation", {"log-opts": {"max-size": "10m"}}, {"log-opts": {"max-size": "10m", "max-file": "3"}}),
+])
+def test_each_key_rule_passes_and_fails(rule: str, bad: dict[str, Any], good: dict[str, Any]) -> None:
+    failed = one(evaluate({**HARDENED, **bad}), rule)
+    assert failed.status is Status.FAIL, failed
+    assert failed.cis == CTL.rule(rule).cis
+    assert failed.severity is CTL.rule(rule).severity
+    assert one(evaluate({**HARDENED, **good}), rule).status is Status.PASS
+
+
+def test_allowed_insecure_registries_match_whole_names() -> None:
+    pol = "spec: {controls: {daemonConfig: {allowedInsecureRegistries: ['reg.example:5000']}}}"
+    ok = one(evaluate({**HARDENED, "insecure-registries": ["reg.example:5000"]}, policy=pol), "insecure-registries")
+    assert ok.status is Status.PASS
+    bad = one(evaluate({**HARDENED, "insecure-registries": ["reg.example:500"]}, policy=pol), "insecure-registries")
+    assert bad.status is Status.FAIL
+
+
+def test_log_level_follows_the_policy() -> None:
+    pol = "spec: {controls: {daemonConfig: {logLevel: warn}}}"
+    assert one(evaluate(HARDENED, policy=pol), "log-level").status is Status.FAIL
+    assert one(evaluate({**HARDENED, "log-level": "warn"}, policy=pol), "log-level").status is Status.PASS
+
+
+def test_a_non_rotating_log_driver_needs_no_rotation() -> None:
+    assert one(evaluate({**HARDENED, "log-driver": "journald", "log-opts": {}}), "log-rotation").status is Status.PASS
+
+
+@pytest.mark.parametrize("cfg", [
+    {"hosts": 5}, {"hosts": [None, 7]}, {"log-opts": "max-size=1m"}, {"insecure-registries": "r.example"},
+    {"icc": {"nested": [1, 2]}}, {"tlsverify": "yes", "hosts": ["tcp://h:x"]},
+])
+def test_odd_value_types_never_crash(cfg: dict[str, Any]) -> None:
+    for f in evaluate(cfg):
+        assert f.status in (Status.PASS, Status.FAIL, Status.SKIP)
+
+
+# -- the file itself, hostile input included (observe on a sandbox) -----------------------------------------
+
+
+def test_observe_reads_the_sandbox_file(sandbox: Sandbox) -> None:
+    write_json(sandbox, json.dumps(HARDENED))
+    found = run(CTL, sandbox)
+    assert {f.rule for f in found if f.status is not Status.PASS and f.rule in CORE_RULES} == set()
+    assert one(found, "icc").path == PATH
+
+
+def _only_valid_json_fails(found: list[Finding]) -> Finding:
+    bad = one(found, "valid-json")
+    assert bad.status is Status.FAIL
+    assert {f.status for f in found if f.rule != "valid-json"} == {Status.SKIP}
+    return bad
+
+
+def test_invalid_json_is_reported_with_line_and_column(sandbox: Sandbox) -> None:
+    write_json(sandbox, '{\n  "icc": false,\n  "live-restore": true,\n}\n')
+    bad = _only_valid_json_fails(run(CTL, sandbox))
+    assert "line 4 column 1" in bad.message
+    assert bad.path == PATH
+
+
+def test_a_json_array_is_not_a_configuration(sandbox: Sandbox) -> None:
+    write_json(sandbox, '[{"icc": false}]')
+    bad = _only_valid_json_fails(run(CTL, sandbox))
+    assert "must be a JSON object" in bad.message
+    assert "array" in bad.message
+
+
+@pytest.mark.parametrize("text", ["null", '"icc"', "42", "true"])
+def test_json_scalars_are_not_a_configuration(text: str) -> None:
+    value, why = parse_daemon_json(text.encode())
+    assert value is None
+    assert why is not None and "must be a JSON object" in why
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_an_empty_file_is_an_empty_configuration(sandbox: Sandbox, text: str) -> None:
+    write_json(sandbox, text)
+    found = run(CTL, sandbox)
+    assert one(found, "valid-json").status is Status.PASS
+    assert one(found, "icc").status is Status.FAIL  # defaults apply
+
+
+def test_a_huge_file_is_not_read(sandbox: Sandbox) -> None:
+    p = write_json(sandbox, "")
+    os.truncate(p, 65 * 1024 * 1024)  # sparse: costs no disk, larger than the read limit
+    bad = _only_valid_json_fails(run(CTL, sandbox))
+    assert "limit" in bad.message
+
+
+def test_deeply_nested_json_is_reported_not_a_crash(sandbox: Sandbox) -> None:
+    write_json(sandbox, '{"a":' + "[" * 200_000 + "]" * 200_000 + "}")
+    bad = _only_valid_json_fails(run(CTL, sandbox))
+    assert "nested too deeply" in bad.message
+
+
+def test_a_symlink_out_of_the_root_is_never_followed(sandbox: Sandbox, tmp_path: Path) -> None:
+    secret = tmp_path / "outside.json"
+    secret.write_text('{"icc": false, "planted": "OUTSIDE-SECRET"}')
+    os.symlink(str(secret), sandbox.path(PATH))
+    obs = CTL.observe(context(sandbox))
+    assert obs.raw is None and obs.config is None
+    bad = _only_valid_json_fails(CTL.evaluate(obs, policy_from()))
+    assert "symlink" in bad.message
+    assert "OUTSIDE-SECRET" not in json.dumps([f.to_json() for f in run(CTL, sandbox)])
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_an_unreadable_daemon_json_is_a_finding(sandbox: Sandbox, kind: str) -> None:
+    # chmod 000 is no obstacle to root: a folder or a FIFO in the file's place is.
+    if kind == "folder":
+        sandbox.path(PATH).mkdir()
+    else:
+        os.mkfifo(sandbox.path(PATH))
+    bad = _only_valid_json_fails(run(CTL, sandbox))
+    assert "cannot read" in bad.message
+    assert ("dir" if kind == "folder" else "fifo") in bad.message
+
+
+def test_non_utf8_is_reported(sandbox: Sandbox) -> None:
+    write_json(sandbox, b'{"log-level": "\xff\xfe"}')
+    bad = _only_valid_json_fails(run(CTL, sandbox))
+    assert "not UTF-8" in bad.message
+
+
+def test_dockerd_config_file_flag_chooses_the_file(sandbox: Sandbox) -> None:
+    # The real dockerd's --config-file, read through the pidfile and /proc: the integration tests
+    # do it with a live daemon; here the policy path is the fallback when no daemon runs.
+    sandbox.write("/etc/docker/other.json", json.dumps({"icc": True}))
+    pol = policy_from("spec: {controls: {daemonConfig: {path: /etc/docker/other.json}}}")
+    found = run(CTL, sandbox, pol)
+    assert one(found, "icc").status is Status.FAIL
+    assert one(found, "icc").path == "/etc/docker/other.json"

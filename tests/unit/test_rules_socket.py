@@ -1,0 +1,158 @@
+"""socket: owner, mode and the POSIX ACL of docker.sock, read from a real socket and a real setfacl xattr."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nodeguard.controls.socket import ACL_XATTR, AclEntry, SocketControl, SocketObservation, parse_acl
+from nodeguard.host import FileStat
+from nodeguard.structs import Finding, Status
+from tests.support.rules import one, policy_from, run
+from tests.support.sandbox import BOB_UID, DOCKER_GID, Sandbox, require_root, require_tool
+
+CTL = SocketControl()
+SOCK = "/var/run/docker.sock"  # the policy's path; /var/run -> /run inside the sandbox
+
+
+@pytest.fixture
+def sock(sandbox: Sandbox) -> Iterator[Path]:
+    """A real listening unix socket where dockerd's would be, root:docker 0660 as dockerd makes it."""
+    require_root()
+    path = sandbox.path("/run/docker.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(str(path))
+        s.listen(1)
+        os.chown(path, 0, DOCKER_GID)
+        path.chmod(0o660)
+        yield path
+    finally:
+        s.close()
+
+
+def setfacl(path: Path, *spec: str) -> None:
+    require_tool("setfacl")
+    subprocess.run(["setfacl", *spec, str(path)], check=True, capture_output=True)
+
+
+def statuses(found: list[Finding]) -> dict[str, Status]:
+    return {f.rule: f.status for f in found}
+
+
+def test_dockerds_defaults_pass(sandbox: Sandbox, sock: Path) -> None:
+    found = run(CTL, sandbox)
+    assert statuses(found) == {"socket-owner": Status.PASS, "socket-mode": Status.PASS, "socket-acl": Status.PASS}
+    assert one(found, "socket-owner").observed == "root:docker"
+    assert one(found, "socket-owner").path == SOCK
+
+
+def test_wrong_owner_fails(sandbox: Sandbox, sock: Path) -> None:
+    os.chown(sock, BOB_UID, 0)
+    f = one(run(CTL, sandbox), "socket-owner")
+    assert (f.status, f.observed, f.expected, f.cis) == (Status.FAIL, "bob:root", "root:docker", "3.15")
+
+
+@pytest.mark.parametrize(("mode", "status"), [(0o660, Status.PASS), (0o600, Status.PASS), (0o666, Status.FAIL),
+                                              (0o662, Status.FAIL), (0o670, Status.FAIL), (0o2660, Status.FAIL)])
+def test_mode_is_compared_as_bits(sandbox: Sandbox, sock: Path, mode: int, status: Status) -> None:
+    sock.chmod(mode)
+    f = one(run(CTL, sandbox), "socket-mode")
+    assert (f.status, f.observed, f.expected) == (status, f"{mode:04o}", "at most 0660")
+
+
+def test_the_socket_group_is_resolved_on_the_host(sandbox: Sandbox, sock: Path) -> None:
+    # The host's docker group has another gid than the socket's: a fail, whatever this machine's group file says.
+    sandbox.write("/etc/group", sandbox.read("/etc/group").replace(f"docker:x:{DOCKER_GID}:", "docker:x:4321:"))
+    f = one(run(CTL, sandbox), "socket-owner")
+    assert (f.status, f.observed) == (Status.FAIL, f"root:{DOCKER_GID}")
+
+
+def test_a_missing_group_on_the_host_fails_the_owner_rule(sandbox: Sandbox, sock: Path) -> None:
+    f = one(run(CTL, sandbox, policy_from("spec: {controls: {socket: {group: nosuchgroup}}}")), "socket-owner")
+    assert f.status is Status.FAIL
+    assert "does not exist" in f.message
+
+
+def test_no_socket_skips_every_rule(sandbox: Sandbox) -> None:
+    found = run(CTL, sandbox)
+    assert {f.status for f in found} == {Status.SKIP}
+    assert len(found) == len(CTL.rules)
+
+
+def test_a_regular_file_in_the_sockets_place_fails(sandbox: Sandbox) -> None:
+    sandbox.write("/run/docker.sock", "", 0o660)
+    found = run(CTL, sandbox)
+    assert {f.status for f in found} == {Status.FAIL}
+    assert one(found, "socket-mode").observed == "file"
+
+
+# -- ACLs ------------------------------------------------------------------------------------------
+
+
+def test_parse_acl_of_a_real_setfacl_xattr(sandbox: Sandbox) -> None:
+    plain = sandbox.write("/etc/acl-test", "", 0o640)
+    setfacl(plain, "-m", f"u:{BOB_UID}:rw-,g:{DOCKER_GID}:r--,u:0:--x")
+    entries = parse_acl(os.getxattr(plain, ACL_XATTR))
+    named = {(e.tag, e.qualifier, e.perms) for e in entries if e.tag in ("user", "group")}
+    assert named == {("user", BOB_UID, 0o6), ("group", DOCKER_GID, 0o4), ("user", 0, 0o1)}
+    assert {e.tag for e in entries} == {"user_obj", "user", "group_obj", "group", "mask", "other"}
+    user_obj = next(e for e in entries if e.tag == "user_obj")
+    assert (user_obj.qualifier, user_obj.perms) == (None, 0o6)
+    assert AclEntry("user", BOB_UID, 0o6).render({BOB_UID: "bob"}) == "user:bob:rw-"
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x02\x00", b"\x02\x00\x00\x00\x01", struct.pack("<I", 1) + b"\0" * 8])
+def test_parse_acl_refuses_malformed_blobs(blob: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_acl(blob)
+
+
+def test_an_acl_on_the_socket_fails_though_the_mode_is_0660(sandbox: Sandbox, sock: Path) -> None:
+    setfacl(sock, "-m", f"u:{BOB_UID}:rw")
+    found = run(CTL, sandbox)
+    assert one(found, "socket-mode").observed == "0660"  # the mode alone shows nothing wrong
+    f = one(found, "socket-acl")
+    assert (f.status, f.observed, f.cis) == (Status.FAIL, ["user:bob:rw-"], "3.16")
+
+
+def test_a_named_group_acl_fails_too(sandbox: Sandbox, sock: Path) -> None:
+    setfacl(sock, "-m", "g:1002:rw")
+    f = one(run(CTL, sandbox), "socket-acl")
+    assert (f.status, f.observed) == (Status.FAIL, ["group:bobby:rw-"])
+
+
+def test_an_entry_without_permissions_grants_nothing(sandbox: Sandbox, sock: Path) -> None:
+    setfacl(sock, "-m", f"u:{BOB_UID}:---")
+    assert one(run(CTL, sandbox), "socket-acl").status is Status.PASS
+
+
+@pytest.mark.parametrize(("allowed", "acl", "status"), [
+    ("user:bob:rw-", f"u:{BOB_UID}:rw", Status.PASS),
+    ("user:bob:rw-", f"u:{BOB_UID}:r", Status.PASS),  # less than allowed is fine
+    ("user:bob:r--", f"u:{BOB_UID}:rw", Status.FAIL),  # more than allowed is not
+    ("user:bobby:rw-", f"u:{BOB_UID}:rw", Status.FAIL),  # whole names: bobby does not admit bob
+    (f"user:{BOB_UID}:rw-", f"u:{BOB_UID}:rw", Status.PASS),  # a numeric id names the same user
+    ("group:bob:rw-", f"u:{BOB_UID}:rw", Status.FAIL),  # a group entry does not admit a user
+    ("user:root:rw-", "u:0:rw", Status.PASS),  # uid 0 is a real qualifier, not "none"
+])
+def test_allowed_acl(sandbox: Sandbox, sock: Path, allowed: str, acl: str, status: Status) -> None:
+    setfacl(sock, "-m", acl)
+    pol = policy_from(f"spec: {{controls: {{socket: {{allowedAcl: ['{allowed}']}}}}}}")
+    f = one(run(CTL, sandbox, pol), "socket-acl")
+    assert f.status is status, f
+
+
+def test_an_unreadable_acl_fails_pure() -> None:
+    st = FileStat(SOCK, 0, DOCKER_GID, 0o660, "socket", 0, 1, 1)
+    obs = SocketObservation(SOCK, st, None, "ACL xattr of 5 bytes is malformed", 0, DOCKER_GID, {0: "root"},
+                            {DOCKER_GID: "docker"})
+    f = one(CTL.evaluate(obs, policy_from()), "socket-acl")
+    assert f.status is Status.FAIL
+    assert "malformed" in f.message
