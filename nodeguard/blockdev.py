@@ -61,11 +61,24 @@ def device_stack(host: HostRoot, device: str) -> DeviceStack:
     return stack
 
 
-def device_of_source(host: HostRoot, source: str) -> str | None:
-    """major:minor of a mount source such as /dev/mapper/luks-1 (for filesystems with anonymous devices)."""
+def device_of_source(dev: HostRoot, sys: HostRoot, source: str) -> str | None:
+    """major:minor of a mount source such as /dev/mapper/luks-1 (for filesystems with anonymous devices).
+
+    `/dev` may not be the host's (a pod has its own): a `/dev/mapper/NAME` source is then found by
+    the mapping's name in sysfs.
+    """
     if not source.startswith("/dev/"):
         return None
-    real = host.resolve(source)
-    name = real.name
-    text = _read(host, f"/sys/class/block/{name}/dev")
-    return text or None
+    try:
+        name = dev.resolve(source).name
+    except (HostPathError, OSError):
+        name = source.rsplit("/", 1)[-1]
+    text = _read(sys, f"/sys/class/block/{name}/dev")
+    if text:
+        return text
+    if source.startswith("/dev/mapper/"):
+        wanted = source.removeprefix("/dev/mapper/")
+        for entry in sys.listdir("/sys/class/block"):
+            if _read(sys, f"/sys/class/block/{entry}/dm/name") == wanted:
+                return _read(sys, f"/sys/class/block/{entry}/dev")
+    return None

@@ -238,8 +238,8 @@ def render_markdown(rows: Sequence[Coverage] | None = None) -> str:
 
 
 def readme_block(text: str) -> str | None:
-    m = re.search(re.escape(TABLE_START) + r"\n(.*?)\n" + re.escape(TABLE_END), text, re.S)
-    return m.group(1) if m else None
+    m = re.search(re.escape(TABLE_START) + r"\n(.*?)" + re.escape(TABLE_END), text, re.S)
+    return m.group(1).removesuffix("\n") if m else None
 
 
 def write_readme(path: Path) -> bool:

@@ -75,6 +75,7 @@ class Engine:
         self._policy_raw: bytes | None = self._read_policy_bytes()
         self.policy = self._effective(policy)
         self.passes = 0
+        self._last_pass_end = 0.0
         self._netns_refusal = network_enforce_refusal(self.host, options.proc)
         self._refusal_reported: set[str] = set()
 
@@ -82,6 +83,7 @@ class Engine:
 
     def trigger(self, target: str, reason: str) -> None:
         """Ask for `target` (a control name, "policy" or "*") to be looked at again. Never blocks long."""
+        log.debug("trigger %s: %s", target, reason)
         with self._cv:
             self._pending.setdefault(target, reason)
             self._cv.notify()
@@ -112,10 +114,13 @@ class Engine:
                         self._cv.wait(timeout)
                 if self._stop.is_set():
                     break
-                # Coalesce a burst (an editor's write+rename, usermod's four files) into one pass.
+                # Leading edge: a change after a quiet spell is looked at at once (revert latency);
+                # within coalesceMs of the last pass, triggers wait and merge, so a burst (an
+                # editor's write+rename, usermod's four files, a storm) costs one pass per window.
+                since_last = time.monotonic() - self._last_pass_end
                 coalesce = self.policy.spec.agent.coalesce_ms / 1000
-                if coalesce and self._pending:
-                    self._stop.wait(coalesce)
+                if self._pending and since_last < coalesce:
+                    self._stop.wait(coalesce - since_last)
                 with self._cv:
                     pending, self._pending = self._pending, {}
                 now = time.monotonic()
@@ -132,7 +137,9 @@ class Engine:
                     targets = self.controls
                     next_resync = now + self.policy.spec.agent.resync_seconds
                 else:
-                    targets = [self._by_name[n] for n in pending if n in self._by_name]
+                    # In the controls' own order: the cheap local ones (socket, group) first, the
+                    # Docker API and netfilter ones after, so a slow API never delays a file revert.
+                    targets = [c for c in self.controls if c.name in pending]
                 if targets:
                     self._reconcile(targets)
         finally:
@@ -156,6 +163,7 @@ class Engine:
                 log.exception("reconciling %s failed", control.name)
         self.passes += 1
         self._save_state()
+        self._last_pass_end = time.monotonic()
         if self._on_pass is not None:
             self._on_pass()
 

@@ -65,6 +65,10 @@ class DockerGroupControl(Control):
         obs = observed
         if "/etc/group" in obs.missing_files:
             return self.skip_all("/etc/group does not exist under the host root", path="/etc/group")
+        unreadable = [p for p in obs.problems if p.startswith("/etc/group: cannot read")]
+        if unreadable:
+            # A FIFO, a folder or a huge file in its place: say so rather than "no docker group".
+            return self.skip_all(unreadable[0], path="/etc/group")
         if obs.gid is None and not obs.members:
             return self.skip_all(f"no group {s.group!r} on this host: nothing grants socket access by group",
                                  path="/etc/group")

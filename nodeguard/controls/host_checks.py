@@ -49,6 +49,7 @@ class DataRootView:
     compared_path: str = ""
     mount: MountEntry | None = None
     stack: DeviceStack | None = None
+    sysfs: str = ""
     error: str | None = None
 
 
@@ -164,11 +165,15 @@ class HostControl(Control):
         view.mount = mount_of(parse_mountinfo(text), view.compared_path)
         if view.mount is None:
             return view
+        # Block devices are not namespaced: without the host's /sys under the root (a pod that does
+        # not mount it, a test sandbox), the agent's own /sys shows the same devices.
+        sys_host = host if host.lstat("/sys/dev/block") is not None else HostRoot("/")
+        view.sysfs = "/sys (host root)" if sys_host is host else "/sys (the agent's own)"
         device = view.mount.device
         if device.startswith("0:"):
             # btrfs, zfs, overlay...: an anonymous device; the source may still name the block device.
-            device = device_of_source(host, view.mount.source) or device
-        view.stack = device_stack(host, device)
+            device = device_of_source(host, sys_host, view.mount.source) or device
+        view.stack = device_stack(sys_host, device)
         return view
 
     # -- evaluate ------------------------------------------------------------------------------
@@ -329,7 +334,7 @@ class HostControl(Control):
         seen = {"mount_point": v.mount.mount_point, "device": v.mount.device, "fstype": v.mount.fstype,
                 "source": v.mount.source,
                 "layers": [{"name": n, "dm_uuid": u} for n, u in stack.layers] if stack else []}
-        details = {"mountinfo": v.mountinfo}
+        details = {"mountinfo": v.mountinfo, "sysfs": v.sysfs}
         if stack is not None and stack.encrypted:
             crypt = next(n for n, u in stack.layers if u.startswith("CRYPT-"))
             return [self.finding(rule, Status.PASS,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -28,6 +29,7 @@ DEFAULT_CAPABILITIES = frozenset({
     "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
 })
 DEFAULT_DATA_ROOT = "/var/lib/docker"
+INSPECT_WORKERS = 4
 _VERSION = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 
 
@@ -230,14 +232,22 @@ class RuntimeControl(Control):
             obs.version = dict(client.version(api_version=False))
             obs.info = dict(client.info())
             # all=True: a created or stopped container is one `docker start` away from running.
-            for summary in client.containers(all=True):
+            ids = [str(c["Id"]) for c in client.containers(all=True)]
+
+            def inspect(cid: str) -> dict[str, Any] | None:
                 try:
-                    raw = client.inspect_container(summary["Id"])
+                    return dict(client.inspect_container(cid))
                 except Exception as exc:  # removed between the list and the inspect
                     if getattr(getattr(exc, "response", None), "status_code", None) == 404:
-                        continue
+                        return None
                     raise
-                obs.containers.append(_container_view(host, raw))
+
+            # The list has no HostConfig (privileged, caps, pid mode): one inspect per container,
+            # a few at a time — the client's connection pool holds 10.
+            with ThreadPoolExecutor(max_workers=INSPECT_WORKERS) as pool:
+                for raw in pool.map(inspect, ids):
+                    if raw is not None:
+                        obs.containers.append(_container_view(host, raw))
         except Exception as exc:  # docker.errors.APIError, requests errors: a daemon going away mid-read
             obs.error = f"the daemon at {socket_host_path} failed mid-read: {describe_error(exc)}"
         finally:
@@ -397,7 +407,8 @@ class RuntimeControl(Control):
             if c.privileged:
                 hit("privileged", c, "runs --privileged: every device and capability of the host", True, False,
                     s.allowed_privileged)
-            extra = sorted({cap for cap in c.cap_add if cap not in DEFAULT_CAPABILITIES}
+            added = {cap.upper().removeprefix("CAP_") for cap in c.cap_add}
+            extra = sorted({cap for cap in added if cap not in DEFAULT_CAPABILITIES}
                            - set(s.allowed_capabilities))
             if extra:
                 hit("added-capabilities", c, f"adds capabilities {extra}", extra, s.allowed_capabilities)

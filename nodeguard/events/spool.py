@@ -73,6 +73,7 @@ class Spool:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         on_drop: Callable[[int], None] | None = None,
+        synchronous: str = "FULL",
     ) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
@@ -94,7 +95,9 @@ class Spool:
         finally:
             os.umask(old_umask)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(_SCHEMA)
         self._closed = False
         self._bytes = 0
@@ -116,16 +119,23 @@ class Spool:
 
     def append(self, event: Event) -> Event:
         """Chain the event, commit it durably, wake the exporters; returns the chained event."""
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[Event]) -> list[Event]:
+        """Several events in one transaction: one fsync for all (a burst, or filling a spool in a benchmark)."""
         with self._lock:
             self._check_open()
             before = (self._last_seq, self._last_hash, self._bytes)
+            out: list[Event] = []
             try:
                 with self._transaction():
-                    chained, record = self._chain(event)
-                    if self._bytes + len(record) > self.max_bytes:
-                        self._drop_oldest(len(record))
+                    for event in events:
                         chained, record = self._chain(event)
-                    self._insert(chained, record)
+                        if self._bytes + len(record) > self.max_bytes:
+                            self._drop_oldest(len(record))
+                            chained, record = self._chain(event)
+                        self._insert(chained, record)
+                        out.append(chained)
                     if not self.consumers:
                         self._prune()
             except BaseException:
@@ -133,7 +143,7 @@ class Spool:
                 self._last_seq, self._last_hash, self._bytes = before
                 raise
             self._changed.notify_all()
-            return chained
+            return out
 
     def _chain(self, event: Event) -> tuple[Event, str]:
         seq = self._last_seq + 1

@@ -113,7 +113,7 @@ def verify_lines(lines: Iterable[str]) -> VerifyReport:
         last = _Link(lineno, seq, stored)
     for gap in gaps:
         span = f"seq {gap.first}" if gap.first == gap.last else f"seq {gap.first}..{gap.last}"
-        if any(lo <= gap.first and gap.last <= hi for lo, hi in declared):
+        if _covered(gap.first, gap.last, declared):
             report.notes.append(Remark(gap.line, "dropped", f"{span} dropped by the full spool (declared)"))
         else:
             report.problems.append(Remark(gap.line, "missing", f"{span} missing between line {gap.after_line} and "
@@ -121,6 +121,18 @@ def verify_lines(lines: Iterable[str]) -> VerifyReport:
     report.problems.sort(key=lambda r: r.line)
     report.notes.sort(key=lambda r: r.line)
     return report
+
+
+def _covered(first: int, last: int, ranges: list[tuple[int, int]]) -> bool:
+    """Whether the union of the declared ranges covers first..last (a later notice may extend an earlier one)."""
+    reach = first
+    for lo, hi in sorted(ranges):
+        if lo > reach:
+            break
+        reach = max(reach, hi + 1)
+        if reach > last:
+            return True
+    return reach > last
 
 
 def verify_file(path: Path) -> VerifyReport:

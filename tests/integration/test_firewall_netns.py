@@ -25,8 +25,19 @@ from typing import Any
 
 import pytest
 
+from tests.support import fwpass
 from tests.support.dockerd import Dockerd, running_dockerd
-from tests.support.netns import REPO, Topology, ns_process, ns_python, ns_run, nsenter, topology, wait_listening
+from tests.support.netns import (
+    REPO,
+    Topology,
+    in_netns,
+    ns_process,
+    ns_python,
+    ns_run,
+    nsenter,
+    topology,
+    wait_listening,
+)
 from tests.support.sandbox import Sandbox, make_sandbox, require_tool
 from tests.support.tlsca import TlsFiles, make_tls
 
@@ -52,23 +63,14 @@ class Lab:
         return path
 
     def fwpass(self, backend: str, mode: str, policy: Path | None = None) -> dict[str, Any]:
-        proc = ns_python(self.topo.node, "-m", "tests.support.fwpass", "pass", "--host-root", str(self.sb.root),
-                         "--policy", str(policy or self.policy(backend)), "--mode", mode)
-        out: dict[str, Any] = json.loads(proc.stdout)
-        return out
+        return in_netns(self.topo.node, fwpass.run_pass, str(self.sb.root), str(policy or self.policy(backend)), mode)
 
     def check(self, backend: str, *only: str, policy: Path | None = None) -> list[dict[str, Any]]:
-        args = ["-m", "nodeguard", "check", "--host-root", str(self.sb.root), "--format", "json",
-                "--policy", str(policy or self.policy(backend))]
-        for name in only or ("firewall",):
-            args += ["--only", name]
-        proc = ns_python(self.topo.node, *args, check=False)
-        assert proc.returncode in (0, 1), proc.stderr
-        findings: list[dict[str, Any]] = json.loads(proc.stdout)["findings"]
-        return findings
+        return in_netns(self.topo.node, fwpass.audit, str(self.sb.root), str(policy or self.policy(backend)),
+                        only or ("firewall",))
 
     def remove(self) -> None:
-        ns_python(self.topo.node, "-m", "nodeguard", "firewall", "remove", "--host-root", str(self.sb.root))
+        in_netns(self.topo.node, fwpass.remove_all, str(self.sb.root))
 
     def ruleset(self, backend: str) -> str:
         """The namespace's whole ruleset as its tool prints it; counters zeroed (traffic is not a rule)."""
@@ -167,8 +169,12 @@ def test_tls_port_only_from_allowed_networks(lab: Lab, backend: str) -> None:
 
 
 def test_auto_follows_dockers_chains_and_check_explains_it(lab: Lab) -> None:
+    """Through the real command line: `nodeguard check` shows the choice and why."""
     lab.remove()
-    findings = lab.check("auto")
+    proc = ns_python(lab.topo.node, "-m", "nodeguard", "check", "--host-root", str(lab.sb.root), "--format", "json",
+                     "--only", "firewall", check=False)
+    assert proc.returncode == 1, proc.stderr
+    findings = json.loads(proc.stdout)["findings"]
     avail = by_rule(findings, "backend-available")
     # dockerd in the node namespace put its chains where this machine's `iptables` points (nf_tables).
     assert avail["status"] == "pass"
@@ -204,13 +210,18 @@ def test_apply_is_idempotent_follows_the_policy_and_leaves_others_alone(lab: Lab
         lab.fwpass(backend, "enforce", policy=fewer)
         after = lab.ruleset(backend)
         assert "2375" not in after and "2376" in after and "9999" in after
-        assert failing(lab.check(backend, policy=fewer)) == set()
+        # In place, yet the seeds' rule still fails: a policy that leaves 2375 open is a finding.
+        assert failing(lab.check(backend, policy=fewer)) == {"plaintext-blocked"}
     finally:
         if backend == "iptables-legacy":
             ns_run(lab.topo.node, [tool, "-D", *foreign_v4[1:]], check=False)
         else:
             ns_run(lab.topo.node, ["nft", "delete", "table", "inet", "someone"], check=False)
-        lab.remove()
+        # The uninstall step, through the real command line: ours go, someone else's stay.
+        removed = ns_python(lab.topo.node, "-m", "nodeguard", "firewall", "remove", "--host-root",
+                            str(lab.sb.root)).stdout
+        assert f"{backend}: removed" in removed, removed
+        assert "nodeguard" not in lab.ruleset(backend).lower()
 
 
 TAMPER = {

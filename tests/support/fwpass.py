@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nodeguard.audit import evaluate_control
+from nodeguard.audit import evaluate_control, run_audit
 from nodeguard.controls.base import Context
 from nodeguard.controls.firewall import FirewallControl
 from nodeguard.host import HostRoot
 from nodeguard.netfilter.monitor import NftablesWatcher, PollWatcher
+from nodeguard.netfilter.select import backend_for
 from nodeguard.policy import load_policy
 from nodeguard.structs import Mode, Status
 
@@ -37,6 +38,24 @@ def one_pass(ctx: Context, control: FirewallControl) -> dict[str, Any]:
     return {"findings": [f.to_json() for f in result.findings],
             "outcomes": [{"rule": f.rule, "subject": f.subject, "changed": o.changed, "ok": o.ok, "message": o.message}
                          for f, o in zip(failing, outcomes, strict=True)]}
+
+
+def run_pass(host_root: str, policy_path: str | None, mode: str) -> dict[str, Any]:
+    """One pass of the firewall control in this process's namespace (call it through in_netns)."""
+    policy = load_policy(policy_path).with_mode(Mode(mode))
+    return one_pass(Context(HostRoot(host_root), policy), FirewallControl())
+
+
+def audit(host_root: str, policy_path: str | None, only: tuple[str, ...]) -> list[dict[str, Any]]:
+    """What `nodeguard check --format json --only ...` reports, as its findings."""
+    report = run_audit(HostRoot(host_root), load_policy(policy_path), only=only)
+    return [f.to_json() for f in report.findings]
+
+
+def remove_all(host_root: str) -> dict[str, bool]:
+    """`nodeguard firewall remove`: every backend's copy of nodeguard's rules, and only those."""
+    host = HostRoot(host_root)
+    return {name: backend_for(name, host).remove() for name in ("nftables", "iptables-nft", "iptables-legacy")}
 
 
 def main() -> None:

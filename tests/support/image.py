@@ -7,13 +7,15 @@ Nothing can be pulled here and the test dockerd has no route out, so:
   the official `python:3.11-slim` image, pip, every shared library `ldd` names for them, and
   busybox for /bin/sh. Seconds to assemble, where debootstrap would take minutes and need a mirror;
 - the **wheelhouse** holds every runtime dependency of nodeguard (and the build backend) as a wheel
-  repacked with `wheel pack` from what is installed in this virtualenv — the exact versions the
+  repacked from what is installed in this virtualenv — the exact versions the
   other tests ran against. The Dockerfile finds it in the build context and installs with
   `PIP_NO_INDEX=1`.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shutil
@@ -21,7 +23,9 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import zipfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import Distribution, distribution
 from pathlib import Path
 
@@ -61,34 +65,49 @@ def runtime_closure(roots: Iterable[str]) -> dict[str, Distribution]:
     return seen
 
 
-def repack_wheel(dist: Distribution, workdir: Path, dest: Path) -> None:
-    """An installed distribution back into a wheel: its files as RECORD lists them, `wheel pack`ed."""
-    unpacked = workdir / _normalize(dist.metadata["Name"])
+def _wheel_name(dist: Distribution, wheel_meta: str) -> str:
+    """{name}-{version}-{python}-{abi}-{platform}.whl from the Tag lines of the WHEEL file."""
+    tags = [line.split(":", 1)[1].strip() for line in wheel_meta.splitlines() if line.startswith("Tag:")]
+    parts = [sorted({t.split("-")[i] for t in tags}) for i in range(3)]
+    name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
+    return f"{name}-{dist.version}-{'.'.join(parts[0])}-{'.'.join(parts[1])}-{'.'.join(parts[2])}.whl"
+
+
+def repack_wheel(dist: Distribution, dest: Path) -> Path:
+    """An installed distribution back into a wheel: the files its RECORD lists, with a fresh RECORD.
+
+    Console scripts (outside site-packages) are left out: pip regenerates them from entry_points.txt.
+    """
+    members: list[tuple[str, Path]] = []
     for f in dist.files or []:
         parts = Path(str(f)).parts
         if parts[0] == ".." or "__pycache__" in parts or str(f).endswith(".pyc"):
-            continue  # console scripts are regenerated from entry_points.txt at install
+            continue
         if parts[0].endswith(".dist-info") and parts[-1] in _DIST_INFO_SKIP:
             continue
         src = Path(str(dist.locate_file(f)))
-        if not src.is_file():
-            continue
-        target = unpacked / f
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, target)
-    subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(dest), str(unpacked)],
-                   check=True, capture_output=True, text=True)
-    shutil.rmtree(unpacked)
+        if src.is_file():
+            members.append((str(f), src))
+    info_dir = next(name.split("/")[0] for name, _ in members if name.split("/")[0].endswith(".dist-info"))
+    target = dest / _wheel_name(dist, (dist.read_text("WHEEL") or ""))
+    record: list[str] = []
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as whl:
+        for name, src in members:
+            data = src.read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(data)}")
+            whl.writestr(name, data)
+        record.append(f"{info_dir}/RECORD,,")
+        whl.writestr(f"{info_dir}/RECORD", "\n".join(record) + "\n")
+    return target
 
 
-def build_wheelhouse(dest: Path, workdir: Path) -> list[str]:
+def build_wheelhouse(dest: Path) -> list[str]:
     """Every wheel the Dockerfile's offline build needs, nodeguard's own excepted (built in stage one)."""
     dest.mkdir(parents=True, exist_ok=True)
-    dists = runtime_closure(["nodeguard", "setuptools", "wheel"])
-    for key, dist in sorted(dists.items()):
-        if key != "nodeguard":
-            repack_wheel(dist, workdir, dest)
-    return sorted(p.name for p in dest.glob("*.whl"))
+    dists = [d for key, d in runtime_closure(["nodeguard", "setuptools", "wheel"]).items() if key != "nodeguard"]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # zlib and file reads release the GIL
+        return sorted(p.name for p in pool.map(lambda d: repack_wheel(d, dest), dists))
 
 
 def _ldd(paths: Iterable[Path]) -> set[Path]:
@@ -127,19 +146,15 @@ def build_python_rootfs(root: Path) -> Path:
     target_stdlib = local / "lib" / f"python{PY_VERSION}"
     shutil.copytree(stdlib, target_stdlib, symlinks=True,
                     ignore=lambda d, names: [n for n in names if n in STDLIB_SKIP or n.startswith("config-")])
+    # A shared-library build of CPython finds libpython through its RPATH: ldd names it, and it is
+    # copied to that same path below.
     elves = [interpreter, *target_stdlib.glob("lib-dynload/*.so")]
-    libpython = BASE_PREFIX / "lib" / f"libpython{PY_VERSION}.so.1.0"
-    if libpython.exists():  # a shared-library build of CPython
-        shutil.copy2(libpython, local / "lib" / libpython.name)
     # Binary wheels (cryptography, grpcio, pydantic-core, ...) load only glibc's libraries, which
     # the interpreter's own list already holds; scan them anyway, they are few.
     elves += [Path(str(d.locate_file(f))) for d in runtime_closure(["nodeguard"]).values()
               for f in d.files or [] if str(f).endswith(".so") and not str(f).startswith("..")]
     for lib in sorted(_ldd(elves)):
-        if lib.name.startswith("libpython"):
-            continue
         _copy_with_parents(lib, root)
-    # Debian merges /lib into /usr/lib: the loader is asked for at /lib64 and at /lib.
     for d in ("bin", "etc", "tmp", "root", "proc", "sys", "dev", "run", "var/tmp"):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "tmp").chmod(0o1777)

@@ -9,17 +9,22 @@ subprocess, never in the pytest process's own namespace (that one is the machine
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tests.support.sandbox import require_root, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
+_T = TypeVar("_T")
 
 
 def _ip(*args: str) -> None:
@@ -112,3 +117,46 @@ def wait_listening(ns: str, port: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"nothing listens on {port} in {ns} after {timeout}s")
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _child(ns: str, conn: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns({ns}) failed")
+        os.close(fd)
+        conn.send((True, fn(*args)))
+    except BaseException:
+        conn.send((False, traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def in_netns(ns: str, fn: Callable[..., _T], *args: Any, timeout: float = 120) -> _T:
+    """`fn(*args)` in a forked child that joined namespace `ns` (setns): the pytest process never does.
+
+    Cheaper than a fresh interpreter per call: the child inherits every imported module. Import
+    nodeguard in the parent, but never open a netlink socket or netfilter handle there.
+    """
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(ns, child, fn, args), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            raise TimeoutError(f"{fn.__name__} in {ns} did not finish in {timeout}s")
+        ok, value = parent.recv()
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(timeout=10)
+        parent.close()
+    if not ok:
+        raise AssertionError(f"{fn.__name__} in {ns} failed:\n{value}")
+    result: _T = value
+    return result

@@ -155,14 +155,14 @@ class OtlpReceiver:
         receiver = self
 
         class Logs(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (the proto's name)
+            def Export(self, request: Any, context: Any) -> Any:
                 if receiver.failing:
                     context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
                 receiver._take_logs(request, dict(context.invocation_metadata()))
                 return logs_service_pb2.ExportLogsServiceResponse()
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+            def Export(self, request: Any, context: Any) -> Any:
                 if receiver.failing:
                     context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
                 receiver._take_metrics(request)
@@ -180,10 +180,10 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 encoding = self.headers.get("Content-Encoding", "")
                 if encoding == "gzip":

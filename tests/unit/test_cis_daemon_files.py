@@ -122,8 +122,8 @@ def test_every_section3_id_has_a_case() -> None:
 
 
 def _finding(found: list[Finding], case: Case) -> Finding:
-    hits = [f for f in found if f.rule == case.rule and (f.subject or f.path) in (case.path, None)
-            or f.rule == case.rule and f.path == case.path]
+    hits = [f for f in found if (f.rule == case.rule and (f.subject or f.path) in (case.path, None))
+            or (f.rule == case.rule and f.path == case.path)]
     assert len(hits) == 1, (case, found)
     return hits[0]
 

@@ -314,3 +314,20 @@ def test_dockerd_config_file_flag_chooses_the_file(sandbox: Sandbox) -> None:
     found = run(CTL, sandbox, pol)
     assert one(found, "icc").status is Status.FAIL
     assert one(found, "icc").path == "/etc/docker/other.json"
+
+
+# -- dockerd's command line ------------------------------------------------------------------------
+
+
+def test_parse_flags_as_dockerd_reads_them() -> None:
+    argv = ["/usr/sbin/dockerd", "-H", "fd://", "-Htcp://0.0.0.0:2375", "--host=unix:///run/d.sock", "-D",
+            "--tlsverify", "--iptables=false", "--config-file", "/etc/docker/other.json", "-G", "docker",
+            "--insecure-registry", "a:5000", "--insecure-registry=b:5000", "-l", "warn"]
+    flags = parse_flags(argv)
+    assert flags["host"] == ["fd://", "tcp://0.0.0.0:2375", "unix:///run/d.sock"]
+    assert flags["config-file"] == ["/etc/docker/other.json"]
+    values = DaemonProcess(1, argv, "pidfile", flags).config_values()
+    assert values["hosts"] == ["fd://", "tcp://0.0.0.0:2375", "unix:///run/d.sock"]
+    assert (values["debug"], values["tlsverify"], values["iptables"]) == (True, True, False)
+    assert values["insecure-registries"] == ["a:5000", "b:5000"]
+    assert (values["group"], values["log-level"]) == ("docker", "warn")

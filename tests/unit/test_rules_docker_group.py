@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from nodeguard.controls.docker_group import DockerGroupControl, DockerGroupObservation
 from nodeguard.structs import Finding, Status
 from tests.support.rules import observe, one, policy_from, run
@@ -83,6 +85,15 @@ def test_a_missing_etc_group_is_skipped(sandbox: Sandbox) -> None:
     found = run(CTL, sandbox)
     assert {f.status for f in found} == {Status.SKIP}
     assert "/etc/group does not exist" in found[0].message
+
+
+def test_an_unreadable_etc_group_is_named_as_such(sandbox: Sandbox) -> None:
+    sandbox.path("/etc/group").unlink()
+    os.mkfifo(sandbox.path("/etc/group"))  # chmod 000 is no obstacle to root; a FIFO is
+    found = run(CTL, sandbox)
+    assert {f.status for f in found} == {Status.SKIP}
+    assert "/etc/group: cannot read" in found[0].message
+    assert "fifo" in found[0].message
 
 
 def test_the_policy_names_the_group(sandbox: Sandbox) -> None:

@@ -1,0 +1,112 @@
+"""Wall time and peak RSS of `nodeguard check` on a sandbox host root served by a real dockerd.
+
+    .venv/bin/python -m tests.bench.bench_check_core [--runs 5] [--containers 10]
+
+Needs root, dockerd and busybox-static (a real daemon on a sandbox host root, in its own network
+namespace, like the tests). Every run is a fresh `python -m nodeguard check` subprocess, started
+inside the daemon's network namespace (so the firewall and listener controls read the daemon's
+network, not this machine's) and reaped with wait4(), whose rusage gives that one child's peak
+RSS. Prints the median, min and max of `--runs` runs per command line; `nodeguard version` is the
+floor (interpreter start and imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.dockerd import import_busybox, running_dockerd
+from tests.support.sandbox import make_sandbox, usermod_add
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Run:
+    wall_s: float
+    cpu_s: float  # user + system: less sensitive than wall time to other load on the machine
+    maxrss_mib: float
+    exit_code: int
+
+
+def run_once(argv: list[str]) -> Run:
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    # wait4 reaps this very child and returns its own rusage (ru_maxrss in KiB on Linux).
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode)
+
+
+def stats(values: list[float]) -> str:
+    return f"{statistics.median(values):8.1f} {min(values):8.1f} {max(values):8.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--containers", type=int, default=10, help="created containers the runtime checks list")
+    args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="ng-", dir="/tmp"))
+    sb = make_sandbox(root)
+    # A host worth auditing: a docker group member, a TLS-less TCP listener flag, a loose daemon.json.
+    usermod_add(sb, "bob")
+    try:
+        with running_dockerd(sb, {"icc": False, "live-restore": True},
+                             hosts=["tcp://127.0.0.1:23750"]) as d:
+            image = import_busybox(d)
+            for i in range(args.containers):
+                d.cli("create", "--name", f"bench-{i:03d}", image, "sleep", "3600")
+            sb.path("/etc/docker/daemon.json").chmod(0o606)
+            in_netns = ["nsenter", f"--net=/var/run/netns/{d.netns}"]
+            base = [*in_netns, sys.executable, "-m", "nodeguard"]
+            host = ["--host-root", str(sb.root)]
+            cases = {
+                "nodeguard version (floor)": [*base, "version"],
+                "check --format json": [*base, "check", *host, "--format", "json"],
+                "check (table)": [*base, "check", *host],
+                "check --only daemon-config": [*base, "check", *host, "--only", "daemon-config", "--format", "json"],
+                "check --only daemon-files": [*base, "check", *host, "--only", "daemon-files", "--format", "json"],
+                "check --only socket": [*base, "check", *host, "--only", "socket", "--format", "json"],
+                "check --only docker-group": [*base, "check", *host, "--only", "docker-group", "--format", "json"],
+            }
+            # What the full audit saw (proof the numbers are of a real, failing audit); it also warms
+            # the page cache and the .pyc files.
+            out = subprocess.run(cases["check --format json"], capture_output=True, text=True, cwd=REPO, check=False)
+            summary = json.loads(out.stdout)["summary"]
+            results: dict[str, list[Run]] = {}
+            for name, argv in cases.items():
+                results[name] = [run_once(argv) for _ in range(args.runs)]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    print(f"nodeguard check on a sandbox host root with a real dockerd "
+          f"({args.containers} containers, median/min/max of {args.runs} runs)")
+    print(f"full audit: {summary['total']} checks, {summary['fail']} fail, {summary['pass']} pass, "
+          f"{summary['skip']} skip")
+    print()
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print()
+    head = f"{'median':>8} {'min':>8} {'max':>8}"
+    print(f"{'command':<27} {'exit':>4} | {'wall ms':^26} | {'CPU ms (user+sys)':^26} | {'peak RSS MiB':^26}")
+    print(f"{'':<27} {'':>4} | {head} | {head} | {head}")
+    print("-" * 120)
+    for name, runs in results.items():
+        codes = sorted({r.exit_code for r in runs})
+        print(f"{name:<27} {','.join(map(str, codes)):>4} | {stats([r.wall_s * 1000 for r in runs])} | "
+              f"{stats([r.cpu_s * 1000 for r in runs])} | {stats([r.maxrss_mib for r in runs])}")
+
+
+if __name__ == "__main__":
+    main()

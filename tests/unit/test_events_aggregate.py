@@ -1,0 +1,80 @@
+"""Rate: a flapping drift is sent once, then summarized with a count and first/last seen."""
+
+from __future__ import annotations
+
+from nodeguard.events.aggregate import ATTR_COUNT, ATTR_FIRST_SEEN, ATTR_LAST_SEEN, Aggregator
+from nodeguard.events.model import Event, EventName, lifecycle_event
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def drift(name: EventName = EventName.DRIFT_DETECTED, observed: str = "0666", subject: str = "sock") -> Event:
+    return Event(name, "ERROR", f"socket mode is {observed}", {
+        "nodeguard.control": "socket", "nodeguard.rule": "socket-mode", "nodeguard.subject": subject,
+        "nodeguard.observed": observed})
+
+
+def test_repeats_within_the_window_become_one_summary() -> None:
+    out: list[Event] = []
+    clock = Clock()
+    agg = Aggregator(60, out.append, clock)
+    first = drift()
+    agg.offer(first)
+    repeats = []
+    for _ in range(500):  # a config-management tool fighting the agent
+        clock.now += 0.05
+        ev = drift()
+        repeats.append(ev)
+        agg.offer(ev)
+    assert out == [first]
+    clock.now += 60
+    agg.flush_due()
+    assert len(out) == 2
+    summary = out[1]
+    assert summary.name is EventName.DRIFT_DETECTED
+    assert summary.attributes[ATTR_COUNT] == 500
+    assert summary.attributes[ATTR_FIRST_SEEN] == repeats[0].time_unix_nano
+    assert summary.attributes[ATTR_LAST_SEEN] == repeats[-1].time_unix_nano
+    assert summary.id not in {e.id for e in repeats}
+    assert "repeated 500 more times" in summary.body
+    # The window is over: the next repeat goes out at once and opens a new one.
+    agg.offer(drift())
+    assert len(out) == 3
+
+
+def test_different_drifts_and_lifecycle_events_are_not_folded() -> None:
+    out: list[Event] = []
+    agg = Aggregator(60, out.append, Clock())
+    events = [drift(), drift(observed="0777"), drift(subject="other"), drift(EventName.DRIFT_REVERTED),
+              lifecycle_event(EventName.AGENT_STARTED, "up"), lifecycle_event(EventName.AGENT_STARTED, "up")]
+    for ev in events:
+        agg.offer(ev)
+    assert out == events
+
+
+def test_a_single_occurrence_leaves_no_summary_and_close_flushes_counts() -> None:
+    out: list[Event] = []
+    clock = Clock()
+    agg = Aggregator(60, out.append, clock)
+    agg.offer(drift())
+    clock.now += 61
+    agg.flush_due()
+    assert len(out) == 1
+    agg.offer(drift())
+    agg.offer(drift())
+    agg.flush_all()  # closing the pipeline: the pending count is not lost
+    assert [e.attributes.get(ATTR_COUNT) for e in out] == [None, None, 1]
+
+
+def test_window_zero_turns_aggregation_off() -> None:
+    out: list[Event] = []
+    agg = Aggregator(0, out.append, Clock())
+    for _ in range(3):
+        agg.offer(drift())
+    assert len(out) == 3

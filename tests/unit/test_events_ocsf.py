@@ -1,0 +1,92 @@
+"""The OCSF output: every drift event is a valid Compliance Finding (class 2003) per py-ocsf-models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from py_ocsf_models import OCSF_VERSION as MODELS_OCSF_VERSION
+from py_ocsf_models.events.findings.compliance_finding import ComplianceFinding
+
+from nodeguard.events.aggregate import Aggregator
+from nodeguard.events.files import ocsf_exporter
+from nodeguard.events.model import EventName, event_for_finding, lifecycle_event
+from nodeguard.events.ocsf import OCSF_VERSION, is_finding, to_ocsf
+from nodeguard.events.spool import Spool
+from nodeguard.structs import Finding, Mode, Severity, Status
+
+HOST = {"host.name": "node-1", "host.id": "0123456789abcdef0123456789abcdef"}
+
+
+def finding(subject: str | None = "bob") -> Finding:
+    return Finding(control="docker-group", rule="member-allowed", status=Status.FAIL, severity=Severity.HIGH,
+                   message="bob is in the docker group", cis="1.1.2", observed=["bob"], expected=[],
+                   path="/etc/group", subject=subject, mode=Mode.ENFORCE)
+
+
+def assert_valid(doc: dict[str, Any]) -> ComplianceFinding:
+    model = ComplianceFinding.model_validate(doc)
+    # Nothing we send is outside what the schema model knows (pydantic ignores unknown keys by default).
+    known = set(ComplianceFinding.model_fields)
+    assert set(doc) <= known, set(doc) - known
+    return model
+
+
+def test_ocsf_version_is_the_one_the_validating_models_implement() -> None:
+    assert OCSF_VERSION == MODELS_OCSF_VERSION
+
+
+@pytest.mark.parametrize(("name", "activity", "compliance_status"), [
+    (EventName.DRIFT_DETECTED, 1, 3),
+    (EventName.DRIFT_FLAPPING, 2, 3),
+    (EventName.DRIFT_REVERT_FAILED, 2, 3),
+    (EventName.DRIFT_REVERTED, 3, 1),
+    (EventName.DRIFT_RESOLVED, 3, 1),
+])
+def test_each_drift_event_is_a_valid_compliance_finding(name: EventName, activity: int,
+                                                        compliance_status: int) -> None:
+    event = event_for_finding(name, finding(), outcome=name.value.rsplit(".", 1)[1])
+    doc = to_ocsf(event, HOST)
+    model = assert_valid(doc)
+    assert model.class_uid == 2003 and model.category_uid == 2
+    assert model.activity_id == activity and model.type_uid == 200300 + activity
+    assert model.metadata.version == OCSF_VERSION
+    assert model.metadata.uid == event.id
+    assert model.compliance.requirements == ["1.1.2"]
+    assert model.compliance.status_id == compliance_status
+    assert model.severity_id == 4  # high
+    assert model.time == event.time_unix_nano // 1_000_000
+    assert {"type": "file", "name": "/etc/group"} in doc["resources"]
+    assert doc["unmapped"]["attributes"]["nodeguard.subject"] == "bob"
+
+
+def test_one_finding_keeps_one_uid_from_create_to_close() -> None:
+    detected = to_ocsf(event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected"), HOST)
+    reverted = to_ocsf(event_for_finding(EventName.DRIFT_REVERTED, finding(), outcome="reverted"), HOST)
+    other = to_ocsf(event_for_finding(EventName.DRIFT_DETECTED, finding("carol"), outcome="detected"), HOST)
+    assert detected["finding_info"]["uid"] == reverted["finding_info"]["uid"] != other["finding_info"]["uid"]
+
+
+def test_file_output_skips_lifecycle_and_carries_chain_and_aggregates(tmp_path: Path) -> None:
+    out = tmp_path / "ocsf.jsonl"
+    spool = Spool(tmp_path / "spool", ["ocsf-file"])
+    exporter = ocsf_exporter(str(out), HOST)
+    emitted = []
+    agg = Aggregator(60, lambda e: emitted.append(spool.append(e)))
+    agg.offer(lifecycle_event(EventName.AGENT_STARTED, "nodeguard started"))
+    for _ in range(4):
+        agg.offer(event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected"))
+    agg.flush_all()
+    assert exporter.export(emitted)
+    exporter.shutdown()
+    spool.close()
+    docs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(docs) == 2 and not is_finding(emitted[0])
+    for doc in docs:
+        assert_valid(doc)
+    assert [d["metadata"]["sequence"] for d in docs] == [2, 3]
+    summary = docs[1]
+    assert summary["unmapped"]["attributes"]["nodeguard.aggregate.count"] == 3
+    assert summary["finding_info"]["first_seen_time"] <= summary["finding_info"]["last_seen_time"]

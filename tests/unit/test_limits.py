@@ -1,0 +1,247 @@
+"""Bounded resources: huge host files audited correctly, a full disk, inotify limits.
+
+The timings and peak memory of the large inputs are in tests/bench/bench_limits.py; these tests
+assert only that the answers are right and that failures are clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nodeguard.accounts import load_accounts, parse_group, parse_passwd
+from nodeguard.controls.base import Context
+from nodeguard.controls.daemon_config import DaemonConfigControl
+from nodeguard.controls.docker_group import DockerGroupControl
+from nodeguard.host import DiskFull, HostRoot
+from nodeguard.limits import explain_inotify_error, inotify_limits, is_inotify_limit
+from nodeguard.policy import MAX_POLICY_BYTES, PolicyError, load_policy, parse_policy
+from nodeguard.structs import Status
+from tests.support.bigfiles import big_daemon_json, big_group, big_passwd, big_policy
+from tests.support.sandbox import DOCKER_GID, Sandbox, require, require_root, require_tool
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -- large inputs --------------------------------------------------------------------------------
+
+
+def test_50mb_daemon_json_is_audited(sandbox: Sandbox) -> None:
+    raw = big_daemon_json(50 * 1024 * 1024)
+    sandbox.path("/etc/docker/daemon.json").write_bytes(raw)
+    ctx = Context(HostRoot(sandbox.root), load_policy())
+    control = DaemonConfigControl()
+    findings = {f.rule: f for f in control.evaluate(control.observe(ctx), ctx.policy)}
+    assert findings["valid-json"].status is Status.PASS
+    # The settings hidden after 50 MB of labels are still read.
+    assert findings["plaintext-2375"].status is Status.FAIL
+    assert findings["icc"].status is Status.PASS
+
+
+def test_daemon_json_above_the_read_limit_is_a_clear_finding(sandbox: Sandbox) -> None:
+    from nodeguard.host import DEFAULT_READ_LIMIT
+
+    p = sandbox.path("/etc/docker/daemon.json")
+    with p.open("wb") as f:  # sparse: no need to write 64 MiB for real
+        f.truncate(DEFAULT_READ_LIMIT + 1)
+    ctx = Context(HostRoot(sandbox.root), load_policy())
+    control = DaemonConfigControl()
+    findings = {f.rule: f for f in control.evaluate(control.observe(ctx), ctx.policy)}
+    assert findings["valid-json"].status is Status.FAIL
+    assert "limit" in findings["valid-json"].message
+
+
+def test_group_of_100k_members_and_passwd_of_100k_users(sandbox: Sandbox) -> None:
+    n = 100_000
+    sandbox.write("/etc/passwd", big_passwd(n))
+    sandbox.write("/etc/group", big_group(n))
+    ctx = Context(HostRoot(sandbox.root), load_policy())
+    acc = load_accounts(ctx.host)
+    assert len(acc.users) == n + 1 and len(acc.groups["docker"].members) == n
+    control = DockerGroupControl()
+    obs = control.observe(ctx)
+    findings = control.evaluate(obs, ctx.policy)
+    failed = [f for f in findings if f.rule == "member-allowed" and f.status is Status.FAIL]
+    assert len(failed) == n
+    assert {f.subject for f in failed} == {f"user{i}" for i in range(n)}
+    # Every tenth user has docker as *primary* group: counted too.
+    primary = [f for f in findings if f.rule == "primary-group" and f.status is Status.FAIL]
+    assert len(primary) == n // 10
+
+
+def test_account_parsers_keep_every_entry_of_big_files() -> None:
+    users = parse_passwd(big_passwd(100_000))
+    assert users["user99999"].uid == 10_000 + 99_999
+    groups = parse_group(big_group(100_000))
+    assert groups["docker"].gid == DOCKER_GID and groups["docker"].members[-1] == "user99999"
+
+
+def test_policy_of_1_mib_is_parsed_and_one_byte_more_is_refused() -> None:
+    text = big_policy(MAX_POLICY_BYTES)
+    assert len(text.encode()) == MAX_POLICY_BYTES
+    policy = parse_policy(text, "big.yaml")
+    assert len(policy.spec.controls.docker_group.allowed_members) > 10_000
+    with pytest.raises(PolicyError, match="larger than"):
+        parse_policy(text + " ", "big.yaml")
+
+
+def test_yaml_alias_bomb_policy_ends_in_a_clear_error() -> None:
+    # "Billion laughs": 9 levels of 9 aliases; YAML shares the nodes, the validator must not walk them.
+    lines = ['a0: &a0 ["lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    text = "apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nmetadata:\n  labels:\n" + \
+        textwrap.indent("\n".join(lines), "    ")
+    with pytest.raises(PolicyError):
+        parse_policy(text, "bomb.yaml")
+
+
+# -- a full disk under the state dir -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_tmpfs(size: str = "1m") -> Iterator[Path]:
+    require_root()
+    require_tool("mount")
+    folder = Path(tempfile.mkdtemp(prefix="ng-full-"))
+    try:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        require(proc.returncode == 0, f"cannot mount a tmpfs: {proc.stderr.strip()}")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
+    finally:
+        folder.rmdir()
+
+
+def test_full_disk_write_fails_cleanly_and_keeps_the_old_file() -> None:
+    with small_tmpfs() as folder:
+        io = HostRoot(folder)
+        io.write_atomic("/findings.json", b'{"old": true}', default_mode=0o600)
+        with pytest.raises(DiskFull) as exc_info:
+            io.write_atomic("/findings.json", b"x" * (2 * 1024 * 1024))
+        assert exc_info.value.errno == errno.ENOSPC
+        assert "nothing was half-written" in str(exc_info.value)
+        assert (folder / "findings.json").read_bytes() == b'{"old": true}'
+        assert sorted(os.listdir(folder)) == ["findings.json"]  # no temporary file left behind
+        # Once there is room again, writing works.
+        io.write_atomic("/findings.json", b'{"new": true}')
+        assert (folder / "findings.json").read_bytes() == b'{"new": true}'
+
+
+def test_full_disk_under_the_state_store() -> None:
+    from nodeguard.state import StateStore
+
+    with small_tmpfs() as folder:
+        store = StateStore(folder)
+        store.save_last_good("daemon.json", b'{"icc": false}\n')
+        filler = folder / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as f:
+            f.write(b"\0" * (2 * 1024 * 1024))  # fill the tmpfs to the last page
+        with pytest.raises(OSError) as exc_info:
+            store.save_last_good("daemon.json", b'{"icc": false, "x": "' + b"y" * 65536 + b'"}\n')
+        assert exc_info.value.errno == errno.ENOSPC
+        assert store.last_good("daemon.json") == b'{"icc": false}\n'
+        assert sorted(os.listdir(folder / "lastgood")) == ["daemon.json"]
+
+
+# -- inotify limits ------------------------------------------------------------------------------
+
+_USERNS_SCRIPT = """
+import errno, json, sys, time
+from pathlib import Path
+# This user namespace's own limit: the machine's stays as it is.
+Path("/proc/sys/user/max_inotify_watches").write_text(sys.argv[1])
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+from nodeguard.limits import explain_inotify_error, inotify_limits, is_inotify_limit
+out = {"limit": inotify_limits().max_user_watches, "watched": [], "errors": {}}
+observer = Observer()
+observer.start()  # started first, so each schedule() adds its watch now and can fail on its own
+try:
+    for folder in sys.argv[2:]:
+        try:
+            observer.schedule(FileSystemEventHandler(), folder)
+            out["watched"].append(folder)
+        except OSError as exc:
+            out["errors"][folder] = [is_inotify_limit(exc), explain_inotify_error(exc, folder, 60)]
+finally:
+    observer.stop()
+    observer.join()
+print(json.dumps(out))
+"""
+
+
+def _in_user_namespace(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    unshare = require_tool("unshare")
+    return subprocess.run([unshare, "--user", "--map-root-user", sys.executable, "-c", script, *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_inotify_watch_limit_in_a_user_namespace_is_explained(tmp_path: Path) -> None:
+    folders = [tmp_path / f"d{i}" for i in range(5)]
+    for f in folders:
+        f.mkdir()
+    machine_before = inotify_limits()
+    proc = _in_user_namespace(_USERNS_SCRIPT, "2", *map(str, folders))
+    require(proc.returncode == 0 or "unshare" not in proc.stderr, f"no user namespaces: {proc.stderr}")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["limit"] == 2
+    assert len(out["watched"]) == 2
+    assert len(out["errors"]) == 3
+    for is_limit, message in out["errors"].values():
+        assert is_limit
+        assert "fs.inotify.max_user_watches=2" in message and "not a full disk" in message
+        assert "periodic resync (every 60 s)" in message
+    # The limit was the namespace's own: this machine's is untouched.
+    assert inotify_limits() == machine_before
+
+
+def test_agent_folder_watcher_survives_the_watch_limit(tmp_path: Path) -> None:
+    """The agent's FolderWatcher under a limit of 2 watches: it starts, watches what it can, says the rest."""
+    folders = [tmp_path / f"d{i}" for i in range(4)]
+    for f in folders:
+        f.mkdir()
+    script = """
+import json, sys, time
+from pathlib import Path
+Path("/proc/sys/user/max_inotify_watches").write_text("2")
+from nodeguard.watch import FolderWatcher
+fired = []
+w = FolderWatcher({Path(p): {"c" + p[-1]} for p in sys.argv[1:]})
+try:
+    w.start(lambda target, reason: fired.append(target))
+    started = True
+except OSError as exc:
+    started = str(exc)
+for p in sys.argv[1:]:
+    Path(p, "touch").write_text("x")
+time.sleep(1.0)
+w.stop()
+print(json.dumps({"started": started, "failed": w.failed, "fired": sorted(set(fired))}))
+"""
+    proc = _in_user_namespace(script, *map(str, folders))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["started"] is True, f"FolderWatcher.start raised under the inotify limit: {out['started']}"
+    assert len(out["fired"]) == 2
+    assert len(out["failed"]) == 2
+
+
+def test_explain_names_the_instance_limit_for_emfile() -> None:
+    msg = explain_inotify_error(OSError(errno.EMFILE, "inotify instance limit reached"), "/etc/docker")
+    assert "max_user_instances" in msg and "/etc/docker" in msg
+    assert not is_inotify_limit(OSError(errno.EACCES, "denied"))
+    assert "denied" in explain_inotify_error(OSError(errno.EACCES, "denied"), "/etc")
