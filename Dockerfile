@@ -11,6 +11,9 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 # -- stage one: nodeguard's wheel and every dependency, installed into a virtualenv -----------------
 FROM ${BASE_IMAGE} AS build
 ARG PIP_NO_INDEX=0
+# 1: byte-compile at install (the root filesystem is read-only at run time, so Python could not
+# cache them later). 0 only to make a throwaway test build faster.
+ARG PIP_COMPILE=1
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
@@ -22,7 +25,8 @@ COPY . /src
 RUN mkdir -p /src/wheelhouse \
  && python -m pip wheel --wheel-dir /wheels /src \
  && python -m venv --without-pip /opt/nodeguard \
- && python -m pip --python /opt/nodeguard/bin/python install --no-index --find-links /wheels nodeguard
+ && python -m pip --python /opt/nodeguard/bin/python install --no-index --find-links /wheels \
+      $([ "$PIP_COMPILE" = 0 ] && echo --no-compile) nodeguard
 
 # -- stage two: the runtime -------------------------------------------------------------------------
 FROM ${BASE_IMAGE}

@@ -14,6 +14,17 @@ from nodeguard.host import HostRoot
 ACCOUNT_FILE_LIMIT = 32 * 1024 * 1024
 
 
+def as_id(text: str) -> int | None:
+    """A uid/gid written in ASCII digits, else None.
+
+    Not str.isdigit(): "²" passes it and int() then raises; and a 5000-digit id would trip Python's
+    int-from-string limit. Ids are 32-bit: ten digits at most.
+    """
+    if text.isascii() and text.isdigit() and len(text) <= 10:
+        return int(text)
+    return None
+
+
 @dataclass(frozen=True)
 class GroupEntry:
     name: str
@@ -40,14 +51,14 @@ class AccountDB:
     missing: list[str] = field(default_factory=list)
 
     def uid_of(self, name_or_id: str) -> int | None:
-        if name_or_id.isdigit():
-            return int(name_or_id)
+        if (as_number := as_id(name_or_id)) is not None:
+            return as_number
         user = self.users.get(name_or_id)
         return user.uid if user else None
 
     def gid_of(self, name_or_id: str) -> int | None:
-        if name_or_id.isdigit():
-            return int(name_or_id)
+        if (as_number := as_id(name_or_id)) is not None:
+            return as_number
         group = self.groups.get(name_or_id)
         return group.gid if group else None
 
@@ -68,11 +79,12 @@ def parse_passwd(text: str, problems: list[str] | None = None) -> dict[str, User
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split(":")
-        if len(parts) < 4 or not parts[2].isdigit() or not parts[3].isdigit():
+        uid, gid = (as_id(parts[2]), as_id(parts[3])) if len(parts) >= 4 else (None, None)
+        if uid is None or gid is None:
             if problems is not None:
                 problems.append(f"/etc/passwd:{lineno}: malformed entry")
             continue
-        users.setdefault(parts[0], UserEntry(parts[0], int(parts[2]), int(parts[3]), lineno))
+        users.setdefault(parts[0], UserEntry(parts[0], uid, gid, lineno))
     return users
 
 
@@ -82,7 +94,8 @@ def parse_group(text: str, problems: list[str] | None = None) -> dict[str, Group
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split(":")
-        if len(parts) < 4 or not parts[2].isdigit():
+        gid = as_id(parts[2]) if len(parts) >= 4 else None
+        if gid is None:
             if problems is not None:
                 problems.append(f"/etc/group:{lineno}: malformed entry")
             continue
@@ -91,7 +104,7 @@ def parse_group(text: str, problems: list[str] | None = None) -> dict[str, Group
             if problems is not None:
                 problems.append(f"/etc/group:{lineno}: duplicate group {parts[0]!r}")
             continue
-        groups[parts[0]] = GroupEntry(parts[0], int(parts[2]), _split_members(":".join(parts[3:])), lineno)
+        groups[parts[0]] = GroupEntry(parts[0], gid, _split_members(":".join(parts[3:])), lineno)
     return groups
 
 

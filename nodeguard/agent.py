@@ -74,6 +74,13 @@ def initial_policy(cfg: AgentConfig, store: StateStore, sink: EventSink) -> Poli
     return policy
 
 
+def default_watchers(host: HostRoot, policy: Policy) -> list[Watcher]:
+    """What wakes the engine besides inotify: the Docker events stream (new containers)."""
+    from nodeguard.watch_docker import DockerEventsWatcher
+
+    return [DockerEventsWatcher(host, policy)]
+
+
 def run_agent(cfg: AgentConfig, sinks: Iterable[EventSink]) -> Engine:
     """Run until SIGTERM/SIGINT; returns the stopped engine (for its counters)."""
     host = HostRoot(cfg.host_root)
@@ -81,8 +88,9 @@ def run_agent(cfg: AgentConfig, sinks: Iterable[EventSink]) -> Engine:
     sink = FanoutSink(list(sinks))
     try:
         policy = initial_policy(cfg, store, sink)
+        watchers = cfg.watchers or default_watchers(host, policy)
         engine = Engine(EngineOptions(host, cfg.state_dir, cfg.policy_path, cfg.mode, cfg.proc), policy, sink,
-                        watchers=cfg.watchers)
+                        watchers=watchers)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s, stopping", signal.Signals(signum).name)

@@ -161,11 +161,15 @@ def run(
     _host_or_exit(host_root)
     cfg = AgentConfig(host_root=host_root, state_dir=state_dir, policy_path=policy,
                       mode=Mode(mode.value) if mode else None)
-    export = ev_opts.export_options_from_flags(
-        host_root=host_root, events_file=events_file, otlp_endpoint=otlp_endpoint, otlp_protocol=otlp_protocol,
-        otlp_headers=otlp_headers, otlp_certificate=otlp_certificate, otlp_client_key=otlp_client_key,
-        otlp_client_certificate=otlp_client_certificate, otlp_insecure=otlp_insecure, otlp_timeout=otlp_timeout,
-        ocsf_file=ocsf_file, spool_max_bytes=spool_max_bytes, aggregate_seconds=aggregate_seconds, metrics=metrics)
+    try:
+        export = ev_opts.export_options_from_flags(
+            host_root=host_root, events_file=events_file, otlp_endpoint=otlp_endpoint, otlp_protocol=otlp_protocol,
+            otlp_headers=otlp_headers, otlp_certificate=otlp_certificate, otlp_client_key=otlp_client_key,
+            otlp_client_certificate=otlp_client_certificate, otlp_insecure=otlp_insecure, otlp_timeout=otlp_timeout,
+            ocsf_file=ocsf_file, spool_max_bytes=spool_max_bytes, aggregate_seconds=aggregate_seconds, metrics=metrics)
+    except ValueError as exc:  # an OTEL_*/NODEGUARD_* variable that does not parse
+        err.print(f"[red]event export settings: {exc}[/]")
+        raise typer.Exit(EXIT_USAGE) from None
     try:
         # Events are spooled durably under the state dir, then exported (OTLP, --events-file, --ocsf-file).
         sink = build_pipeline(export, state_dir)

@@ -17,7 +17,7 @@ import typer
 from nodeguard.host import HostRoot
 from nodeguard.netfilter.backend import BackendError
 from nodeguard.netfilter.model import Desired
-from nodeguard.netfilter.select import Selection, backend_for, legacy_usable, nft_usable, select_backend
+from nodeguard.netfilter.select import Selection, backend_for, legacy_usable, nft_usable, select_backend, writes_refused
 from nodeguard.policy import FirewallPolicy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -73,10 +73,11 @@ def show(
 @firewall_app.command("apply")
 def apply(host_root: HostRootOpt = Path("/"), policy: PolicyOpt = None) -> None:
     """Put the policy's rules in place now (idempotent: nothing is written when they already are)."""
-    _, fw, sel = _selection(host_root, policy)
+    host, fw, sel = _selection(host_root, policy)
     if sel.backend is None:
         typer.echo(f"no firewall backend: {sel.reason}", err=True)
         raise typer.Exit(EXIT_USAGE)
+    _refuse_or_continue(host)
     try:
         changed = sel.backend.apply(Desired.from_policy(fw))
     except BackendError as exc:
@@ -95,6 +96,7 @@ def remove(host_root: HostRootOpt = Path("/"), policy: PolicyOpt = None) -> None
 
     _load_policy_or_exit(policy)
     host = _host_or_exit(host_root)
+    _refuse_or_continue(host)
     candidates = []
     if nft_usable_ok():
         candidates += ["nftables", "iptables-nft"]
@@ -115,6 +117,13 @@ def remove(host_root: HostRootOpt = Path("/"), policy: PolicyOpt = None) -> None
 
 
 def nft_usable_ok() -> bool:
-    from nodeguard.netfilter.libnft import Nft
+    from nodeguard.netfilter.libnft import shared_nft
 
-    return nft_usable(Nft())[0]
+    return nft_usable(shared_nft())[0]
+
+
+def _refuse_or_continue(host: HostRoot) -> None:
+    refused = writes_refused(host)
+    if refused is not None:
+        typer.echo(refused, err=True)
+        raise typer.Exit(EXIT_USAGE)

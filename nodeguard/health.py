@@ -65,3 +65,24 @@ def check_heartbeat(state_dir: str | os.PathLike[str], max_age: float = DEFAULT_
     if age > max_age:
         return Health(False, f"heartbeat is {age:.0f}s old (limit {max_age:.0f}s): the engine loop is stuck", age)
     return Health(True, f"heartbeat {max(age, 0.0):.1f}s old", age)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m nodeguard.health --state-dir DIR --max-age S`: the exec probe, standard library only.
+
+    The same check as `nodeguard health`, without loading the CLI and every control: the kubelet
+    runs it every period on every node, so its cost is paid fleet-wide.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m nodeguard.health", description=main.__doc__)
+    parser.add_argument("--state-dir", default=os.environ.get("NODEGUARD_STATE_DIR", "/var/lib/nodeguard"))
+    parser.add_argument("--max-age", type=float, default=DEFAULT_MAX_AGE)
+    args = parser.parse_args(argv)
+    result = check_heartbeat(args.state_dir, args.max_age)
+    print(result.message)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,9 +10,10 @@ drifts still open on this node and:
   EventCorrelator: a repeat of the same drift bumps `count` and `lastTimestamp` of the Event it
   already created instead of creating another object.
 
-It never blocks the engine: `emit` updates the open-drift set under a lock and hands the API work
-to a thread of its own through a bounded queue (when the API server is slow and the queue is full,
-Node Events are dropped and counted; the condition is recomputed from the set, so it is never lost).
+It never blocks the engine: `emit` updates the open-drift set and a bounded table of pending Node
+Events under a lock (a repeat bumps its entry's count) and wakes a thread of its own that makes
+the API calls. When the API server is slow and `queue_size` distinct Events already wait, more are
+dropped and counted; the condition is recomputed from the set, so it is never lost.
 The open-drift set is kept in the state dir, so an agent restart does not flip the condition to
 True until the drifts are really resolved.
 
@@ -26,11 +27,9 @@ Every node's state (the README and the chart's NOTES have it with the reason and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections import OrderedDict
@@ -52,7 +51,6 @@ DEFAULT_EVENT_NAMESPACE = "default"
 OPEN_DRIFTS_FILE = "kube-open-drifts.json"
 MAX_MESSAGE = 1024  # events.k8s.io caps a note at 1 kB; keep condition messages as short
 EVENT_CACHE_SIZE = 4096  # aggregated Events remembered, as client-go's correlator
-_STOP = object()
 
 # Which agent events become Node Events, with the Event's type and reason.
 _NODE_EVENTS: dict[EventName, tuple[str, str]] = {
@@ -104,6 +102,7 @@ class _NodeEventWork:
     reason: str
     key: str
     message: str
+    count: int = 1  # occurrences since the last send
 
 
 @dataclass
@@ -129,12 +128,18 @@ class KubeSink:
         self.api = api
         self.node_name = node_name
         self.event_namespace = event_namespace
-        self.dropped = 0  # Node Events dropped because the queue was full
+        self.dropped = 0  # Node Events dropped because `queue_size` distinct ones were already waiting
         self._state_file = Path(state_dir) / OPEN_DRIFTS_FILE if state_dir is not None else None
-        self._lock = threading.Lock()
         self._open: set[str] = self._load_open()
         self._open_saved = set(self._open)
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        # Node Events waiting for the worker, one entry per (reason, drift): a repeat only bumps
+        # its count, so a drift flapping a thousand times is one entry, not a thousand.
+        self._pending: OrderedDict[tuple[str, str], _NodeEventWork] = OrderedDict()
+        self._queue_size = queue_size
+        self._changed = threading.Condition()  # guards _open, _pending, _seq, _done, _stopping
+        self._seq = 0  # emits so far
+        self._done = 0  # emits the worker has handled (sent, or failed)
+        self._stopping = False
         self._applied: Condition | None = None  # what the Node says now, as far as we know
         self._applied_status_since: str | None = None
         self._recorded: OrderedDict[tuple[str, str], _Recorded] = OrderedDict()
@@ -146,50 +151,47 @@ class KubeSink:
     # -- EventSink ---------------------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
-        """Cheap and non-blocking: update the open set, queue the API work (or drop it when full)."""
+        """Cheap and non-blocking: update the open set and the pending Events, wake the worker."""
         key = drift_key(event)
-        with self._lock:
+        kind_reason = _NODE_EVENTS.get(event.name)
+        with self._changed:
             if event.name in _OPENS:
                 self._open.add(key)
             elif event.name in _CLOSES:
                 self._open.discard(key)
-        kind_reason = _NODE_EVENTS.get(event.name)
-        if kind_reason is not None:
-            work = _NodeEventWork(kind_reason[0], kind_reason[1],
-                                  key if event.name is not EventName.POLICY_REJECTED else "policy",
-                                  _short(f"{key}: {event.body}" if event.name is not EventName.POLICY_REJECTED
-                                         else event.body))
-            try:
-                self._queue.put_nowait(work)
-            except queue.Full:
-                self.dropped += 1
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)  # a nudge: recompute the condition soon
+            if kind_reason is not None:
+                kind, reason = kind_reason
+                rejected = event.name is EventName.POLICY_REJECTED
+                subject = "policy" if rejected else key
+                message = _short(event.body if rejected else f"{key}: {event.body}")
+                waiting = self._pending.get((reason, subject))
+                if waiting is not None:
+                    waiting.count += 1
+                    waiting.message = message
+                elif len(self._pending) < self._queue_size:
+                    self._pending[(reason, subject)] = _NodeEventWork(kind, reason, subject, message)
+                else:
+                    self.dropped += 1
+            self._seq += 1
+            self._changed.notify_all()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything emitted so far reached the API (or failed); True when it did in time."""
-        done = threading.Event()
-        try:
-            self._queue.put(done, timeout=timeout)
-        except queue.Full:
-            return False
-        return done.wait(timeout)
+        with self._changed:
+            target = self._seq = self._seq + 1  # a no-op emit: the worker wakes and syncs the condition
+            self._changed.notify_all()
+            return self._changed.wait_for(lambda: self._done >= target or not self._thread.is_alive(), timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush: the last condition and the queued Events are sent (bounded by `timeout`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._queue.put(_STOP, timeout=0.1)
-                break
-            except queue.Full:
-                if time.monotonic() > deadline or not self._thread.is_alive():
-                    break
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        """Flush (the last condition and the pending Events, bounded by `timeout`) and stop the worker."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self._thread.join(timeout)
 
     @property
     def open_drifts(self) -> list[str]:
-        with self._lock:
+        with self._changed:
             return sorted(self._open)
 
     # -- the worker --------------------------------------------------------------------------
@@ -198,23 +200,21 @@ class KubeSink:
         self._read_condition()
         backoff = 0.0
         while True:
-            try:
-                item = self._queue.get(timeout=backoff or None)
-            except queue.Empty:
-                item = None
-            if isinstance(item, _NodeEventWork):
-                self._record(item)
-            if item is _STOP:
-                self._sync_condition()
-                return
-            if isinstance(item, threading.Event):  # flush(): everything before it is handled
-                self._sync_condition()
-                item.set()
-                continue
-            if not self._queue.empty() and item is not None:
-                continue  # drain the burst first: one condition PATCH per burst
-            # A failed PATCH (API server down) is retried with back-off, capped at retry_max.
-            backoff = 0.0 if self._sync_condition() else min(self._retry_max, max(1.0, backoff * 2))
+            with self._changed:
+                # A failed PATCH (API server down) is retried with back-off, capped at retry_max.
+                self._changed.wait_for(lambda: self._seq > self._done or self._stopping, timeout=backoff or None)
+                seq, stopping = self._seq, self._stopping
+                batch = list(self._pending.values())
+                self._pending.clear()
+            for work in batch:
+                self._record(work)
+            synced = self._sync_condition()
+            backoff = 0.0 if synced else min(self._retry_max, max(1.0, backoff * 2))
+            with self._changed:
+                self._done = seq
+                self._changed.notify_all()
+                if stopping and not self._pending:
+                    return
 
     def _read_condition(self) -> None:
         """What the Node says at start, so a restart with nothing new patches nothing."""
@@ -231,7 +231,7 @@ class KubeSink:
 
     def _sync_condition(self) -> bool:
         """PATCH the condition when it differs from what the Node has; False when that failed."""
-        with self._lock:
+        with self._changed:
             open_now = set(self._open)
         self._save_open(open_now)
         want = Condition.for_open(list(open_now))
@@ -262,11 +262,11 @@ class KubeSink:
         seen = self._recorded.get(cache_key)
         if seen is not None:
             self._recorded.move_to_end(cache_key)
-            patch = {"count": seen.count + 1, "lastTimestamp": now, "message": work.message}
+            patch = {"count": seen.count + work.count, "lastTimestamp": now, "message": work.message}
             try:
                 self.api.patch_namespaced_event(seen.name, self.event_namespace, patch,
                                                 _content_type=STRATEGIC_MERGE, _request_timeout=self._timeout)
-                seen.count += 1
+                seen.count += work.count
                 return
             except ApiException as exc:
                 if exc.status != 404:  # gone (events expire after an hour): create a new one below
@@ -281,7 +281,7 @@ class KubeSink:
             "metadata": {"name": name, "namespace": self.event_namespace},
             "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": self.node_name},
             "reason": work.reason, "message": work.message, "type": work.kind,
-            "count": 1, "firstTimestamp": now, "lastTimestamp": now,
+            "count": work.count, "firstTimestamp": now, "lastTimestamp": now,
             "source": {"component": COMPONENT, "host": self.node_name},
             "reportingComponent": COMPONENT, "reportingInstance": self.node_name,
         })
@@ -290,7 +290,7 @@ class KubeSink:
         except Exception as exc:
             log.warning("cannot create event on node %s: %s", self.node_name, exc)
             return
-        self._recorded[cache_key] = _Recorded(name, 1)
+        self._recorded[cache_key] = _Recorded(name, work.count)
         while len(self._recorded) > EVENT_CACHE_SIZE:
             self._recorded.popitem(last=False)
 
@@ -321,11 +321,17 @@ class KubeSink:
             log.warning("cannot keep the open drifts in %s: %s", self._state_file, exc)
 
 
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
 def kube_sink_from_env(env: Mapping[str, str] | None = None, *,
-                       state_dir: str | os.PathLike[str] | None = None) -> KubeSink | None:
+                       state_dir: str | os.PathLike[str] | None = None,
+                       service_account_dir: Path = SERVICE_ACCOUNT_DIR) -> KubeSink | None:
     """A KubeSink for the node this pod runs on, or None outside a cluster (nothing to report to).
 
-    In-cluster config (the pod's service account); the node is the downward API's NODE_NAME.
+    In-cluster config: the API server from KUBERNETES_SERVICE_HOST/PORT, the pod's service
+    account token and CA (re-read as the kubelet rotates the token); the node is the downward
+    API's NODE_NAME.
     """
     env = os.environ if env is None else env
     if not env.get("KUBERNETES_SERVICE_HOST"):
@@ -334,9 +340,13 @@ def kube_sink_from_env(env: Mapping[str, str] | None = None, *,
     if not node:
         log.warning("in a cluster but NODE_NAME is not set (downward API): no Node condition or Events")
         return None
-    from kubernetes import client, config
+    from kubernetes import client
+    from kubernetes.config.incluster_config import InClusterConfigLoader
 
-    config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return KubeSink(client.CoreV1Api(), node,
+    configuration = client.Configuration()
+    InClusterConfigLoader(token_filename=str(service_account_dir / "token"),  # type: ignore[no-untyped-call]
+                          cert_filename=str(service_account_dir / "ca.crt"),
+                          environ=dict(env)).load_and_set(configuration)
+    return KubeSink(client.CoreV1Api(client.ApiClient(configuration)), node,
                     event_namespace=env.get("NODEGUARD_EVENT_NAMESPACE", DEFAULT_EVENT_NAMESPACE),
                     state_dir=state_dir)

@@ -110,13 +110,20 @@ def _loader_for(text: str) -> type[yaml.SafeLoader]:
 
 
 def _alias_expansion(root: yaml.Node) -> int:
-    """Nodes that aliases add when `root` is expanded; memoised, so linear in the distinct nodes."""
+    """Nodes that aliases add when `root` is expanded; memoised, so linear in the distinct nodes.
+
+    An alias inside its own anchor (`&a [*a]`) expands forever: counted as more than any limit.
+    """
     size: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the current path from the root: reaching one again is a cycle
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, done = stack.pop()
         if id(node) in size:
             continue
+        if not done and id(node) in open_nodes:
+            return MAX_ALIAS_EXPANSION + 1
+        open_nodes.add(id(node))
         children: list[yaml.Node] = []
         if isinstance(node, yaml.SequenceNode):
             children = list(node.value)
@@ -124,6 +131,7 @@ def _alias_expansion(root: yaml.Node) -> int:
             children = [n for pair in node.value for n in pair]
         if done:
             size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            open_nodes.discard(id(node))
             continue
         stack.append((node, True))
         stack.extend((c, False) for c in children if id(c) not in size)
@@ -429,17 +437,20 @@ def _dotted(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _check_rule_ids(policy: Policy, node: yaml.Node | None) -> list[tuple[int | None, str, str]]:
+def _check_rule_ids(merged: Mapping[str, Any], node: yaml.Node | None) -> list[tuple[int | None, str, str]]:
+    """Unknown rule ids, read from the merged document so they are reported beside schema errors."""
     # Imported late: the catalog lives beside the controls, which import this module.
     from nodeguard.controls import rule_ids_by_policy_key
 
     problems = []
     known = rule_ids_by_policy_key()
-    controls = policy.spec.controls
-    for field_name, info in type(controls).model_fields.items():
-        key = info.alias or field_name
-        ctl: ControlPolicy = getattr(controls, field_name)
-        for rule_id in ctl.rules:
+    spec = merged.get("spec")
+    controls = spec.get("controls") if isinstance(spec, Mapping) else None
+    # An unknown control key is the schema's error to report, not a list of unknown rules.
+    control_keys = {info.alias or name for name, info in Controls.model_fields.items()}
+    for key, ctl in controls.items() if isinstance(controls, Mapping) else ():
+        rules = ctl.get("rules") if isinstance(ctl, Mapping) else None
+        for rule_id in rules if isinstance(rules, Mapping) and key in control_keys else ():
             if rule_id not in known.get(key, ()):
                 loc = ("spec", "controls", key, "rules", rule_id)
                 choices = ", ".join(sorted(known.get(key, ()))) or "none"
@@ -456,7 +467,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         node = yaml.compose(text, Loader=loader)
         if node is not None and _alias_expansion(node) > MAX_ALIAS_EXPANSION:
             raise PolicyError(source, [(None, "", f"YAML aliases expand to more than {MAX_ALIAS_EXPANSION} extra "
-                                                  "nodes; write the values out")])
+                                                  "nodes (or into themselves); write the values out")])
         data = yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -482,8 +493,9 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
             elif err["type"] in ("enum", "literal_error"):
                 why += f", got {err['input']!r}"
             problems.append((_node_line(node, loc), _dotted(loc), why))
-        raise PolicyError(source, problems) from None
-    problems = _check_rule_ids(policy, node)
+        problems += _check_rule_ids(merged, node)
+        raise PolicyError(source, sorted(problems, key=lambda p: p[0] or 0)) from None
+    problems = _check_rule_ids(merged, node)
     if problems:
         raise PolicyError(source, problems)
     return policy

@@ -58,3 +58,7 @@ def render_table(report: AuditReport, console: Console, *, show_passed: bool = T
     console.print(table)
     s = report.summary()
     console.print(f"{s['fail']} failed, {s['pass']} passed, {s['skip']} skipped ({s['total']} checks)")
+    sections = cis_summary(report.findings)
+    console.print("CIS ids: " + "; ".join(
+        f"section {sec}: {c['fail']} failed, {c['pass']} passed, {c['skip']} skipped, {c['not_checked']} not checked"
+        for sec, c in sections.items()), highlight=False)

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 SSH_DIR = "/etc/ssh"
 MAX_INCLUDE_DEPTH = 16  # sshd's SERVCONF_MAX_DEPTH
+# Files parsed per configuration: a file that includes itself three times would otherwise be
+# parsed 3**16 times before the depth limit stops it (found by the fuzz tests).
+MAX_INCLUDED_FILES = 256
 
 # OpenSSH defaults (sshd_config(5)) for the keywords nodeguard judges.
 DEFAULTS = {
@@ -124,6 +127,11 @@ def expand(pattern: str, list_dir: Callable[[str], list[str]]) -> list[str]:
 
 def _parse_file(cfg: SshdConfig, read: Callable[[str], str | None], list_dir: Callable[[str], list[str]],
                 path: str, match: str | None, depth: int) -> None:
+    seen = len(cfg.files) + len(cfg.problems)
+    if seen >= MAX_INCLUDED_FILES:
+        if seen == MAX_INCLUDED_FILES:
+            cfg.problems.append(f"{path}: more than {MAX_INCLUDED_FILES} included files: the rest is ignored")
+        return
     if depth > MAX_INCLUDE_DEPTH:
         cfg.problems.append(f"{path}: Include nested deeper than {MAX_INCLUDE_DEPTH}: ignored (sshd refuses to start)")
         return

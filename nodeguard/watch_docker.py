@@ -18,6 +18,7 @@ from typing import Any
 from nodeguard.docker_api import DaemonUnavailable, connect, describe_error
 from nodeguard.host import HostRoot
 from nodeguard.policy import Policy
+from nodeguard.structs import Mode
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class DockerEventsWatcher:
     def start(self, trigger: Trigger) -> None:
         if self._thread is not None:
             raise RuntimeError("watcher already started")
+        runtime = self.policy.spec.controls.runtime
+        if (runtime.mode or self.policy.spec.mode) is Mode.OFF:
+            # The runtime control is off: no reason to hold a connection to a root-equivalent socket.
+            log.info("runtime control is off: not following the docker events stream")
+            return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(trigger,), name="docker-events", daemon=True)
         self._thread.start()

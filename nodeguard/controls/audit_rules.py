@@ -7,7 +7,8 @@ Where the usual audit greps for a path, this one parses the rules:
 - a commented-out rule, a `-W` (watch removed), an `-a never,...` (an exclusion) or a rule wiped
   by a later `-D` does not count; `-w /usr/bin/dockerd-rootless.sh` does not cover
   `/usr/bin/dockerd` (a substring match would say it does);
-- a watch must see writes and attribute changes (`-p` with `w` and `a`; no `-p` means `rwxa`);
+- a watch must see writes and attribute changes (`-p` with `w` and `a`; no `-p` means `rwxa`),
+  by anyone: a rule narrowed to some processes (`-F auid>=1000`) misses root's changes;
 - paths compare as the kernel resolves them inside the host root (folders followed, the last
   name not: auditd watches a name in a folder), so `-w /bin/dockerd` covers `/usr/bin/dockerd` on
   a merged-/usr host, and a folder watch (`-w DIR`, `-F dir=DIR`) covers what is under it;
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from nodeguard.controls.base import Context, Control
-from nodeguard.controls.daemon_files import find_unit_files
+from nodeguard.controls.daemon_files import containerd_sockets, find_unit_files
 from nodeguard.host import HostPathError, HostRoot
 from nodeguard.policy import HostAuditPolicy, Policy
 from nodeguard.structs import Finding, Rule, Severity, Status
@@ -36,6 +37,11 @@ from nodeguard.structs import Finding, Rule, Severity, Status
 AUDIT_RULES_LIMIT = 8 * 1024 * 1024
 REQUIRED_PERMS = frozenset("wa")
 AUDITCTL_TIMEOUT = 5.0
+# A stock rules.d is a few hundred lines; a hostile one stops being read here (and says so).
+MAX_RULE_LINES = 100_000
+MAX_RULES_FILES = 1000
+# -F fields that say what is watched, not whose access: any other field narrows the rule.
+NEUTRAL_FIELDS = frozenset({"path", "dir", "perm", "key", "arch", "filetype"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ class AuditWatch:
     perms: str  # subset of "rwxa"
     recursive: bool  # a folder watch covers everything under it
     source: str  # "FILE:LINE" or "auditctl -l"
+    # Field filters that narrow the rule to some processes (`-F auid>=1000`): root's writes,
+    # the ones that matter, would go unaudited.
+    filters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,17 @@ def parse_audit_rules(chunks: list[tuple[str, str]], host: HostRoot) -> tuple[li
     """
     watches: list[AuditWatch] = []
     problems: list[str] = []
+    resolved: dict[str, str] = {}
+
+    def resolve(path: str) -> str:
+        if path not in resolved:
+            resolved[path] = _resolved(host, path, follow_last=False)
+        return resolved[path]
+
     lines = [(source, lineno, raw) for source, text in chunks for lineno, raw in enumerate(text.splitlines(), 1)]
+    if len(lines) > MAX_RULE_LINES:
+        problems.append(f"{len(lines)} audit rule lines: only the first {MAX_RULE_LINES} were read")
+        lines = lines[:MAX_RULE_LINES]
     for source, lineno, raw in lines:
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -116,7 +135,7 @@ def parse_audit_rules(chunks: list[tuple[str, str]], host: HostRoot) -> tuple[li
             watches = []
             continue
         if "-W" in opts:
-            gone = {_resolved(host, p, follow_last=False) for p in opts["-W"] if p}
+            gone = {resolve(p) for p in opts["-W"] if p}
             watches = [w for w in watches if w.resolved not in gone]
             continue
         if "-w" in opts:
@@ -124,7 +143,7 @@ def parse_audit_rules(chunks: list[tuple[str, str]], host: HostRoot) -> tuple[li
             if not path:
                 continue
             perms = _perms_of(opts["-p"][-1]) if "-p" in opts else "rwxa"
-            watches.append(AuditWatch(path, _resolved(host, path, follow_last=False), perms, True, where))
+            watches.append(AuditWatch(path, resolve(path), perms, True, where))
             continue
         rule_spec = (opts.get("-a") or opts.get("-A") or [""])[-1]
         if not rule_spec:
@@ -133,16 +152,18 @@ def parse_audit_rules(chunks: list[tuple[str, str]], host: HostRoot) -> tuple[li
         if "always" not in parts or "exit" not in parts:
             continue  # `never` excludes; other lists never see file access
         fields: dict[str, str] = {}
+        filters: list[str] = []
         for f in opts.get("-F", []):
             name, op, value = f.partition("=")
-            if op and not name.endswith(("!", "<", ">")):
+            if op and not name.endswith(("!", "<", ">")) and name in NEUTRAL_FIELDS:
                 fields[name] = value
+            elif f:
+                filters.append(f)
         watched = fields.get("path") or fields.get("dir")
         if not watched:
             continue
         perms = _perms_of(fields["perm"]) if "perm" in fields else "rwxa"
-        watches.append(AuditWatch(watched, _resolved(host, watched, follow_last=False), perms, "dir" in fields,
-                                  where))
+        watches.append(AuditWatch(watched, resolve(watched), perms, "dir" in fields, where, tuple(filters)))
     return watches, problems
 
 
@@ -238,10 +259,10 @@ class HostAuditControl(Control):
         if kind == "daemon-json":
             return [dc.path], [dc.path]
         if kind == "containerd-sock":
-            sock = ctx.policy.spec.controls.daemon_files.containerd_socket
+            socks = containerd_sockets(ctx) or [ctx.policy.spec.controls.daemon_files.containerd_socket]
             unit_dirs = ctx.policy.spec.controls.daemon_files.unit_dirs
             main, _ = find_unit_files(ctx.host, unit_dirs, "containerd.socket")
-            return [sock, *([main] if main else [])], [sock]
+            return [*socks, *([main] if main else [])], socks
         raise ValueError(what)
 
     def observe(self, ctx: Context) -> HostAuditObservation:
@@ -256,6 +277,9 @@ class HostAuditControl(Control):
                 if name.endswith(".rules"):
                     stream.append((name, f"{folder.rstrip('/')}/{name}"))
         stream.sort()
+        if len(stream) > MAX_RULES_FILES:
+            obs.problems.append(f"{len(stream)} rules files: only the first {MAX_RULES_FILES} were read")
+            stream = stream[:MAX_RULES_FILES]
         # Two streams, each loaded as one: audit.rules (what `auditctl -R` loads) and rules.d in
         # name order (what augenrules concatenates). A watch left by either counts.
         for group in (files, [path for _, path in stream]):
@@ -332,16 +356,24 @@ class HostAuditControl(Control):
                                 "configured)", observed=None, expected=expected, path=target.path,
                                 subject=target.resolved, details=details)
         written = covering(obs.watches, target)
-        full = [w for w in written if set(w.perms) >= REQUIRED_PERMS]
-        details["rules"] = [f"{w.source}: {w.path} -p {w.perms}" for w in written]
+        full = [w for w in written if set(w.perms) >= REQUIRED_PERMS and not w.filters]
+        details["rules"] = [f"{w.source}: {w.path} -p {w.perms}" + "".join(f" -F {f}" for f in w.filters)
+                            for w in written]
         if not full:
-            why = (f"watched only for {'/'.join(sorted({w.perms for w in written}))}: a change to it is not "
-                   "audited") if written else "no audit rule watches it"
+            narrowed = [f for w in written for f in w.filters]
+            if not written:
+                why = "no audit rule watches it"
+            elif narrowed and all(set(w.perms) >= REQUIRED_PERMS for w in written):
+                why = (f"watched only for some processes ({', '.join(sorted(set(narrowed)))}): root's changes "
+                       "go unaudited")
+            else:
+                why = (f"watched only for {'/'.join(sorted({w.perms for w in written}))}: a change to it is not "
+                       "audited")
             return self.finding(rule_id, Status.FAIL, f"{target.path}: {why}",
                                 observed=[w.perms for w in written] or None, expected=expected,
                                 path=target.path, subject=target.resolved, details=details)
         if obs.loaded is not None:
-            loaded = [w for w in covering(obs.loaded, target) if set(w.perms) >= REQUIRED_PERMS]
+            loaded = [w for w in covering(obs.loaded, target) if set(w.perms) >= REQUIRED_PERMS and not w.filters]
             if not loaded:
                 return self.finding(rule_id, Status.FAIL, f"{target.path}: the rule is written but not loaded "
                                     "(run augenrules --load)", observed="not loaded", expected=expected,

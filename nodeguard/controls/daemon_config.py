@@ -113,6 +113,11 @@ class Endpoint:
     port: int | None
 
 
+def _port(text: str) -> int | None:
+    # ASCII digits only: "²".isdigit() is True and int("²") raises (found by the fuzz tests).
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else None
+
+
 def parse_host(raw: str, tls: bool) -> Endpoint:
     text = raw.strip()
     scheme, sep, rest = text.partition("://")
@@ -125,10 +130,10 @@ def parse_host(raw: str, tls: bool) -> Endpoint:
     host, port = hostport, None
     if hostport.startswith("["):
         host, _, tail = hostport[1:].partition("]")
-        port = int(tail[1:]) if tail.startswith(":") and tail[1:].isdigit() else None
+        port = _port(tail[1:]) if tail.startswith(":") else None
     elif hostport.count(":") == 1:
         host, _, p = hostport.partition(":")
-        port = int(p) if p.isdigit() else None
+        port = _port(p)
     if port is None:
         port = 2376 if tls else 2375
     return Endpoint(raw, "tcp", host or "0.0.0.0", port)  # noqa: S104 (it is what dockerd binds)
@@ -268,7 +273,7 @@ class DaemonConfigControl(Control):
         cfg = obs.effective
 
         def src(key: str) -> dict[str, Any]:
-            return {"source": obs.source_of(key)}
+            return obs.sources(key)
 
         # -- listeners named by the configuration ---------------------------------------------
         verify = _truthy(cfg.get("tlsverify"))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nodeguard.controls.base import Context, Control, Outcome
+from nodeguard.controls.socket import ACL_XATTR, AclEntry, parse_acl
 from nodeguard.host import FileStat, HostRoot
 from nodeguard.policy import DaemonFilesPolicy, Policy, file_mode_bits
 from nodeguard.structs import Finding, Rule, Severity, Status
@@ -39,6 +40,10 @@ class FileObservation:
     spec: FileSpec
     stat: FileStat | None
     owner_ids: tuple[int | None, int | None]  # the policy's owner/group resolved on this host
+    # POSIX ACL, read where the allowed mode has group bits and a named entry would hide behind
+    # them (containerd's socket: `setfacl -m u:bob:rw` keeps 0660 and gives bob containerd).
+    acl: list[AclEntry] | None = None
+    acl_error: str | None = None
 
 
 @dataclass
@@ -52,6 +57,8 @@ def excess_bits(mode: int, max_mode: int) -> int:
     return mode & ~max_mode & 0o7777
 
 
+# Roles whose ACL is read (see FileObservation.acl).
+ACL_ROLES = frozenset({"containerd-sock"})
 # A hostile certs.d with millions of files must not stall the pass.
 MAX_CERT_FILES = 4096
 KEY_SUFFIXES = (".key",)
@@ -96,6 +103,26 @@ def find_unit_files(host: HostRoot, unit_dirs: list[str], unit: str) -> tuple[st
     return main, kept
 
 
+def containerd_sockets(ctx: Context) -> list[str]:
+    """The containerd sockets of this host that exist: the policy's, the one dockerd is told to use
+    (`--containerd`), and the one of the containerd dockerd starts itself (`<exec-root>/containerd`)."""
+    settings = ctx.policy.spec.controls.daemon_files
+    cfg = ctx.daemon_config.effective
+    candidates = [settings.containerd_socket]
+    if isinstance(cfg.get("containerd"), str) and cfg["containerd"]:
+        candidates.append(ctx.host.from_daemon_path(cfg["containerd"]))
+    exec_root = cfg.get("exec-root") if isinstance(cfg.get("exec-root"), str) else None
+    candidates.append(ctx.host.from_daemon_path(f"{(exec_root or '/var/run/docker').rstrip('/')}/containerd/"
+                                                "containerd.sock"))
+    out: dict[str, str] = {}
+    for path in candidates:
+        if ctx.host.lstat(path) is None:
+            continue
+        # /var/run/docker/... and /run/docker/... are one socket.
+        out.setdefault(str(ctx.host.resolve(path)), path)
+    return list(out.values())
+
+
 def registry_cert_files(host: HostRoot, certs_dir: str) -> list[str]:
     """Every file under certs.d (CA certificates, client certificates and keys), as host paths."""
     top = host.resolve(certs_dir)
@@ -131,6 +158,8 @@ class DaemonFilesControl(Control):
         *_pair("etc-default-docker", "/etc/default/docker", "3.19", "3.22"),
         *_pair("etc-sysconfig-docker", "/etc/sysconfig/docker", "3.21", "3.20"),
         *_pair("containerd-sock", "containerd's socket", "3.23", "3.24"),
+        Rule("containerd-sock-acl", "no ACL entry grants anyone else containerd's socket", Severity.HIGH, "3.24",
+             True),
         *_pair("extra", "a file the policy lists", None, None),
     )
 
@@ -162,8 +191,8 @@ class DaemonFilesControl(Control):
                                ("etc-sysconfig-docker", "/etc/sysconfig/docker")):
             if ctx.host.lstat(env_file) is not None:
                 specs.append(FileSpec(role, env_file, "root", "root", 0o644))
-        if ctx.host.lstat(settings.containerd_socket) is not None:
-            specs.append(FileSpec("containerd-sock", settings.containerd_socket, "root", "root", 0o660))
+        for sock in containerd_sockets(ctx):
+            specs.append(FileSpec("containerd-sock", sock, "root", "root", 0o660))
         for extra in settings.extra:
             specs.append(FileSpec("extra", extra.path, extra.owner, extra.group, file_mode_bits(extra.file_mode)))
         return specs
@@ -185,7 +214,14 @@ class DaemonFilesControl(Control):
             # Follows symlinks inside the root (as `stat -c %a` would); a later chmod acts only on
             # a non-symlink whose inode matches this one, so a symlink is reported, not followed.
             st = ctx.host.stat(spec.path)
-            files.append(FileObservation(spec, st, (acc.uid_of(spec.owner), acc.gid_of(spec.group))))
+            fo = FileObservation(spec, st, (acc.uid_of(spec.owner), acc.gid_of(spec.group)))
+            if st is not None and spec.role in ACL_ROLES:
+                try:
+                    blob = ctx.host.getxattr(spec.path, ACL_XATTR)
+                    fo.acl = parse_acl(blob) if blob else []
+                except (OSError, ValueError) as exc:
+                    fo.acl_error = str(exc)
+            files.append(fo)
         return DaemonFilesObservation(
             files, {u.uid: u.name for u in acc.users.values()}, {g.gid: g.name for g in acc.groups.values()})
 
@@ -218,17 +254,36 @@ class DaemonFilesControl(Control):
                 + (f": bits {extra:04o} beyond {spec.max_mode:04o}" if extra else ""),
                 observed=st.mode_octal, expected=f"at most {spec.max_mode:04o}", path=spec.path,
                 subject=spec.path, details={"kind": st.kind}))
+            if spec.role in ACL_ROLES:
+                out.append(self._acl_finding(fo, observed))
         for r in self.rules:
             role = r.id.rsplit("-", 1)[0]
             if role not in present_roles and role != "extra":
                 out.append(self.finding(r.id, Status.SKIP, "not configured on this host"))
         return out
 
+    def _acl_finding(self, fo: FileObservation, observed: DaemonFilesObservation) -> Finding:
+        rule, path = f"{fo.spec.role}-acl", fo.spec.path
+        if fo.acl_error is not None:
+            return self.finding(rule, Status.FAIL, f"ACL unreadable: {fo.acl_error}", observed=fo.acl_error,
+                                expected="no named ACL entries", path=path, subject=path)
+        bad = []
+        for entry in fo.acl or []:
+            if entry.tag in ("user", "group") and entry.perms:
+                bad.append(entry.render(observed.uid_names if entry.tag == "user" else observed.gid_names))
+        return self.finding(
+            rule, Status.FAIL if bad else Status.PASS,
+            f"ACL entries {bad} grant access that the mode does not show" if bad else "no named ACL entries",
+            observed=bad or None, expected="no named ACL entries", path=path, subject=path)
+
     def remediate(self, ctx: Context, finding: Finding, observed: Any) -> Outcome:
         assert isinstance(observed, DaemonFilesObservation)
         fo = next((f for f in observed.files if f.spec.path == finding.subject and f.stat is not None), None)
         if fo is None or fo.stat is None:
             return Outcome(False, False, f"{finding.subject} is gone")
+        if finding.rule.endswith("-acl"):
+            ctx.host.removexattr(fo.spec.path, ACL_XATTR, expect=fo.stat)
+            return Outcome(True, True, f"setfacl -b {fo.spec.path}", {"removed": finding.observed})
         if finding.rule.endswith("-mode"):
             new_mode = fo.stat.mode & fo.spec.max_mode
             ctx.host.chmod(fo.spec.path, new_mode, expect=fo.stat)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from nodeguard.controls.base import Context, Control, Outcome
 from nodeguard.netfilter.backend import BackendError, chains_match
 from nodeguard.netfilter.model import ChainState, Desired, FirewallState
-from nodeguard.netfilter.select import Selection, select_backend
+from nodeguard.netfilter.select import Selection, select_backend, writes_refused
 from nodeguard.policy import FirewallPolicy, Policy
 from nodeguard.structs import Finding, Rule, Severity, Status
 
@@ -150,6 +150,9 @@ class FirewallControl(Control):
         backend = observed.selection.backend
         if backend is None:
             return Outcome(False, False, f"no firewall backend: {observed.selection.reason}")
+        refused = writes_refused(ctx.host, ctx.proc)
+        if refused is not None:
+            return Outcome(False, False, refused)
         settings = _settings(ctx.policy)
         if finding.rule == "plaintext-blocked":
             p = next((x for x in settings.ports if x.port == PLAINTEXT_PORT), None)

@@ -374,11 +374,13 @@ class RuntimeControl(Control):
         return out + applied
 
     def _rootless_daemons(self, obs: RuntimeObservation) -> list[Finding]:
-        if not obs.rootless_sockets:
-            return [self.finding("rootless-daemons", Status.PASS, "no per-user docker socket on this host",
+        # The daemon the policy names may itself be a rootless one: it is audited, not "outside".
+        others = [p for p in obs.rootless_sockets if p not in obs.daemon_sockets]
+        if not others:
+            return [self.finding("rootless-daemons", Status.PASS, "no other per-user docker socket on this host",
                                  observed=[], expected=[])]
         out = []
-        for path in obs.rootless_sockets:
+        for path in others:
             uid = path.split("/")[3] if path.startswith("/run/user/") else None
             out.append(self.finding(
                 "rootless-daemons", Status.FAIL,

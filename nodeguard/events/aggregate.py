@@ -7,8 +7,9 @@ not sent; when the window closes, one summary event goes out: the last repeat, a
 `nodeguard.aggregate.first_seen_unix_nano` / `..._last_seen_unix_nano` (the first and last of
 them). The next repeat after that opens a new window. Lifecycle events are never aggregated.
 
-The counts live in memory for at most one window: a SIGKILL can lose the count of repeats of a
-drift whose first occurrence is already durable in the spool (never the occurrence itself).
+With a store (the spool), each count is written down as it grows (`Spool.hold_repeat`, no
+fsync) and released in the same transaction that spools its summary: a SIGKILL does not lose
+the count, and the next start sends the summaries the previous run still owed.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from nodeguard.events.model import Event, EventName
 
@@ -32,6 +34,14 @@ _AGGREGATED = frozenset({EventName.DRIFT_DETECTED, EventName.DRIFT_REVERTED, Eve
                          EventName.DRIFT_RESOLVED, EventName.DRIFT_FLAPPING})
 
 
+class RepeatStore(Protocol):
+    def hold_repeat(self, key: str, count: int, first_seen: int, last: Event) -> None: ...
+
+    def held_repeats(self) -> list[tuple[str, int, int, Event]]: ...
+
+    def append_many(self, events: Sequence[Event], *, release: Sequence[str] = ()) -> list[Event]: ...
+
+
 @dataclass
 class _Window:
     closes_at: float
@@ -40,24 +50,33 @@ class _Window:
     last: Event | None = None
 
 
-def drift_key(event: Event) -> tuple[str, ...] | None:
+def drift_key(event: Event) -> str | None:
     if event.name not in _AGGREGATED:
         return None
     a = event.attributes
-    observed = json.dumps(a.get("nodeguard.observed"), sort_keys=True, default=str)
-    return (event.name.value, str(a.get("nodeguard.control")), str(a.get("nodeguard.rule")),
-            str(a.get("nodeguard.subject", "")), observed)
+    return json.dumps([event.name.value, a.get("nodeguard.control"), a.get("nodeguard.rule"),
+                       a.get("nodeguard.subject"), a.get("nodeguard.observed")], sort_keys=True, default=str)
 
 
 class Aggregator:
     def __init__(self, window_seconds: float, forward: Callable[[Event], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, store: RepeatStore | None = None) -> None:
         self.window = window_seconds
         self._forward = forward
         self._clock = clock
+        self._store = store
         self._lock = threading.Lock()
-        self._windows: dict[tuple[str, ...], _Window] = {}
+        self._windows: dict[str, _Window] = {}
         self.suppressed = 0
+
+    def recover(self) -> int:
+        """Send the summaries a previous run counted but never sent (after a crash); returns how many."""
+        if self._store is None:
+            return 0
+        held = self._store.held_repeats()
+        for key, count, first_seen, last in held:
+            self._send(key, summarize(last, count, first_seen))
+        return len(held)
 
     def offer(self, event: Event) -> None:
         key = drift_key(event) if self.window > 0 else None
@@ -73,41 +92,47 @@ class Aggregator:
                     win.last = event
                     self.suppressed += 1
                     passthrough = None
+                    if self._store is not None:
+                        self._store.hold_repeat(key, win.repeats, win.first_seen, event)
                 elif len(self._windows) < MAX_KEYS:
                     self._windows[key] = _Window(closes_at=now + self.window)
         # Forwarded outside the lock: the spool's fsync must not hold up other emitters' counting.
-        for summary in due:
-            self._forward(summary)
+        for due_key, summary in due:
+            self._send(due_key, summary)
         if passthrough is not None:
             self._forward(passthrough)
 
     def flush_due(self) -> None:
         with self._lock:
             due = self._take_due(self._clock())
-        for summary in due:
-            self._forward(summary)
+        for key, summary in due:
+            self._send(key, summary)
 
     def flush_all(self) -> None:
         with self._lock:
             due = self._take_due(float("inf"))
-        for summary in due:
+        for key, summary in due:
+            self._send(key, summary)
+
+    def _send(self, key: str, summary: Event) -> None:
+        if self._store is not None:
+            self._store.append_many([summary], release=[key])
+        else:
             self._forward(summary)
 
-    def _take_due(self, now: float) -> list[Event]:
-        out: list[Event] = []
+    def _take_due(self, now: float) -> list[tuple[str, Event]]:
+        out: list[tuple[str, Event]] = []
         for key in [k for k, w in self._windows.items() if w.closes_at <= now]:
             win = self._windows.pop(key)
             if win.repeats and win.last is not None:
-                out.append(_summary(win))
+                out.append((key, summarize(win.last, win.repeats, win.first_seen)))
         return out
 
 
-def _summary(win: _Window) -> Event:
-    assert win.last is not None
-    last = win.last
+def summarize(last: Event, count: int, first_seen: int) -> Event:
     attrs = dict(last.attributes)
-    attrs[ATTR_COUNT] = win.repeats
-    attrs[ATTR_FIRST_SEEN] = win.first_seen
+    attrs[ATTR_COUNT] = count
+    attrs[ATTR_FIRST_SEEN] = first_seen
     attrs[ATTR_LAST_SEEN] = last.time_unix_nano
-    body = f"{last.body} (repeated {win.repeats} more time{'s' if win.repeats != 1 else ''})"
+    body = f"{last.body} (repeated {count} more time{'s' if count != 1 else ''})"
     return replace(last, body=body, attributes=attrs, id=str(uuid.uuid4()), time_unix_nano=time.time_ns())

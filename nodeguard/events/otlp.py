@@ -13,8 +13,8 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import grpc  # type: ignore[import-untyped]
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import (
     LoggerProvider,
@@ -52,9 +52,11 @@ def _signal_endpoint(options: ExportOptions, signal: str) -> str | None:
     return options.otlp_endpoint.rstrip("/") + f"/v1/{signal}"
 
 
-def _grpc_credentials(options: ExportOptions) -> grpc.ChannelCredentials | None:
+def _grpc_credentials(options: ExportOptions) -> Any:
+    """grpc.ChannelCredentials from our TLS files; None: plaintext, or the system's CAs (the SDK's default)."""
     if options.otlp_insecure or not (options.otlp_certificate or options.otlp_client_certificate):
-        return None  # plaintext, or the system's CAs (the SDK's default)
+        return None
+    import grpc  # type: ignore[import-untyped]  # only with gRPC: HTTP-only agents skip loading it
 
     def read(path: Path | None) -> bytes | None:
         return path.read_bytes() if path is not None else None
@@ -66,6 +68,26 @@ def _grpc_credentials(options: ExportOptions) -> grpc.ChannelCredentials | None:
 
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
+
+
+def _http_session() -> Any:
+    """A requests session that keeps the CA file it was given.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set in many images) override a session's
+    `verify`, which silently replaces OTEL_EXPORTER_OTLP_CERTIFICATE with the system bundle and
+    fails the handshake with a private CA. An explicit CA file wins here; without one the
+    environment still applies.
+    """
+    import requests  # the SDK's HTTP exporter already depends on it
+
+    class KeepCaFile(requests.Session):
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
+            settings = super().merge_environment_settings(*args, **kwargs)
+            if isinstance(self.verify, str):
+                settings["verify"] = self.verify
+            return settings
+
+    return KeepCaFile()
 
 
 def make_log_exporter(options: ExportOptions) -> LogRecordExporter:
@@ -81,7 +103,8 @@ def make_log_exporter(options: ExportOptions) -> LogRecordExporter:
     return HttpLogExporter(endpoint=endpoint, certificate_file=_str(options.otlp_certificate),
                            client_key_file=_str(options.otlp_client_key),
                            client_certificate_file=_str(options.otlp_client_certificate),
-                           headers=options.otlp_headers or None, timeout=options.otlp_timeout)
+                           headers=options.otlp_headers or None, timeout=options.otlp_timeout,
+                           session=_http_session())
 
 
 def make_metric_exporter(options: ExportOptions) -> MetricExporter:
@@ -97,7 +120,8 @@ def make_metric_exporter(options: ExportOptions) -> MetricExporter:
     return HttpMetricExporter(endpoint=endpoint, certificate_file=_str(options.otlp_certificate),
                               client_key_file=_str(options.otlp_client_key),
                               client_certificate_file=_str(options.otlp_client_certificate),
-                              headers=options.otlp_headers or None, timeout=options.otlp_timeout)
+                              headers=options.otlp_headers or None, timeout=options.otlp_timeout,
+                              session=_http_session())
 
 
 class _Collect(LogRecordProcessor):

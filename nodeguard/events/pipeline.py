@@ -45,9 +45,12 @@ class EventPipeline:
                          on_failure=self._on_failure, on_delivered=self._on_delivered)
             for exp in exporters
         ]
-        self.aggregator = Aggregator(options.aggregate_seconds, self._spool_event)
+        self.aggregator = Aggregator(options.aggregate_seconds, self._spool_event, store=spool)
         self._closed = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="nodeguard-aggregate", daemon=True)
+        recovered = self.aggregator.recover()
+        if recovered:
+            log.info("sent %d summaries of repeats the previous run had counted", recovered)
         for worker in self.workers:
             worker.start()
         self._ticker.start()

@@ -32,6 +32,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNI
                                    record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cursors (consumer TEXT PRIMARY KEY, acked INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS repeats (key TEXT PRIMARY KEY, count INTEGER NOT NULL, first_seen INTEGER NOT NULL,
+                                    record TEXT NOT NULL);
 """
 
 
@@ -86,19 +89,31 @@ class Spool:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise SpoolBusy(f"{folder / SPOOL_FILE} is in use by another nodeguard process") from None
+        try:
+            self._start(synchronous)
+        except BaseException:
+            os.close(self._lock_fd)  # released with the process anyway, but a caller may retry
+            raise
+
+    def _start(self, synchronous: str) -> None:
+        folder = self.folder
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        path = folder / SPOOL_FILE
-        old_umask = os.umask(0o077)  # events may name users and files: owner-only
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        finally:
-            os.umask(old_umask)
-        self._db.execute("PRAGMA journal_mode=WAL")
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.executescript(_SCHEMA)
+        self.synchronous = synchronous
+        try:
+            self._db = self._open(folder / SPOOL_FILE)
+        except sqlite3.DatabaseError as exc:
+            # A spool that is not a database any more must not keep the agent from starting: set it
+            # aside for forensics and start a new one (its chain restarts at 1, which verify reports).
+            aside = f"{SPOOL_FILE}.corrupt-{int(time.time())}"
+            log.error("spool %s is unreadable (%s); moved aside as %s, starting a new one",
+                      folder / SPOOL_FILE, exc, aside)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(folder / f"{SPOOL_FILE}{suffix}", folder / f"{aside}{suffix}")
+            self._db = self._open(folder / SPOOL_FILE)
         self._closed = False
         self._bytes = 0
         with self._transaction():
@@ -115,14 +130,34 @@ class Spool:
             self._prune()
         self._bytes = self._db.execute("SELECT COALESCE(SUM(length(record)), 0) FROM events").fetchone()[0]
 
+    def _open(self, path: Path) -> sqlite3.Connection:
+        old_umask = os.umask(0o077)  # events may name users and files: owner-only
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        finally:
+            os.umask(old_umask)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.executescript(_SCHEMA)
+            db.execute("SELECT COUNT(*) FROM events").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     # -- writing -----------------------------------------------------------------------------
 
     def append(self, event: Event) -> Event:
         """Chain the event, commit it durably, wake the exporters; returns the chained event."""
         return self.append_many([event])[0]
 
-    def append_many(self, events: Sequence[Event]) -> list[Event]:
-        """Several events in one transaction: one fsync for all (a burst, or filling a spool in a benchmark)."""
+    def append_many(self, events: Sequence[Event], *, release: Sequence[str] = ()) -> list[Event]:
+        """Several events in one transaction: one fsync for all (a burst, or filling a spool in a benchmark).
+
+        `release`: keys of held repeats (see `hold_repeat`) that these events summarize, forgotten in the
+        same transaction, so a summary is spooled exactly once even if the process dies right then.
+        """
         with self._lock:
             self._check_open()
             before = (self._last_seq, self._last_hash, self._bytes)
@@ -136,6 +171,8 @@ class Spool:
                             chained, record = self._chain(event)
                         self._insert(chained, record)
                         out.append(chained)
+                    for key in release:
+                        self._db.execute("DELETE FROM repeats WHERE key=?", (key,))
                     if not self.consumers:
                         self._prune()
             except BaseException:
@@ -144,6 +181,29 @@ class Spool:
                 raise
             self._changed.notify_all()
             return out
+
+    def hold_repeat(self, key: str, count: int, first_seen: int, last: Event) -> None:
+        """Remember how often a drift repeated since it was last sent (the aggregator's window).
+
+        Written without an fsync: it survives SIGKILL (the WAL is in the page cache) and is synced
+        by the next event's commit; a power cut may lose a count, never an event.
+        """
+        record = json.dumps(last.to_record(), separators=(",", ":"), ensure_ascii=False, default=str)
+        with self._lock:
+            self._check_open()
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO repeats(key, count, first_seen, record) VALUES (?, ?, ?, ?)",
+                                 (key, count, first_seen, record))
+            finally:
+                self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+
+    def held_repeats(self) -> list[tuple[str, int, int, Event]]:
+        """Repeats counted by a previous run that never got to send their summary."""
+        with self._lock:
+            self._check_open()
+            rows = self._db.execute("SELECT key, count, first_seen, record FROM repeats ORDER BY rowid").fetchall()
+        return [(key, count, first, Event.from_record(json.loads(record))) for key, count, first, record in rows]
 
     def _chain(self, event: Event) -> tuple[Event, str]:
         seq = self._last_seq + 1
@@ -207,22 +267,35 @@ class Spool:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def read(self, consumer: str, limit: int) -> list[Spooled]:
-        """The next events after the consumer's cursor, oldest first."""
+    def read(self, consumer: str, limit: int, max_bytes: int = 1 << 20) -> list[Spooled]:
+        """The next events after the consumer's cursor, oldest first: at most `limit` events and, past the
+        first one, `max_bytes` of payload (collectors cap a request: gRPC at 4 MiB by default)."""
         with self._lock:
             self._check_open()
             acked = self._acked(consumer)
-            rows = self._db.execute("SELECT seq, record FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                    (acked, limit)).fetchall()
+            rows: list[tuple[int, str]] = []
+            size = 0
+            for seq, record in self._db.execute("SELECT seq, record FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                                (acked, limit)):
+                size += len(record)
+                if rows and size > max_bytes:
+                    break
+                rows.append((seq, record))
         return [Spooled(seq, Event.from_record(json.loads(record))) for seq, record in rows]
 
     def ack(self, consumer: str, seq: int) -> None:
         """The consumer's receiver confirmed everything up to `seq`; free what nobody needs any more."""
         with self._lock:
             self._check_open()
-            with self._transaction():
-                self._db.execute("UPDATE cursors SET acked=MAX(acked, ?) WHERE consumer=?", (seq, consumer))
-                self._prune()
+            # No fsync for a cursor move: losing it to a power cut only means a redelivery (the receiver
+            # de-duplicates), and the next event's FULL commit syncs the WAL, this frame included.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._transaction():
+                    self._db.execute("UPDATE cursors SET acked=MAX(acked, ?) WHERE consumer=?", (seq, consumer))
+                    self._prune()
+            finally:
+                self._db.execute(f"PRAGMA synchronous={self.synchronous}")
 
     def wait(self, consumer: str, timeout: float) -> bool:
         """Block until something waits for `consumer` (True) or the timeout passes."""

@@ -64,6 +64,9 @@ class ExportWorker:
         self.exporter = exporter
         self.backoff = backoff
         self.batch_size = batch_size
+        # Halved after each failure, doubled back after each success: a collector that refuses
+        # large requests still gets the backlog, in smaller pieces.
+        self._batch = batch_size
         self.delivered = 0
         self.failures = 0
         self._on_failure = on_failure
@@ -82,7 +85,7 @@ class ExportWorker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                batch = self.spool.read(self.name, self.batch_size)
+                batch = self.spool.read(self.name, self._batch)
             except RuntimeError:  # the spool was closed under us
                 return
             if not batch:
@@ -103,10 +106,12 @@ class ExportWorker:
                     return
                 self.delivered += len(events)
                 self.backoff.reset()
+                self._batch = min(self.batch_size, self._batch * 2)
                 if self._on_delivered is not None:
                     self._on_delivered(self.name, events)
                 continue
             self.failures += 1
+            self._batch = max(1, self._batch // 2)
             if self._on_failure is not None:
                 self._on_failure(self.name)
             delay = self.backoff.next_delay()

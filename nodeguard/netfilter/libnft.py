@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import shutil
 import subprocess
 import threading
@@ -94,3 +95,35 @@ class Nft:
         if rc != 0:
             raise NftError(command, rc, err or out)
         return out
+
+
+_shared: dict[tuple[int, int], Nft] = {}
+_shared_lock = threading.Lock()
+
+
+def _netns_id() -> int:
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
+def shared_nft() -> Nft:
+    """This process's libnftables context for its current network namespace.
+
+    One per (pid, netns): a context per call would leak (none is ever freed), and a context made
+    before a fork or a setns may hold a netlink socket of the namespace it was made in.
+    """
+    key = (os.getpid(), _netns_id())
+    with _shared_lock:
+        nft = _shared.get(key)
+        if nft is None:
+            nft = _shared[key] = Nft()
+        return nft
+
+
+def nft_via() -> str:
+    """How nft commands would run here, without making a context."""
+    if ctypes.util.find_library("nftables"):
+        return "libnftables"
+    return "nft binary" if shutil.which("nft") else "nothing (neither libnftables nor nft)"

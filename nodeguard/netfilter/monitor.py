@@ -7,8 +7,7 @@ catches the rest).
 - nf_tables announces every committed transaction on the netlink multicast group
   `NFNLGRP_NFTABLES` as a `NEWGEN` message naming the new generation and the process that
   committed it: `nft delete table inet nodeguard` wakes us within a millisecond.
-- Legacy xtables announces nothing; its watcher re-reads nodeguard's chains every few seconds
-  and wakes the control only when they differ from the previous read.
+- Legacy xtables announces nothing; its watcher asks for a reconcile pass every few seconds.
 
 A watcher is any object with `start(trigger)` / `stop()`; `trigger(control, reason)` is the
 engine's and must be cheap, thread-safe and never block.
@@ -29,7 +28,10 @@ from pyroute2.netlink import NETLINK_NETFILTER
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, NFNLGRP_NFTABLES
 from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_NEWGEN
 
+from nodeguard.host import HostRoot
 from nodeguard.netfilter.backend import Backend
+from nodeguard.policy import Policy
+from nodeguard.structs import Mode
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,15 @@ def parse_newgen(data: bytes) -> list[tuple[int | None, int | None, str | None]]
             out.append((gen, pid, name))
         off += (length + 3) & ~3
     return out
+
+
+def _is_own_thread(pid: int | None) -> bool:
+    """NEWGEN names the committing *thread* (kernel tid): is it one of this process's threads?
+
+    Our own restores then do not wake us again. Across pid namespaces the ids differ and the
+    answer is "no": that only costs one extra, idle pass.
+    """
+    return pid is not None and (pid == os.getpid() or os.path.exists(f"/proc/self/task/{pid}"))
 
 
 class _ThreadWatcher:
@@ -131,7 +142,6 @@ class NftablesWatcher(_ThreadWatcher):
     def _run(self, trigger: Trigger) -> None:
         sock = self._sock
         assert sock is not None
-        me = os.getpid()
         while not self._stop.is_set():
             ready, _, _ = select.select([sock.fileno(), self._wake_r], [], [])
             if self._wake_r in ready:
@@ -145,33 +155,43 @@ class NftablesWatcher(_ThreadWatcher):
                 log.warning("nf_tables watcher stopped: %s", exc)
                 return
             for gen, pid, name in parse_newgen(data):
-                if self.ignore_own and pid == me:
+                if self.ignore_own and _is_own_thread(pid):
                     continue
                 trigger(self.control, f"nf_tables generation {gen} committed by {name or '?'}[{pid}]")
 
 
 class PollWatcher(_ThreadWatcher):
-    """Re-read the backend's state every `interval` seconds; trigger when it changed."""
+    """Legacy xtables announces nothing: ask for a reconcile pass every `interval` seconds.
 
-    def __init__(self, backend: Backend, interval: float = LEGACY_POLL_SECONDS, control: str = CONTROL) -> None:
+    Unconditional on purpose: comparing reads between polls misses a tamper that lands on a state
+    identical to the last one seen (tampered, restored, tampered again between two polls), and a
+    pass that finds everything in place costs a few milliseconds and emits nothing.
+    """
+
+    def __init__(self, interval: float = LEGACY_POLL_SECONDS, control: str = CONTROL) -> None:
         super().__init__()
-        self.backend = backend
         self.interval = interval
         self.control = control
 
     def _run(self, trigger: Trigger) -> None:
-        last = self.backend.read_state()
         while not self._stop.wait(self.interval):
-            now = self.backend.read_state()
-            if now != last:
-                trigger(self.control, f"{self.backend.name} rules changed (poll)")
-            last = now
+            trigger(self.control, f"legacy xtables poll ({self.interval:g}s)")
 
 
 def firewall_watchers(backend: Backend | None) -> list[_ThreadWatcher]:
-    """The watcher(s) that fit the chosen backend; the lead wires them into `nodeguard run`."""
+    """The watcher(s) that fit a backend: nf_tables notifications, or the legacy poll."""
     if backend is None:
         return []
     if backend.name in ("nftables", "iptables-nft"):
         return [NftablesWatcher()]
-    return [PollWatcher(backend)]
+    return [PollWatcher()]
+
+
+def watchers_for(host: HostRoot, policy: Policy) -> list[_ThreadWatcher]:
+    """What `nodeguard run` starts for the firewall control on this host (none when it is off)."""
+    fw = policy.spec.controls.firewall
+    if fw.rule_mode("", policy.spec.mode) is Mode.OFF:
+        return []
+    from nodeguard.netfilter.select import select_backend
+
+    return firewall_watchers(select_backend(fw.backend, host).backend)

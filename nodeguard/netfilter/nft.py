@@ -21,7 +21,7 @@ import json
 from typing import Any
 
 from nodeguard.netfilter.backend import Backend
-from nodeguard.netfilter.libnft import Nft, NftError
+from nodeguard.netfilter.libnft import Nft, NftError, nft_via, shared_nft
 from nodeguard.netfilter.model import ChainState, Desired, FirewallState, RuleSpec, normalise_cidr, rules_for
 
 TABLE = "nodeguard"
@@ -77,7 +77,8 @@ def parse_rule(exprs: list[dict[str, Any]]) -> RuleSpec:
             verdict = _verdict(e)
         if verdict is None:
             return raw
-    if port is None or verdict is None or (source is not None and verdict != "pass"):
+    # We write sources only with "pass" and "pass" only with a source: anything else is not ours.
+    if port is None or verdict is None or (source is not None) != (verdict == "pass"):
         return raw
     return RuleSpec(port, verdict, source)  # type: ignore[arg-type]
 
@@ -94,10 +95,17 @@ class NftablesBackend(Backend):
 
     def __init__(self, nft: Nft | None = None) -> None:
         super().__init__()
-        self.nft = nft or Nft()
+        self._nft = nft
+
+    @property
+    def nft(self) -> Nft:
+        # Looked up at each use: rendering needs no library, and a context belongs to one
+        # process and one network namespace (see shared_nft).
+        return self._nft if self._nft is not None else shared_nft()
 
     def describe(self) -> str:
-        return f"table inet {TABLE}, chain {CHAIN} (hook input, priority filter - 10), via {self.nft.via}"
+        via = self._nft.via if self._nft is not None else nft_via()
+        return f"table inet {TABLE}, chain {CHAIN} (hook input, priority filter - 10), via {via}"
 
     def desired_chains(self, desired: Desired) -> tuple[ChainState, ...]:
         return (ChainState(f"inet {TABLE} {CHAIN}", True, True, "base chain on the input hook",
@@ -115,7 +123,11 @@ class NftablesBackend(Backend):
             if not self._table_exists():
                 return FirewallState(self.name, (ChainState(where, False, False, f"table inet {TABLE} is absent"),))
             listing = json.loads(self.nft.run(f"list table inet {TABLE}", json=True))
-        except (NftError, ValueError) as exc:
+        except NftError as exc:
+            if "No such file or directory" in exc.message:  # deleted between the two reads
+                return FirewallState(self.name, (ChainState(where, False, False, f"table inet {TABLE} is absent"),))
+            return FirewallState(self.name, error=str(exc))
+        except ValueError as exc:
             return FirewallState(self.name, error=str(exc))
         chain: dict[str, Any] | None = None
         rules: list[RuleSpec] = []

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeguard.host import HostRoot
 from nodeguard.netfilter.backend import Backend
-from nodeguard.netfilter.libnft import Nft, NftError
+from nodeguard.netfilter.libnft import Nft, NftError, shared_nft
 from nodeguard.netfilter.nft import NftablesBackend
 from nodeguard.netfilter.xtables import XtablesLegacyBackend, legacy_chain_names, legacy_tables, on_worker
 
@@ -102,7 +103,7 @@ def legacy_usable() -> tuple[bool, str]:
 
 
 def select_backend(requested: str, host: HostRoot) -> Selection:
-    nft = Nft()
+    nft = shared_nft()
     nft_ok, nft_why = nft_usable(nft)
     legacy_ok, legacy_why = legacy_usable()
     probes = {"nftables": nft_why, "iptables-legacy": legacy_why}
@@ -148,3 +149,51 @@ def select_backend(requested: str, host: HostRoot) -> Selection:
     if nft_ok:
         return chosen("nftables", "no kubelet hint or Docker chains decide it; nf_tables is available")
     return chosen("iptables-legacy", "no kubelet hint or Docker chains decide it; only legacy xtables is available")
+
+
+ANY_ROOT_ENV = "NODEGUARD_FIREWALL_ANY_ROOT"
+
+
+def writes_refused(host: HostRoot, proc: Path = Path("/proc")) -> str | None:
+    """Why nodeguard must not change netfilter here, or None when it may.
+
+    Netfilter belongs to the process's network namespace, not to --host-root. A sandbox host root
+    (neither `/` nor `/host...`) in the machine's own network namespace (the same as pid 1's) is a
+    test or a mistake: the rules would land on the machine. Report, never write, unless
+    NODEGUARD_FIREWALL_ANY_ROOT=1. When the namespaces cannot be compared, the answer is "refuse".
+    """
+    root = str(host.root)
+    if root == "/" or root == "/host" or root.startswith("/host/") or os.environ.get(ANY_ROOT_ENV) == "1":
+        return None
+    if not _in_machine_netns(proc):
+        return None
+    return (f"host root {root} is a sandbox but this process is in the machine's own network namespace: "
+            f"nodeguard reports and leaves netfilter alone ({ANY_ROOT_ENV}=1 overrides)")
+
+
+def _in_machine_netns(proc: Path) -> bool:
+    """Is this process in pid 1's network namespace? Unknown counts as yes (refuse to write).
+
+    A named namespace (`ip netns add`, bind-mounted under /run/netns) is never the machine's;
+    else compare with pid 1's, which some sandboxes forbid reading.
+    """
+    try:
+        mine = os.stat("/proc/self/ns/net")
+    except OSError:
+        return True
+    for folder in ("/run/netns", "/var/run/netns"):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return False
+    try:
+        return os.stat(proc / "1" / "ns" / "net").st_ino == mine.st_ino
+    except OSError:
+        return True

@@ -40,17 +40,20 @@ _ANY = {"0.0.0.0/0.0.0.0", "0.0.0.0/0", "::/0", None, ""}
 _TARGETS = {"RETURN": "pass", "DROP": "drop", "REJECT": "reject"}
 
 
-_worker: ThreadPoolExecutor | None = None
+_worker: tuple[int, ThreadPoolExecutor] | None = None
 _worker_guard = threading.Lock()
 
 
 def shared_worker() -> ThreadPoolExecutor:
-    """The one thread of this process that calls python-iptables (it is not thread-safe)."""
+    """The one thread of this process that calls python-iptables (it is not thread-safe).
+
+    Keyed by pid: a forked child inherits the variable but not the thread.
+    """
     global _worker
     with _worker_guard:
-        if _worker is None:
-            _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nodeguard-xtables")
-        return _worker
+        if _worker is None or _worker[0] != os.getpid():
+            _worker = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="nodeguard-xtables"))
+        return _worker[1]
 
 
 def on_worker(fn: Callable[..., _T], *args: Any) -> _T:
@@ -125,7 +128,7 @@ def _parse(rule: Any) -> RuleSpec:
             (verdict != "reject" and params):
         return raw
     source = None if rule.src in _ANY else normalise_cidr(rule.src)
-    if source is not None and verdict != "pass":
+    if (source is not None) != (verdict == "pass"):
         return raw
     return RuleSpec(int(dport[0]), verdict, source)  # type: ignore[arg-type]
 

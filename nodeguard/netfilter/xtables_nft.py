@@ -42,7 +42,7 @@ def parse_rule_line(args: list[str]) -> RuleSpec:
     if (verdict == "reject") != ("--reject-with" in opts) or opts.get("--reject-with", "tcp-reset") != "tcp-reset":
         return raw
     source = normalise_cidr(opts["-s"]) if "-s" in opts else None
-    if source is not None and verdict != "pass":
+    if (source is not None) != (verdict == "pass"):
         return raw
     return RuleSpec(int(opts["--dport"]), verdict, source)  # type: ignore[arg-type]
 

@@ -7,7 +7,8 @@ namespace, like the tests). Every run is a fresh `python -m nodeguard check` sub
 inside the daemon's network namespace (so the firewall and listener controls read the daemon's
 network, not this machine's) and reaped with wait4(), whose rusage gives that one child's peak
 RSS. Prints the median, min and max of `--runs` runs per command line; `nodeguard version` is the
-floor (interpreter start and imports).
+floor (interpreter start and imports). A second table splits one audit pass by control (in one
+process, after the imports, a fresh Context per pass as the agent makes).
 """
 
 from __future__ import annotations
@@ -28,6 +29,26 @@ from tests.support.dockerd import import_busybox, running_dockerd
 from tests.support.sandbox import make_sandbox, usermod_add
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Run inside the daemon's network namespace: per-control wall time of `runs` audit passes, as JSON.
+PER_CONTROL = """
+import json, sys, time
+t0 = time.perf_counter()
+from nodeguard.audit import evaluate_control
+from nodeguard.controls import Context, all_controls
+from nodeguard.host import HostRoot
+from nodeguard.policy import load_policy
+imports = time.perf_counter() - t0
+policy = load_policy()
+times = {}
+for _ in range(int(sys.argv[2])):
+    ctx = Context(HostRoot(sys.argv[1]), policy)
+    for control in all_controls():
+        t = time.perf_counter()
+        evaluate_control(control, ctx)
+        times.setdefault(control.name, []).append(time.perf_counter() - t)
+print(json.dumps({"imports": imports, "controls": times}))
+"""
 
 
 @dataclass
@@ -88,6 +109,9 @@ def main() -> None:
             results: dict[str, list[Run]] = {}
             for name, argv in cases.items():
                 results[name] = [run_once(argv) for _ in range(args.runs)]
+            split = json.loads(subprocess.run([*in_netns, sys.executable, "-c", PER_CONTROL, str(sb.root),
+                                               str(args.runs)], capture_output=True, text=True, cwd=REPO,
+                                              check=True).stdout)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -106,6 +130,13 @@ def main() -> None:
         codes = sorted({r.exit_code for r in runs})
         print(f"{name:<27} {','.join(map(str, codes)):>4} | {stats([r.wall_s * 1000 for r in runs])} | "
               f"{stats([r.cpu_s * 1000 for r in runs])} | {stats([r.maxrss_mib for r in runs])}")
+    print()
+    print(f"one audit pass by control, wall ms (median/min/max of {args.runs} passes in one process; "
+          f"imports before them: {split['imports'] * 1000:.0f} ms)")
+    print(f"{'control':<27} | {'median':>8} {'min':>8} {'max':>8}")
+    print("-" * 57)
+    for name, values in split["controls"].items():
+        print(f"{name:<27} | {stats([v * 1000 for v in values])}")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def test_daemonset_runs_everywhere_with_least_privilege() -> None:
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     assert "ports" not in c  # nothing listens on the node
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert c[probe]["exec"]["command"][:2] == ["nodeguard", "health"], probe
+        assert c[probe]["exec"]["command"][:3] == ["python", "-m", "nodeguard.health"], probe
         assert set(c[probe]) - {"exec", "periodSeconds", "timeoutSeconds", "failureThreshold"} == set()
     assert c["command"] == ["nodeguard"]
     assert c["args"] == ["run", "--host-root", "/host", "--policy", "/etc/nodeguard/policy.yaml",
@@ -130,12 +130,15 @@ def test_host_mounts_are_exactly_what_the_agent_touches() -> None:
     ds = one(objects(), "DaemonSet")
     mounts = host_mounts(ds)
     assert sorted(mounts.values()) == sorted(["/etc", "/etc/docker", "/run", "/run/xtables.lock",
-                                              "/var/lib/nodeguard"])
+                                              "/var/lib/nodeguard", "/lib/systemd/system",
+                                              "/usr/lib/systemd/system"])
+    read_only = {m["mountPath"] for m in container(ds)["volumeMounts"] if m.get("readOnly")}
+    assert read_only == {"/host/lib/systemd/system", "/host/usr/lib/systemd/system", "/etc/nodeguard"}
     # Each host path appears at --host-root + itself: the agent resolves host paths through the root.
     for mount_path, host_path in mounts.items():
         assert mount_path == "/host" + host_path
     pod = ds["spec"]["template"]["spec"]
-    types = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
+    types = {v["hostPath"]["path"]: v["hostPath"].get("type", "") for v in pod["volumes"] if "hostPath" in v}
     assert types["/run/xtables.lock"] == "FileOrCreate" and types["/var/lib/nodeguard"] == "DirectoryOrCreate"
     # The policy is mounted as a folder (no subPath): the kubelet's ..data swap reaches the agent.
     policy_mount = next(m for m in container(ds)["volumeMounts"] if m["name"] == "policy")

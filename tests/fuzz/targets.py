@@ -9,7 +9,9 @@ and unbounded memory. Used by the atheris scripts (`fuzz_<target>.py`), by the s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -78,10 +80,8 @@ def socket_acl(data: bytes) -> None:
 
 
 def policy_yaml(data: bytes) -> None:
-    try:
+    with contextlib.suppress(policy.PolicyError):
         policy.parse_policy(data.decode("utf-8", "replace"), "fuzz.yaml")
-    except policy.PolicyError:
-        pass
 
 
 def sshd(data: bytes) -> None:
@@ -104,18 +104,21 @@ def mountinfo(data: bytes) -> None:
 
 
 _AUDIT_ROOT: HostRoot | None = None
+_AUDIT_DIR: tempfile.TemporaryDirectory[str] | None = None  # removed when the interpreter exits
 
 
 def audit_rules(data: bytes) -> None:
     from nodeguard.controls.audit_rules import parse_audit_rules
 
-    global _AUDIT_ROOT
+    global _AUDIT_ROOT, _AUDIT_DIR
     if _AUDIT_ROOT is None:
-        root = Path(tempfile.mkdtemp(prefix="ng-fuzz-"))
+        _AUDIT_DIR = tempfile.TemporaryDirectory(prefix="ng-fuzz-")
+        root = Path(_AUDIT_DIR.name)
         (root / "etc/docker").mkdir(parents=True)
+        os.symlink("/etc", root / "etc/loop")  # something for the resolver to follow
         _AUDIT_ROOT = HostRoot(root)
     chunks = [(f"/etc/audit/rules.d/{i}.rules", t) for i, t in enumerate(_text(data).split("\0"))]
-    watches, problems = parse_audit_rules(chunks, _AUDIT_ROOT)
+    watches, _problems = parse_audit_rules(chunks, _AUDIT_ROOT)
     assert all(isinstance(w.path, str) for w in watches)
 
 
@@ -148,3 +151,26 @@ TARGETS: dict[str, Target] = {
 }
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
+
+
+def all_targets() -> Target:
+    """One target for all (libFuzzer fuzzes one function per process): the first byte picks the parser."""
+    names = sorted(TARGETS)
+
+    def one_of_all(data: bytes) -> None:
+        if data:
+            TARGETS[names[data[0] % len(names)]](data[1:])
+
+    return one_of_all
+
+
+def seeds_folder(name: str, work: Path) -> Path:
+    """The checked-in seeds of `name`; for "all", every target's seeds prefixed with its selector byte."""
+    if name != "all":
+        return CORPUS / name
+    folder = work / "seeds"
+    folder.mkdir(exist_ok=True)
+    for index, target in enumerate(sorted(TARGETS)):
+        for seed in sorted((CORPUS / target).iterdir()):
+            (folder / f"{target}-{seed.name}").write_bytes(bytes([index]) + seed.read_bytes())
+    return folder

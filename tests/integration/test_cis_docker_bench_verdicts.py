@@ -94,3 +94,12 @@ def test_trusted_bobby_does_not_admit_bob(sandbox: Sandbox) -> None:
     # ...and bobby himself would pass.
     usermod_add(sandbox, "bobby")
     assert one(run(DockerGroupControl(), sandbox, pol), "member-allowed", "bobby").status is Status.PASS
+
+
+@pytest.mark.parametrize(("allowed", "ok"), [(["bob"], True), (["bobby", "bo"], False)], ids=["pass", "fail"])
+def test_1_1_2_trusted_users(sandbox: Sandbox, allowed: list[str], ok: bool) -> None:
+    require_root()
+    usermod_add(sandbox, "bob")
+    pol = policy_from("spec:\n  controls:\n    dockerGroup:\n      allowedMembers: [" + ", ".join(allowed) + "]\n")
+    f = one(run(DockerGroupControl(), sandbox, pol), "member-allowed", "bob")
+    assert (f.cis, f.status) == ("1.1.2", Status.PASS if ok else Status.FAIL)

@@ -3,6 +3,11 @@
 A setting given as a flag never shows in daemon.json; nodeguard reads /proc/PID/cmdline of the
 daemon named by the pidfile and judges the effective value. Two daemons: one started with the
 settings CIS wants, one with the settings it warns about.
+
+Not started for real here: `--storage-opt dm.basesize=...` (2.11; overlay2 refuses the option and
+dockerd exits) and `--authorization-plugin` (2.12; without the plugin installed every API call
+fails). Both are checked from a real command line parsed by `parse_flags` in
+tests/unit/test_cis_daemon_config.py.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def check(sb: Sandbox, *args: str) -> dict[str, Any]:
 
 
 def rule(report: dict[str, Any], name: str, control: str = "daemon-config") -> dict[str, Any]:
-    hits = [f for f in report["findings"] if f["control"] == control and f["rule"] == name]
+    hits: list[dict[str, Any]] = [f for f in report["findings"] if f["control"] == control and f["rule"] == name]
     assert len(hits) == 1, hits
     return hits[0]
 
@@ -97,6 +102,9 @@ def test_cis_summary_and_section1_on_a_real_daemon(sandbox: Sandbox) -> None:
     assert set(report["cis"]) >= {"1", "2", "3"}
     audit = [f for f in report["findings"] if f["control"] == "host-audit" and f["rule"] == "audit-data-root"]
     assert [(f["subject"], f["status"]) for f in audit] == [("/var/lib/docker", "pass")]
+    # The containerd that dockerd started itself, under its exec-root, is found and checked.
+    sock = [f for f in report["findings"] if f["rule"] == "containerd-sock-mode"]
+    assert [(f["subject"], f["status"]) for f in sock] == [("/run/docker-exec/containerd/containerd.sock", "pass")]
     # The daemon's data root is a folder of the machine's /tmp here, not a partition.
     layout = rule(report, "data-root-partition", "host-layout")
     assert layout["status"] == "fail", layout

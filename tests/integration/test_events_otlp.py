@@ -23,6 +23,7 @@ from nodeguard.events.resource import SCHEMA_URL
 from nodeguard.structs import Finding, Mode, Severity, Status
 from tests.support.otlp_receiver import ReceivedLog, otlp_receiver
 from tests.support.sandbox import Sandbox
+from tests.support.tlsca import make_tls
 
 MACHINE_ID = "5f1e0c2a9b8d4e7f8a6b5c4d3e2f1a0b"
 
@@ -170,3 +171,28 @@ def test_refused_exports_are_retried_until_confirmed(tmp_path: Path, host: Sandb
         assert set(rx.unique_by_uid()) == {e.id for e in sent}
         assert rx.wait_for(lambda r: pipeline.spool.depth() == 0, 5), "confirmed events must leave the spool"
         verify_received_chain(rx.unique_by_uid())
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_mutual_tls_with_the_otel_certificate_settings(protocol: str, tmp_path: Path, host: Sandbox,
+                                                       pipelines: list[EventPipeline]) -> None:
+    tls = make_tls(tmp_path / "tls", ["127.0.0.1"])
+    with otlp_receiver(protocol, tls=tls, require_client_cert=True) as rx:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": rx.otel_protocol,
+               "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tls.ca)}
+        quick = {"otlp_timeout": 1.0, "retry_initial_seconds": 0.05, "retry_max_seconds": 0.2, "metrics": False}
+        # Without the client certificate the collector refuses the handshake: nothing arrives, all stays spooled.
+        refused = build_pipeline(ExportOptions.from_env(env, host_root=host.root, **quick), tmp_path / "s1")
+        pipelines.append(refused)
+        refused.emit(lifecycle_event(EventName.AGENT_STARTED, "no client certificate"))
+        assert not rx.wait_for(lambda r: bool(r.logs), 2)
+        assert refused.spool.depth("otlp") == 1
+        # With it (the OTEL_EXPORTER_OTLP_CLIENT_* variables), the same collector takes the event.
+        env.update({"OTEL_EXPORTER_OTLP_CLIENT_KEY": str(tls.client_key),
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(tls.client_cert)})
+        ok = build_pipeline(ExportOptions.from_env(env, host_root=host.root, **quick), tmp_path / "s2")
+        pipelines.append(ok)
+        sent = lifecycle_event(EventName.AGENT_STARTED, "mutual TLS")
+        ok.emit(sent)
+        assert rx.wait_for(lambda r: bool(r.logs), 10)
+        assert set(rx.unique_by_uid()) == {sent.id}

@@ -11,6 +11,7 @@ is never read or written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -42,6 +43,12 @@ from tests.support.sandbox import Sandbox, make_sandbox, require_tool
 from tests.support.tlsca import TlsFiles, make_tls
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.dockerd]
+
+# Loaded once here rather than in every forked child (in_netns), where it costs about a second;
+# importing python-iptables opens no netfilter handle, so this process stays clean. Without
+# libxtables the legacy cases fail on their own, with the reason.
+with contextlib.suppress(Exception):
+    import iptc  # noqa: F401
 
 BACKENDS = ["nftables", "iptables-legacy"]
 
@@ -152,8 +159,9 @@ LOCKED = {**{k: False for k in EVERYONE}, "allowed-v4-2376": True, "allowed-v6-2
 @pytest.mark.parametrize("backend", [*BACKENDS, "iptables-nft"])
 def test_tls_port_only_from_allowed_networks(lab: Lab, backend: str) -> None:
     lab.remove()
-    # Without rules everyone reaches both ports: the probes below can tell the difference.
-    assert lab.reach() == EVERYONE
+    if backend == BACKENDS[0]:
+        # Without rules everyone reaches both ports: the probes below can tell the difference.
+        assert lab.reach() == EVERYONE
     assert "port-restricted" in failing(lab.check(backend))
 
     out = lab.fwpass(backend, "enforce")
@@ -198,9 +206,7 @@ def test_apply_is_idempotent_follows_the_policy_and_leaves_others_alone(lab: Lab
         first = lab.ruleset(backend)
         again = lab.fwpass(backend, "enforce")
         assert again["outcomes"] == []  # nothing failed, nothing written
-        applied = ns_python(lab.topo.node, "-m", "nodeguard", "firewall", "apply", "--host-root", str(lab.sb.root),
-                            "--policy", str(lab.policy(backend))).stdout
-        assert "already in place" in applied
+        assert in_netns(lab.topo.node, fwpass.apply_policy, str(lab.sb.root), str(lab.policy(backend))) is False
         assert lab.ruleset(backend) == first
         assert "9999" in first  # someone else's rule is there, untouched
 
@@ -233,8 +239,9 @@ TAMPER = {
                         {"chain-intact", "port-restricted", "plaintext-blocked"}),
         "delete-table": (["nft", "delete", "table", "inet", "nodeguard"],
                          {"jump-present", "chain-intact", "port-restricted", "plaintext-blocked"}),
+        # A rule nodeguard never writes may accept anything before our drops: it counts against every port.
         "insert-accept": (["nft", "insert", "rule", "inet", "nodeguard", "input", "tcp", "dport", "2376", "accept"],
-                          {"chain-intact", "port-restricted"}),
+                          {"chain-intact", "port-restricted", "plaintext-blocked"}),
     },
     "iptables-legacy": {
         "delete-rule": (["iptables-legacy", "-D", "NODEGUARD", "-p", "tcp", "-m", "tcp", "--dport", "2375",

@@ -62,7 +62,13 @@ def fleet() -> Iterator[Fleet]:
             sb.path("/etc/app").mkdir()
             d.cli("create", "--name", "etc-app-ro", "-v", f"{sb.path('/etc/app')}:/cfg:ro", image)
             d.cli("run", "-d", "--name", "clean", "--security-opt", "no-new-privileges", image, "sleep", "600")
-            yield Fleet(sb, d, image)
+            try:
+                yield Fleet(sb, d, image)
+            finally:
+                # sleep as PID 1 ignores SIGTERM: a daemon stopping its containers would wait 10 s each.
+                ids = d.cli("ps", "-aq", check=False).stdout.split()
+                if ids:
+                    d.cli("rm", "-f", *ids, check=False)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "nodeguard"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "charts" / "nodeguard"
 RELEASE = "ng"
 NAMESPACE = "nodeguard"
 

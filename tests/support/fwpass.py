@@ -24,16 +24,20 @@ from nodeguard.audit import evaluate_control, run_audit
 from nodeguard.controls.base import Context
 from nodeguard.controls.firewall import FirewallControl
 from nodeguard.host import HostRoot
+from nodeguard.netfilter.model import Desired
 from nodeguard.netfilter.monitor import NftablesWatcher, PollWatcher
-from nodeguard.netfilter.select import backend_for
+from nodeguard.netfilter.select import backend_for, select_backend
 from nodeguard.policy import load_policy
 from nodeguard.structs import Mode, Status
+
+# "evaluate" (a control that crashed) is not a rule of the control: never remediated.
+ENFORCEABLE = {r.id for r in FirewallControl.rules if r.enforceable}
 
 
 def one_pass(ctx: Context, control: FirewallControl) -> dict[str, Any]:
     result = evaluate_control(control, ctx)
     failing = [f for f in result.findings
-               if f.status is Status.FAIL and f.mode is Mode.ENFORCE and control.rule(f.rule).enforceable]
+               if f.status is Status.FAIL and f.mode is Mode.ENFORCE and f.rule in ENFORCEABLE]
     outcomes = control.remediate_many(ctx, failing, result.observed) if failing else []
     return {"findings": [f.to_json() for f in result.findings],
             "outcomes": [{"rule": f.rule, "subject": f.subject, "changed": o.changed, "ok": o.ok, "message": o.message}
@@ -50,6 +54,14 @@ def audit(host_root: str, policy_path: str | None, only: tuple[str, ...]) -> lis
     """What `nodeguard check --format json --only ...` reports, as its findings."""
     report = run_audit(HostRoot(host_root), load_policy(policy_path), only=only)
     return [f.to_json() for f in report.findings]
+
+
+def apply_policy(host_root: str, policy_path: str | None) -> bool:
+    """What `nodeguard firewall apply` does: True when something was written."""
+    fw = load_policy(policy_path).spec.controls.firewall
+    selection = select_backend(fw.backend, HostRoot(host_root))
+    assert selection.backend is not None, selection.reason
+    return selection.backend.apply(Desired.from_policy(fw))
 
 
 def remove_all(host_root: str) -> dict[str, bool]:
@@ -77,7 +89,7 @@ def main() -> None:
     first = one_pass(ctx, control)
     backend = control.observe(ctx).selection.backend
     assert backend is not None
-    watcher = NftablesWatcher() if backend.name != "iptables-legacy" else PollWatcher(backend, args.poll)
+    watcher = NftablesWatcher() if backend.name != "iptables-legacy" else PollWatcher(args.poll)
     watcher.start(lambda _control, reason: triggers.put(reason))
     print(json.dumps({"t": time.time(), "reason": "start", "ready": True, "backend": backend.name,
                       "changed": any(o["changed"] for o in first["outcomes"])}), flush=True)

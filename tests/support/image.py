@@ -36,9 +36,10 @@ from tests.support.sandbox import require
 REPO = Path(__file__).resolve().parents[2]
 BASE_PREFIX = Path(sys.base_prefix)
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
-# Trimmed from the standard library: tests, GUI, and the static library of the C API.
+# Trimmed from the standard library: tests, GUI, the static library of the C API, other site
+# packages, and a distribution's EXTERNALLY-MANAGED marker (python:3.11-slim has none).
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "site-packages", "dist-packages",
-               "__pycache__"}
+               "__pycache__", "EXTERNALLY-MANAGED"}
 _DIST_INFO_SKIP = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
 
 

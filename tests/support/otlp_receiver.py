@@ -1,5 +1,6 @@
 """A real OTLP receiver for tests: gRPC (grpcio + the official opentelemetry-proto services) or
-HTTP/protobuf (http.server), on 127.0.0.1. It decodes what the agent really sends.
+HTTP/protobuf (http.server), on 127.0.0.1, plaintext or TLS (optionally requiring a client
+certificate). It decodes what the agent really sends.
 
 `failing = True` makes it answer UNAVAILABLE / 503 (a collector that is up but refuses); `stop()`
 then `start()` on the same port is an outage and a recovery.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -23,6 +25,8 @@ import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from tests.support.tlsca import TlsFiles
 
 
 def any_value(v: AnyValue) -> Any:
@@ -72,10 +76,13 @@ def free_port() -> int:
 
 
 class OtlpReceiver:
-    def __init__(self, protocol: str = "grpc", port: int | None = None) -> None:
+    def __init__(self, protocol: str = "grpc", port: int | None = None, *, tls: TlsFiles | None = None,
+                 require_client_cert: bool = False) -> None:
         assert protocol in ("grpc", "http")
         self.protocol = protocol
         self.port = port or free_port()
+        self.tls = tls
+        self.require_client_cert = require_client_cert
         self.failing = False
         self.requests = 0
         self.logs: list[ReceivedLog] = []
@@ -88,7 +95,7 @@ class OtlpReceiver:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def otel_protocol(self) -> str:
@@ -171,7 +178,13 @@ class OtlpReceiver:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
-        bound = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self.tls is None:
+            bound = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        else:
+            creds = grpc.ssl_server_credentials(
+                [(self.tls.server_key.read_bytes(), self.tls.server_cert.read_bytes())],
+                root_certificates=self.tls.ca.read_bytes(), require_client_auth=self.require_client_cert)
+            bound = server.add_secure_port(f"127.0.0.1:{self.port}", creds)
         assert bound == self.port, f"could not bind 127.0.0.1:{self.port}"
         server.start()
         self._grpc = server
@@ -210,9 +223,15 @@ class OtlpReceiver:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        ThreadingHTTPServer.allow_reuse_address = True
         server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
+        if self.tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self.tls.server_cert, self.tls.server_key)
+            if self.require_client_cert:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(self.tls.ca)
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
         self._http = server
         self._http_thread = threading.Thread(target=server.serve_forever, daemon=True)
         self._http_thread.start()
@@ -237,8 +256,9 @@ class OtlpReceiver:
 
 
 @contextmanager
-def otlp_receiver(protocol: str = "grpc", port: int | None = None) -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver(protocol, port).start()
+def otlp_receiver(protocol: str = "grpc", port: int | None = None, *, tls: TlsFiles | None = None,
+                  require_client_cert: bool = False) -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver(protocol, port, tls=tls, require_client_cert=require_client_cert).start()
     try:
         yield receiver
     finally:

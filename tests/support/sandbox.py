@@ -130,5 +130,6 @@ def usermod_add(sb: Sandbox, user: str, group: str = "docker") -> None:
 
 
 def gpasswd_delete(sb: Sandbox, user: str, group: str = "docker") -> None:
+    # --root, the long name: the short chroot flag is -R before shadow 4.13 and -Q since (-R became --restrict).
     require_tool("gpasswd")
-    subprocess.run(["gpasswd", "-Q", str(sb.root), "-d", user, group], check=True, capture_output=True, text=True)
+    subprocess.run(["gpasswd", "--root", str(sb.root), "-d", user, group], check=True, capture_output=True, text=True)

@@ -79,3 +79,17 @@ def test_write_readme_is_idempotent(tmp_path: Path) -> None:
     assert cis.write_readme(copy) is True
     assert cis.write_readme(copy) is False
     assert copy.read_text().endswith("\n\nrest\n")
+
+
+def test_check_json_carries_the_cis_summary(tmp_path: Path) -> None:
+    from nodeguard.audit import run_audit
+    from nodeguard.policy import load_policy
+    from nodeguard.report import to_json
+    from tests.support.rules import EMPTY_PROC
+    from tests.support.sandbox import make_sandbox
+
+    sb = make_sandbox(tmp_path)
+    sb.write("/etc/docker/daemon.json", '{"icc": true}')
+    out = to_json(run_audit(sb.root, load_policy(), only=["daemon-config"], proc=EMPTY_PROC), str(sb.root))
+    assert out["cis"]["2"]["ids"]["2.2"] == "fail"
+    assert out["cis"]["3"]["not_checked"] == 24  # daemon-files did not run

@@ -208,3 +208,39 @@ def test_enforce_clears_only_the_extra_bits(sandbox: Sandbox) -> None:
     outcome = FILES.remediate(ctx, bad[0], obs)
     assert outcome.ok and outcome.changed
     assert oct(sandbox.path("/etc/default/docker").stat().st_mode & 0o7777) == oct(0o644)
+
+
+def test_an_acl_on_containerd_socket_fails_3_24_and_is_stripped(sandbox: Sandbox) -> None:
+    """`setfacl -m u:bob:rw` keeps containerd.sock at 0660 root:root, yet bob may drive containerd."""
+    import subprocess
+
+    from tests.support.rules import context
+    from tests.support.sandbox import BOB_UID, require_tool
+
+    require_root()
+    require_tool("setfacl")
+    _containerd_sock(sandbox)
+    real = sandbox.path("/run/containerd/containerd.sock")
+    os.chmod(real, 0o660)
+    ctx = context(sandbox)
+    assert {f.rule: f.status for f in run(FILES, sandbox) if f.rule.startswith("containerd-sock")} == {
+        "containerd-sock-owner": Status.PASS, "containerd-sock-mode": Status.PASS, "containerd-sock-acl": Status.PASS}
+    subprocess.run(["setfacl", "-m", f"u:{BOB_UID}:rw", str(real)], check=True)
+    obs = FILES.observe(ctx)
+    found = {f.rule: f for f in FILES.evaluate(obs, ctx.policy) if f.rule.startswith("containerd-sock")}
+    assert found["containerd-sock-mode"].status is Status.PASS  # the mode still says 0660
+    acl = found["containerd-sock-acl"]
+    assert (acl.status, acl.cis, acl.observed) == (Status.FAIL, "3.24", ["user:bob:rw-"])
+    assert FILES.remediate(ctx, acl, obs).ok
+    assert {f.rule: f.status for f in run(FILES, sandbox)}["containerd-sock-acl"] is Status.PASS
+
+
+def test_the_containerd_socket_dockerd_really_uses_is_checked(sandbox: Sandbox) -> None:
+    # dockerd's own containerd listens under its exec-root; `--containerd` names another one.
+    sandbox.write("/etc/docker/daemon.json", json.dumps({"exec-root": "/run/dx", "containerd": "/run/ctd/c.sock"}))
+    _bind(sandbox, "/run/dx/containerd/containerd.sock")
+    _bind(sandbox, "/run/ctd/c.sock")
+    os.chmod(sandbox.path("/run/dx/containerd/containerd.sock"), 0o660)
+    os.chmod(sandbox.path("/run/ctd/c.sock"), 0o666)
+    found = {f.subject: f.status for f in run(FILES, sandbox) if f.rule == "containerd-sock-mode"}
+    assert found == {"/run/dx/containerd/containerd.sock": Status.PASS, "/run/ctd/c.sock": Status.FAIL}

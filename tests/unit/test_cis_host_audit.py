@@ -12,12 +12,13 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from nodeguard.controls.audit_rules import TARGETS, HostAuditControl
+from nodeguard.controls.audit_rules import TARGETS, HostAuditControl, HostAuditObservation
 from nodeguard.structs import Finding, Status
-from tests.support.rules import policy_from, run
+from tests.support.rules import observe, policy_from, run
 from tests.support.sandbox import Sandbox
 
 CTL = HostAuditControl()
@@ -92,7 +93,10 @@ def test_every_cis_target_has_a_case() -> None:
         f"1.1.{n}" for n in range(3, 19)]
 
 
-@pytest.mark.parametrize("rule", sorted(MAKERS, key=lambda r: [int(x) for x in CIS_OF[r].split(".")]))
+IN_CIS_ORDER = [rule for rule, _, _ in TARGETS]
+
+
+@pytest.mark.parametrize("rule", IN_CIS_ORDER)
 @pytest.mark.parametrize("watched", [True, False], ids=["pass", "fail"])
 def test_each_cis_id(sandbox: Sandbox, rule: str, watched: bool) -> None:
     path = MAKERS[rule](sandbox)
@@ -161,6 +165,8 @@ def test_folder_watches_cover_what_is_under_them(sandbox: Sandbox) -> None:
     ("-a never,exit -F dir=/etc/docker -k docker\n", False),                # an exclusion
     ("-a always,exit -F arch=b64 -S openat -F dir=/etc/docker -F perm=w -k docker\n", False),  # no `a`
     ('-w "/etc/docker" -p "rwa"\n', True),                                  # quoted
+    ("-a always,exit -F dir=/etc/docker -F perm=wa -F auid>=1000 -F auid!=-1 -k docker\n", False),  # not root's
+    ("-a always,exit -F arch=b64 -S all -F dir=/etc/docker -F perm=rwa -F key=docker\n", True),
 ])
 def test_auditctl_semantics(sandbox: Sandbox, rules: str, ok: bool) -> None:
     sandbox.write(RULES_D, rules)
@@ -192,3 +198,45 @@ def test_data_root_follows_the_daemon_configuration(sandbox: Sandbox) -> None:
 def test_policy_can_turn_the_control_off(sandbox: Sandbox) -> None:
     pol = policy_from("spec:\n  controls:\n    hostAudit:\n      mode: off\n")
     assert CTL.rule_mode(pol, "audit-dockerd").value == "off"
+
+
+def _observation_with(written: str, loaded: str | None, sb: Sandbox) -> HostAuditObservation:
+    from nodeguard.controls.audit_rules import AuditTarget, parse_audit_rules
+    from nodeguard.host import HostRoot
+
+    host = HostRoot(sb.root)
+    obs = HostAuditObservation(sources=[RULES_D])
+    obs.watches, _ = parse_audit_rules([(RULES_D, written)], host)
+    if loaded is not None:
+        obs.loaded, _ = parse_audit_rules([("auditctl -l", loaded)], host)
+    for rule, _, _ in TARGETS:
+        obs.targets[rule] = []
+        obs.looked_for[rule] = ["-"]
+    obs.targets["audit-etc-docker"] = [AuditTarget("/etc/docker", "/etc/docker", "dir")]
+    return obs
+
+
+@pytest.mark.parametrize(("written", "loaded", "ok"), [
+    ("-w /etc/docker -p wa\n", "-w /etc/docker -p rwxa -k docker\n", True),
+    ("-w /etc/docker -p wa\n", "No rules\n", False),          # written, never loaded (augenrules --load)
+    ("-w /etc/docker -p wa\n", None, True),                   # loaded rules unknown: the files decide
+    ("", "-w /etc/docker -p wa\n", False),                    # loaded now, gone at the next boot
+])
+def test_loaded_rules_must_match_the_written_ones(sandbox: Sandbox, written: str, loaded: str | None,
+                                                  ok: bool) -> None:
+    obs = _observation_with(written, loaded, sandbox)
+    f = findings_of(CTL.evaluate(obs, policy_from()), "audit-etc-docker")[0]
+    assert f.status is (Status.PASS if ok else Status.FAIL), f.message
+
+
+def test_auditctl_is_asked_only_on_the_real_host_root(sandbox: Sandbox, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in auditctl on PATH: it must not be run for a sandbox (it would describe this
+    # machine's kernel, not the sandboxed host's).
+    marker = tmp_path / "ran"
+    fake = tmp_path / "auditctl"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\necho '-w /etc/docker -p wa'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ.get('PATH', '')}")
+    obs = observe(CTL, sandbox)
+    assert obs.loaded is None and not marker.exists()

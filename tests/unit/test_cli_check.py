@@ -62,6 +62,18 @@ def test_a_rule_switched_off_is_a_skip_not_a_failure(sandbox: Sandbox, tmp_path:
     assert (bob["status"], bob["mode"]) == ("skip", "off")
 
 
+def test_a_control_switched_off(sandbox: Sandbox, tmp_path: Path) -> None:
+    add_member(sandbox, "bob")
+    pol = tmp_path / "p.yaml"
+    pol.write_text("spec:\n  controls:\n    dockerGroup:\n      mode: off\n")
+    _, report = check_json(sandbox.root, "--policy", str(pol))
+    assert "docker-group" not in {f["control"] for f in report["findings"]}
+    # Named with --only, it runs, and every rule says it is off.
+    rc, report = check_json(sandbox.root, "--policy", str(pol), "--only", "docker-group")
+    assert rc == 0
+    assert {(f["status"], f["mode"]) for f in report["findings"]} == {("skip", "off")}
+
+
 def test_exit_2_on_a_bad_policy(sandbox: Sandbox, tmp_path: Path) -> None:
     pol = tmp_path / "bad.yaml"
     pol.write_text("spec:\n  mode: enforcing\n")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nodeguard.events.aggregate import ATTR_COUNT, ATTR_FIRST_SEEN, ATTR_LAST_SEEN, Aggregator
 from nodeguard.events.model import Event, EventName, lifecycle_event
+from nodeguard.events.spool import Spool
 
 
 class Clock:
@@ -78,3 +81,21 @@ def test_window_zero_turns_aggregation_off() -> None:
     for _ in range(3):
         agg.offer(drift())
     assert len(out) == 3
+
+
+def test_counts_held_in_the_spool_survive_a_crash(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, ["otlp"])
+    agg = Aggregator(60, spool.append, Clock(), store=spool)
+    for _ in range(6):
+        agg.offer(drift())
+    # The process dies here: the aggregator's memory is gone, its window never closed.
+    del agg
+    spool.close()
+
+    spool = Spool(tmp_path, ["otlp"])
+    assert [count for _, count, _, _ in spool.held_repeats()] == [5]
+    assert Aggregator(60, spool.append, Clock(), store=spool).recover() == 1
+    sent = [s.event for s in spool.read("otlp", 10)]
+    assert [e.attributes.get(ATTR_COUNT) for e in sent] == [None, 5]
+    assert spool.held_repeats() == []  # released in the summary's own transaction: sent once
+    spool.close()

@@ -126,3 +126,20 @@ def test_rollback_keeps_the_chain_head_consistent(tmp_path: Path) -> None:
     ok = spool.append(drift(3))
     assert ok.attributes[ATTR_SEQ] == 2
     spool.close()
+
+
+def test_an_unreadable_spool_is_set_aside_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / SPOOL_FILE).write_bytes(b"this is not a database" * 100)
+    spool = Spool(tmp_path, ["a"])
+    ev = spool.append(drift(1))
+    assert ev.attributes[ATTR_SEQ] == 1  # a new chain; verify reports the restart
+    spool.close()
+    assert [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+
+
+def test_a_batch_is_capped_in_bytes_but_never_empty(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, ["otlp"])
+    spool.append_many([drift(i, payload="y" * 300_000) for i in range(6)])
+    assert len(spool.read("otlp", 512)) == 3  # ~1 MiB: under a collector's 4 MiB gRPC request limit
+    assert len(spool.read("otlp", 512, max_bytes=10)) == 1  # one event bigger than the cap still goes
+    spool.close()

@@ -1,18 +1,17 @@
 """KubeSink: the Node condition and Node Events, through the real `kubernetes` client.
 
 No Kubernetes API server runs here, so these tests run against a small local HTTP server on
-127.0.0.1 that speaks the API's JSON for the few endpoints the agent uses (read a Node, PATCH its
-status with a strategic merge keyed by condition type, create and PATCH core/v1 Events). It is the
-only stand-in in these tests; the client, its serialisation and its HTTP stack are the real ones.
+127.0.0.1 (tests/support/kube_api.py) that speaks the API's JSON for the few endpoints the agent
+uses (read a Node, PATCH its status with a strategic merge keyed by condition type, create and
+PATCH core/v1 Events). It is the only stand-in in these tests; the client, its serialisation,
+its HTTP stack and TLS are the real ones.
 """
 
 from __future__ import annotations
 
-import json
-import threading
+import ipaddress
+import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,102 +19,18 @@ import pytest
 from kubernetes import client
 
 from nodeguard.events.model import Event, EventName
-from nodeguard.kube import CONDITION_TYPE, STRATEGIC_MERGE, KubeSink, kube_sink_from_env
-
-NODE = "worker-1"
-
-
-@dataclass
-class FakeApi:
-    """The API server's state and every request it saw."""
-
-    node: dict[str, Any]
-    events: dict[str, dict[str, Any]] = field(default_factory=dict)
-    requests: list[tuple[str, str, str, Any]] = field(default_factory=list)  # method, path, content-type, body
-    gate: threading.Event = field(default_factory=threading.Event)  # cleared: every request hangs
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def calls(self, method: str, path_part: str) -> list[Any]:
-        with self.lock:
-            return [body for m, p, _, body in self.requests if m == method and path_part in p]
-
-    def condition(self) -> dict[str, Any] | None:
-        with self.lock:
-            return next((c for c in self.node["status"]["conditions"] if c["type"] == CONDITION_TYPE), None)
-
-
-def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _reply(self, code: int, obj: Any) -> None:
-            data = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _serve(self) -> None:
-            api.gate.wait()
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length)) if length else None
-            ctype = self.headers.get("Content-Type", "")
-            with api.lock:
-                api.requests.append((self.command, self.path.split("?")[0], ctype, body))
-                path = self.path.split("?")[0]
-                if self.command == "GET" and path == f"/api/v1/nodes/{NODE}":
-                    return self._reply(200, api.node)
-                if self.command == "PATCH" and path == f"/api/v1/nodes/{NODE}/status":
-                    if ctype != STRATEGIC_MERGE:  # a merge patch would replace the kubelet's conditions
-                        return self._reply(415, {"kind": "Status", "code": 415})
-                    conds = api.node["status"]["conditions"]
-                    for new in body["status"]["conditions"]:  # strategic merge: keyed by `type`
-                        old = next((c for c in conds if c["type"] == new["type"]), None)
-                        if old is None:
-                            conds.append(dict(new))
-                        else:
-                            old.update(new)
-                    return self._reply(200, api.node)
-                prefix = "/api/v1/namespaces/default/events"
-                if self.command == "POST" and path == prefix:
-                    api.events[body["metadata"]["name"]] = body
-                    return self._reply(201, body)
-                if self.command == "PATCH" and path.startswith(prefix + "/"):
-                    name = path.rsplit("/", 1)[1]
-                    if name not in api.events:
-                        return self._reply(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-                    api.events[name].update(body)
-                    return self._reply(200, api.events[name])
-            return self._reply(404, {"kind": "Status", "code": 404})
-
-        do_GET = do_POST = do_PATCH = _serve
-
-    return Handler
-
-
-def _node() -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
-            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                       "message": "kubelet is posting ready status"}]}}
+from nodeguard.kube import STRATEGIC_MERGE, KubeSink, kube_sink_from_env
+from tests.support.kube_api import NODE, FakeApi, node_object, serving
 
 
 @pytest.fixture
 def fake_api() -> Iterator[tuple[FakeApi, client.CoreV1Api]]:
-    api = FakeApi(_node())
+    api = FakeApi(node_object())
     api.gate.set()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    cfg = client.Configuration()
-    cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(api) as server:
+        cfg = client.Configuration()
+        cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
         yield api, client.CoreV1Api(client.ApiClient(cfg))
-    finally:
-        api.gate.set()
-        server.shutdown()
-        server.server_close()
 
 
 def drift(name: EventName, rule: str = "socket-mode", subject: str | None = None) -> Event:
@@ -146,6 +61,15 @@ def test_condition_is_patched_only_when_it_changes(fake_api: tuple[FakeApi, clie
         sink.emit(drift(EventName.DRIFT_DETECTED))  # the same drift again: nothing new to say
         assert sink.flush()
         assert len(api.calls("PATCH", "/status")) == patches
+
+        # One more drift: the message changes, the status does not, nor does its transition time.
+        since = cond["lastTransitionTime"]
+        sink.emit(drift(EventName.DRIFT_DETECTED, "socket-acl"))
+        assert sink.flush()
+        cond = api.condition()
+        assert cond is not None and cond["message"].startswith("3 open drift(s)")
+        assert cond["lastTransitionTime"] == since
+        sink.emit(drift(EventName.DRIFT_RESOLVED, "socket-acl"))
 
         sink.emit(drift(EventName.DRIFT_REVERTED))
         sink.emit(drift(EventName.DRIFT_RESOLVED, "member-allowed", "bob"))
@@ -192,6 +116,25 @@ def test_a_repeated_drift_bumps_one_event(fake_api: tuple[FakeApi, client.CoreV1
     assert by_message["socket/member-allowed[bob]"]["count"] == 1
 
 
+def test_a_storm_of_one_drift_while_the_api_hangs_is_one_event(fake_api: tuple[FakeApi, client.CoreV1Api]) -> None:
+    api, core = fake_api
+    api.gate.clear()
+    sink = KubeSink(core, NODE, queue_size=4)
+    try:
+        for _ in range(1000):  # a config-management tool fighting the agent
+            sink.emit(drift(EventName.DRIFT_DETECTED))
+            sink.emit(drift(EventName.DRIFT_REVERTED))
+        assert sink.dropped == 0  # two pending entries, whatever the number of repeats
+        api.gate.set()
+        assert sink.flush(timeout=60)
+    finally:
+        api.gate.set()
+        sink.close()
+    assert len(api.calls("POST", "/events")) == 2
+    counts = {e["reason"]: e["count"] for e in api.events.values()}
+    assert counts == {"DriftDetected": 1000, "DriftReverted": 1000}
+
+
 def test_an_expired_event_is_created_again(fake_api: tuple[FakeApi, client.CoreV1Api]) -> None:
     api, core = fake_api
     sink = KubeSink(core, NODE)
@@ -228,6 +171,63 @@ def test_emit_never_waits_for_a_hung_api_server(fake_api: tuple[FakeApi, client.
     cond = api.condition()
     assert cond is not None and cond["status"] == "False"
     assert cond["message"] == "1 open drift(s): socket/member-allowed[user499]"
+
+
+def _tls_material(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1, as a cluster's API server would present."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-cluster-ca")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (folder / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (folder / "tls.crt").write_bytes(cert.public_bytes(pem))
+    (folder / "tls.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "ca.crt", folder / "tls.crt", folder / "tls.key"
+
+
+def test_in_cluster_config_reaches_the_api_over_tls_with_the_pod_token(tmp_path: Path) -> None:
+    """The in-cluster path as a pod takes it: KUBERNETES_SERVICE_HOST/PORT, the service account's
+    token and CA; the local server presents a certificate signed by that CA and sees the token."""
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    _, cert, key = _tls_material(sa)
+    (sa / "token").write_text("pod-token-123")
+    api = FakeApi(node_object())
+    api.gate.set()
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    with serving(api, tls) as server:
+        env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(server.server_address[1]),
+               "NODE_NAME": NODE}
+        sink = kube_sink_from_env(env, service_account_dir=sa)
+        assert sink is not None
+        sink.emit(drift(EventName.DRIFT_DETECTED))
+        sink.close()
+    cond = api.condition()
+    assert cond is not None and cond["status"] == "False"
+    # RFC 7235: the scheme is case-insensitive (the client writes "bearer").
+    assert api.authorization and {a.lower() for a in api.authorization} == {"bearer pod-token-123"}
+    assert len(api.calls("POST", "/events")) == 1
 
 
 def test_outside_a_cluster_there_is_no_sink() -> None:

@@ -212,11 +212,16 @@ def test_policy_validate_reports_every_problem_at_once(tmp_path: Path) -> None:
           controls:
             socket:
               fileMode: 660
+              rules:
+                socket-acll: enforce
     """)
     proc = run_nodeguard("policy", "validate", str(path))
     assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert [ln.split(": ")[0] for ln in lines if ln.startswith(str(path))] == [f"{path}:{n}" for n in (2, 5, 7)]
     assert f"{path}:2: spec.mode: " in proc.stderr
     assert f"{path}:5: spec.controls.socket.fileMode: " in proc.stderr
+    assert f"{path}:7: spec.controls.socket.rules.socket-acll: unknown rule" in proc.stderr
 
 
 def test_policy_validate_accepts_a_good_file(tmp_path: Path) -> None:
@@ -238,3 +243,8 @@ def test_a_huge_policy_is_refused_before_parsing(tmp_path: Path) -> None:
     path.write_text("# " + "x" * (2 * 1024 * 1024) + "\n")
     with pytest.raises(PolicyError, match="larger than"):
         load_policy(path)
+
+
+def test_the_shipped_default_validates() -> None:
+    proc = run_nodeguard("policy", "validate", str(REPO / "config/policy.yaml"))
+    assert proc.returncode == 0, proc.stderr

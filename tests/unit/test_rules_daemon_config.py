@@ -16,6 +16,7 @@ from nodeguard.controls.daemon_config import (
     parse_host,
 )
 from nodeguard.dockerd import DaemonProcess, parse_flags
+from nodeguard.host import FileStat
 from nodeguard.structs import Finding, Status
 from tests.support.rules import assert_complete, context, one, policy_from, run, statuses
 from tests.support.sandbox import Sandbox
@@ -49,9 +50,7 @@ def evaluate(config: dict[str, Any] | None, flags: list[str] | None = None, poli
     return findings
 
 
-def _fake_stat() -> Any:
-    from nodeguard.host import FileStat
-
+def _fake_stat() -> FileStat:
     return FileStat(PATH, 0, 0, 0o644, "file", 2, 1, 1)
 
 

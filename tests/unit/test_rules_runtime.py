@@ -150,3 +150,12 @@ def test_a_dead_socket_is_a_clear_skip(sandbox: Sandbox) -> None:
     found = RuntimeControl().evaluate(RuntimeControl().observe(ctx), ctx.policy)
     assert {f.status for f in found} == {Status.SKIP}
     assert "does not answer" in found[0].message and "Traceback" not in found[0].message
+
+
+def test_rootless_daemons_other_than_the_audited_one_are_reported() -> None:
+    found = evaluate(observation(rootless_sockets=["/run/user/1000/docker.sock"]))
+    hit = failing(found, "rootless-daemons")["/run/user/1000/docker.sock"]
+    assert hit.details["uid"] == "1000"
+    found = evaluate(observation(rootless_sockets=["/run/user/1000/docker.sock"],
+                                 daemon_sockets=["/run/user/1000/docker.sock"]))
+    assert failing(found, "rootless-daemons") == {}

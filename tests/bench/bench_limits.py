@@ -1,0 +1,176 @@
+"""Time and peak memory of hostile-sized inputs: `.venv/bin/python -m tests.bench.bench_limits`.
+
+Each case runs in a fresh interpreter so its peak RSS is its own: "peak" is the process's maximum
+resident set, "added" is that minus the same interpreter's RSS after imports, before the case.
+The answers themselves are asserted in tests/unit/test_limits.py; here only the cost is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+PRELUDE = """
+import json, os, resource, shutil, sys, tempfile, time
+from pathlib import Path
+from nodeguard.accounts import load_accounts
+from nodeguard.controls.base import Context
+from nodeguard.controls.daemon_config import DaemonConfigControl
+from nodeguard.controls.docker_group import DockerGroupControl
+from nodeguard.host import HostRoot
+from nodeguard.policy import PolicyError, load_policy, parse_policy
+from nodeguard.shadow import remove_group_member
+from tests.support.bigfiles import big_daemon_json, big_group, big_gshadow, big_passwd, big_policy
+from tests.support.sandbox import make_sandbox
+
+def rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+root = Path(sys.argv[1])
+sb = make_sandbox(root) if not (root / "etc").exists() else __import__("tests.support.sandbox").support.sandbox.Sandbox(root)
+host = HostRoot(root)
+"""
+
+# name -> (input size description, setup code, measured code); `result` is printed as the answer.
+CASES: dict[str, tuple[str, str, str]] = {
+    "daemon.json 50 MB": ("50 MiB", """
+sb.path("/etc/docker/daemon.json").write_bytes(big_daemon_json(50 * 1024 * 1024))
+# -- in the measured process --
+ctx = Context(host, load_policy())
+""", """
+c = DaemonConfigControl()
+f = {x.rule: x.status.value for x in c.evaluate(c.observe(ctx), ctx.policy)}
+result = f"valid-json {f['valid-json']}, plaintext-2375 {f['plaintext-2375']}"
+"""),
+    "/etc/group: docker with 100,000 members": ("1.1 MB", """
+sb.write("/etc/group", big_group(100_000))
+sb.write("/etc/gshadow", big_gshadow(100_000))
+# -- in the measured process --
+ctx = Context(host, load_policy())
+""", """
+c = DockerGroupControl()
+fails = [x for x in c.evaluate(c.observe(ctx), ctx.policy) if x.status.value == "fail"]
+result = f"{len(fails)} members refused"
+"""),
+    "/etc/passwd: 100,000 users": ("5.8 MB", """
+sb.write("/etc/passwd", big_passwd(100_000))
+# -- in the measured process --
+ctx = Context(host, load_policy())
+""", """
+c = DockerGroupControl()
+f = [x for x in c.evaluate(c.observe(ctx), ctx.policy) if x.rule == "primary-group" and x.status.value == "fail"]
+result = f"{len(load_accounts(host).users)} users, {len(f)} with docker as primary group"
+"""),
+    "remove 1 member from the 100,000 (enforce)": ("1.1 MB x2", """
+sb.write("/etc/group", big_group(100_000))
+sb.write("/etc/gshadow", big_gshadow(100_000), 0o640)
+""", """
+changed = remove_group_member(host, "docker", "user50000")
+result = f"rewrote {changed}"
+"""),
+    "policy of 1 MiB": ("1 MiB", """
+(root / "policy.yaml").write_text(big_policy(1024 * 1024))
+# -- in the measured process --
+text = (root / "policy.yaml").read_text()
+""", """
+p = parse_policy(text, "big.yaml")
+result = f"{len(p.spec.controls.docker_group.allowed_members)} allowed members"
+"""),
+    "policy: YAML alias bomb (9 x 9 levels)": ("0.4 KB", """
+# -- in the measured process --
+lines = ['a0: &a0 ["lol"]'] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+text = "x:\\n" + "\\n".join("  " + ln for ln in lines) + \\
+    "\\napiVersion: nodeguard.io/v1alpha1\\nkind: NodeGuardPolicy\\nspec:\\n  mode: *a9\\n"
+""", """
+try:
+    parse_policy(text, "bomb.yaml")
+    result = "accepted?!"
+except PolicyError as exc:
+    result = "refused: " + str(exc).split(": ", 2)[-1][:40]
+"""),
+    "inotify: 100,000 events in a burst": ("100k events", """
+# -- in the measured process --
+import threading
+from nodeguard.watch import FolderWatcher
+folder = root / "burst"
+folder.mkdir()
+fired = [0]
+lock = threading.Lock()
+def trigger(target, reason):
+    with lock:
+        fired[0] += 1
+w = FolderWatcher({folder: {"daemon-config"}})
+w.start(trigger)
+""", """
+for i in range(25_000):  # create + modify + close + delete: 4 events each
+    p = folder / f"f{i % 64}"
+    p.write_bytes(b"x")
+    p.unlink()
+deadline = time.monotonic() + 60
+last = -1
+while time.monotonic() < deadline and fired[0] != last:
+    last = fired[0]
+    time.sleep(0.5)
+w.stop()
+result = f"{fired[0]} triggers delivered"
+"""),
+}
+
+# Files are written by a first interpreter, measured by a second: generating 50 MB of JSON must not
+# count as the audit's peak memory.
+SETUP_SCRIPT = """
+{prelude}
+{setup}
+"""
+CASE_SCRIPT = """
+{prelude}
+{setup}
+base = rss_mib()
+t0 = time.perf_counter()
+{measured}
+elapsed = time.perf_counter() - t0
+shutil.rmtree(root, ignore_errors=True)
+print(json.dumps({{"seconds": elapsed, "peak": rss_mib(), "added": rss_mib() - base, "result": result}}))
+"""
+
+
+def run_case(setup: str, measured: str) -> dict[str, object]:
+    root = tempfile.mkdtemp(prefix="ng-bench-")
+    files, _, in_process = textwrap.dedent(setup).partition("# -- in the measured process --\n")
+    script = SETUP_SCRIPT.format(prelude=PRELUDE, setup=files)
+    subprocess.run([sys.executable, "-c", script, root], cwd=REPO, check=True, timeout=300)
+    script = CASE_SCRIPT.format(prelude=PRELUDE, setup=in_process, measured=textwrap.dedent(measured))
+    proc = subprocess.run([sys.executable, "-c", script, root], cwd=REPO, capture_output=True, text=True, timeout=300)
+    shutil.rmtree(root, ignore_errors=True)
+    if proc.returncode != 0:
+        return {"seconds": float("nan"), "peak": float("nan"), "added": float("nan"),
+                "result": f"FAILED: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"}
+    out: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main() -> None:
+    rows = []
+    for name, (size, setup, measured) in CASES.items():
+        r = run_case(setup, measured)
+        rows.append((name, size, r))
+        print(f"  {name}: {r['seconds']:.2f} s", file=sys.stderr, flush=True)
+    print()
+    print(f"{'input':<46} {'size':>10} {'time s':>8} {'peak RSS MiB':>13} {'added MiB':>10}  answer")
+    print("-" * 120)
+    for name, size, r in rows:
+        print(f"{name:<46} {size:>10} {r['seconds']:>8.2f} {r['peak']:>13.0f} {r['added']:>10.0f}  {r['result']}")
+    leftovers = [p for p in Path(tempfile.gettempdir()).glob("ng-bench-*")]
+    for p in leftovers:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Run the chart's DaemonSet pod on a sandbox "node", with no cluster: what the kubelet would do.
+
+The pod's filesystem is a folder (the container root). In a private mount namespace, each volume
+of the rendered pod is bind-mounted at its mountPath under that root — a hostPath from the same
+path of the sandbox host root, the ConfigMap from a folder laid out the way the kubelet's atomic
+writer does (`..<timestamp>/`, a `..data` symlink, one symlink per key), an emptyDir from an empty
+folder — and the root itself is made read-only (readOnlyRootFilesystem). The agent then runs with
+the rendered command, args and env; the only rewrite is the container root's prefix on absolute
+paths. It also gets a network namespace of its own: that is the "node's" network (hostNetwork),
+so nothing it does to netfilter can reach this machine's.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.sandbox import Sandbox
+
+# What the image's Dockerfile sets up around the agent (kept in step by test_pod_on_node).
+IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+IMAGE_HOST_SYMLINKS = {"/host/var/run": "/run"}
+
+
+def write_configmap(folder: Path, data: dict[str, str]) -> None:
+    """The kubelet's AtomicWriter: the files in a fresh timestamped folder, then one rename of `..data`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime()) + f"{time.time_ns() % 10**9:09d}"
+    payload = folder / stamp
+    payload.mkdir()
+    for key, text in data.items():
+        (payload / key).write_text(text)
+    old = os.readlink(folder / "..data") if (folder / "..data").is_symlink() else None
+    tmp = folder / "..data_tmp"
+    tmp.symlink_to(stamp)
+    os.rename(tmp, folder / "..data")
+    for key in data:
+        link = folder / key
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{key}")
+    if old is not None:
+        for f in (folder / old).iterdir():
+            f.unlink()
+        (folder / old).rmdir()
+
+
+@dataclass
+class Mount:
+    source: Path
+    target: Path  # under the container root
+    is_file: bool = False
+    read_only: bool = False
+
+
+@dataclass
+class PodOnNode:
+    container_root: Path
+    configmap_dirs: dict[str, Path]  # ConfigMap volume name -> the folder behind its mount
+    netns: str | None = None  # the node's network (hostNetwork): a named namespace, or a fresh one
+    mounts: list[Mount] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def container_path(self, path: str) -> str:
+        return str(self.container_root) + path if path.startswith("/") else path
+
+    def launcher(self, argv: list[str]) -> list[str]:
+        """`unshare` a mount and network namespace, mount the volumes, make / read-only, exec `argv`."""
+        root = shlex.quote(str(self.container_root))
+        lines = ["set -e", "ip link set lo up", f"mount --bind {root} {root}"]
+        for m in self.mounts:
+            target = shlex.quote(str(m.target))
+            make = f"[ -e {target} ] || touch {target}" if m.is_file else f"mkdir -p {target}"
+            lines += [make, f"mount --bind {shlex.quote(str(m.source))} {target}"]
+            if m.read_only:
+                lines.append(f"mount -o remount,bind,ro {target}")
+        lines += [f"mount -o remount,bind,ro {root}", 'exec "$@"']
+        script = ["sh", "-c", "\n".join(lines), "sh", *argv]
+        if self.netns is None:
+            return ["unshare", "--mount", "--net", "--propagation", "private", "--", *script]
+        return ["nsenter", f"--net=/var/run/netns/{self.netns}",
+                "unshare", "--mount", "--propagation", "private", "--", *script]
+
+    def start(self, stdout: Any, stderr: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.launcher(self.argv), env=self.env, stdout=stdout, stderr=stderr, text=True)
+
+
+def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]], sandbox: Sandbox,
+                workdir: Path, *, node_name: str = "node-a", netns: str | None = None) -> PodOnNode:
+    """Lay out the pod of `daemonset` on the sandbox node; `configmaps` by name, as rendered."""
+    pod = daemonset["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    root = workdir / "container"
+    root.mkdir(parents=True)
+    for link, target in IMAGE_HOST_SYMLINKS.items():
+        p = root / link.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.symlink_to(target)
+    run = PodOnNode(root, {}, netns)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # Parents before children, as runc mounts them.
+    for vm in sorted(c["volumeMounts"], key=lambda m: m["mountPath"].count("/")):
+        vol = volumes[vm["name"]]
+        target = root / vm["mountPath"].lstrip("/")
+        if "hostPath" in vol:
+            source = sandbox.path(vol["hostPath"]["path"])
+            kind = vol["hostPath"].get("type", "")
+            if kind == "DirectoryOrCreate":
+                source.mkdir(parents=True, exist_ok=True)
+            elif kind == "FileOrCreate":
+                source.parent.mkdir(parents=True, exist_ok=True)
+                source.touch(exist_ok=True)
+            elif kind == "Directory":
+                assert source.is_dir(), f"hostPath {vol['hostPath']['path']} must exist on the node"
+            elif kind == "" and not source.exists():
+                source.mkdir(parents=True)  # what container runtimes do with an unchecked, missing hostPath
+            run.mounts.append(Mount(source, target, is_file=source.is_file(), read_only=vm.get("readOnly", False)))
+        elif "configMap" in vol:
+            source = workdir / f"configmap-{vm['name']}"
+            write_configmap(source, configmaps[vol["configMap"]["name"]]["data"])
+            run.configmap_dirs[vm["name"]] = source
+            run.mounts.append(Mount(source, target, read_only=vm.get("readOnly", False)))
+        elif "emptyDir" in vol:
+            source = workdir / f"emptydir-{vm['name']}"
+            source.mkdir()
+            run.mounts.append(Mount(source, target))
+        else:
+            raise AssertionError(f"volume {vm['name']}: a kind this harness does not lay out: {vol}")
+    run.argv = [*c["command"], *(run.container_path(a) for a in c.get("args", []))]
+    field_values = {"spec.nodeName": node_name, "metadata.name": f"nodeguard-{node_name}",
+                    "metadata.namespace": "nodeguard"}
+    venv_bin = str(Path(sys.executable).parent)
+    env = {"PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **IMAGE_ENV}
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            env[e["name"]] = field_values[e["valueFrom"]["fieldRef"]["fieldPath"]]
+    run.env = env
+    return run
+
+
+def probe_argv(run: PodOnNode, probe: dict[str, Any]) -> list[str]:
+    """An exec probe, as the kubelet runs it: in the container, with the container's env."""
+    return run.launcher([run.container_path(a) for a in probe["exec"]["command"]])
+
+
+def configmaps_by_name(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == "ConfigMap"}
+
+
+def policy_of(configmap: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(configmap["data"]["policy.yaml"])
+    return doc
