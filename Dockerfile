@@ -43,7 +43,8 @@ COPY --from=build /opt/nodeguard /opt/nodeguard
 # /host is where the pod mounts the node's folders (--host-root /host). /var/run is a symlink to
 # /run on every current distribution; the same link here makes /var/run/docker.sock resolve to
 # the mounted /host/run, which the agent does inside the host root.
-RUN mkdir -p /host/etc /host/run /host/var/lib/nodeguard \
+RUN mkdir -p /host/etc/docker /host/run /host/var/lib/nodeguard /host/lib/systemd/system \
+      /host/usr/lib/systemd/system \
  && ln -s /run /host/var/run
 ENV PATH=/opt/nodeguard/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

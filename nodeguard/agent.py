@@ -75,10 +75,11 @@ def initial_policy(cfg: AgentConfig, store: StateStore, sink: EventSink) -> Poli
 
 
 def default_watchers(host: HostRoot, policy: Policy) -> list[Watcher]:
-    """What wakes the engine besides inotify: the Docker events stream (new containers)."""
+    """What wakes the engine besides inotify: Docker events (new containers), netfilter changes (tamper)."""
+    from nodeguard.netfilter.monitor import watchers_for
     from nodeguard.watch_docker import DockerEventsWatcher
 
-    return [DockerEventsWatcher(host, policy)]
+    return [DockerEventsWatcher(host, policy), *watchers_for(host, policy)]
 
 
 def run_agent(cfg: AgentConfig, sinks: Iterable[EventSink]) -> Engine:

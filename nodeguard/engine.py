@@ -21,9 +21,10 @@ from pathlib import Path
 from nodeguard._version import __version__
 from nodeguard.audit import evaluate_control
 from nodeguard.controls import Context, Control, Outcome, all_controls
-from nodeguard.controls.base import network_enforce_refusal
+from nodeguard.events.metrics import record_reconcile
 from nodeguard.events.model import Event, EventName, EventSink, event_for_finding, lifecycle_event
 from nodeguard.host import HostPathError, HostRoot
+from nodeguard.netfilter.select import writes_refused
 from nodeguard.policy import Policy, PolicyError, parse_policy
 from nodeguard.state import KnownFinding, StateStore, finding_key
 from nodeguard.structs import Finding, Mode, Severity, Status
@@ -76,7 +77,7 @@ class Engine:
         self.policy = self._effective(policy)
         self.passes = 0
         self._last_pass_end = 0.0
-        self._netns_refusal = network_enforce_refusal(self.host, options.proc)
+        self._netns_refusal = writes_refused(self.host, options.proc)
         self._refusal_reported: set[str] = set()
 
     # -- public ------------------------------------------------------------------------------
@@ -157,10 +158,12 @@ class Engine:
         for control in controls:
             if control.settings(self.policy).rule_mode("", self.policy.spec.mode) is Mode.OFF:
                 continue
+            started = time.monotonic()
             try:
                 self._reconcile_control(control, ctx, startup)
             except Exception:  # one broken control must not stop the others or the agent
                 log.exception("reconciling %s failed", control.name)
+            record_reconcile(control.name, time.monotonic() - started)
         self.passes += 1
         self._save_state()
         self._last_pass_end = time.monotonic()
@@ -170,7 +173,12 @@ class Engine:
     def _reconcile_control(self, control: Control, ctx: Context, startup: bool) -> None:
         result = evaluate_control(control, ctx)
         if result.observed is not None:
-            control.remember(ctx, result.observed, self.store)
+            try:
+                control.remember(ctx, result.observed, self.store)
+            except OSError as exc:
+                # A full state disk must not blind the control: it still reports and enforces
+                # (a revert that needs a quarantine copy then fails and says why).
+                log.warning("%s: cannot keep the last good copy: %s", control.name, exc.strerror or exc)
         now = time.time()
         seen: set[str] = set()
         to_fix: list[Finding] = []
@@ -354,7 +362,10 @@ class Engine:
                                        policy_source=source, problems=[p[2] for p in exc.problems]))
             return False
         self.policy = self._effective(policy)
-        self.store.save_last_good("policy.yaml", raw)
+        try:
+            self.store.save_last_good("policy.yaml", raw)
+        except OSError as exc:  # a full state disk: the new policy still applies, only not across a restart
+            log.warning("cannot keep the last good policy: %s", exc.strerror or exc)
         self._emit(self._policy_loaded_event())
         self._restart_folder_watcher()
         return True

@@ -41,7 +41,13 @@ def write_heartbeat(state_dir: str | os.PathLike[str], *, now: float | None = No
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.time() if now is None else now
     tmp = folder / f".{HEARTBEAT_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"time": stamp, "pid": os.getpid()}) + "\n", encoding="utf-8")
+    # The name is predictable: never write through whatever may have been planted there (a symlink
+    # or hard link would carry the write out of the state dir). Remove it, then create exclusively.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps({"time": stamp, "pid": os.getpid()}) + "\n")
     try:
         os.replace(tmp, heartbeat_path(folder))
     except BaseException:

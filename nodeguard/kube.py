@@ -27,6 +27,7 @@ Every node's state (the README and the chart's NOTES have it with the reason and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -314,7 +315,12 @@ class KubeSink:
         tmp = self._state_file.with_name(f".{self._state_file.name}.tmp")
         try:
             self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"open": sorted(open_now)}) + "\n", encoding="utf-8")
+            # A predictable name: never write through a symlink or hard link planted there.
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(json.dumps({"open": sorted(open_now)}) + "\n")
             os.replace(tmp, self._state_file)
             self._open_saved = set(open_now)
         except OSError as exc:

@@ -30,6 +30,8 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from nodeguard.limits import explain_inotify_error
+
 log = logging.getLogger(__name__)
 
 Trigger = Callable[[str, str], None]
@@ -98,6 +100,13 @@ class FolderWatcher:
             # A folder that does not exist yet (no /etc/docker before Docker is installed): watch its
             # nearest parent, so its creation wakes the controls; the resync covers the rest.
             merged.setdefault(nearest_existing(folder), set()).update(targets)
+        self._hook = _OverflowHook(trigger)
+        logging.getLogger("watchdog.observers.inotify_c").addHandler(self._hook)
+        observer.daemon = True
+        # Started before scheduling: watchdog adds a watch at schedule() only on a running observer.
+        # Scheduled first, every inotify_add_watch happens inside observer.start(), whose first
+        # ENOSPC aborts the whole start (found by tests/unit/test_limits.py).
+        observer.start()
         for folder, targets in sorted(merged.items()):
             try:
                 observer.schedule(_Handler(str(folder), sorted(targets), trigger), str(folder),
@@ -105,12 +114,8 @@ class FolderWatcher:
             except OSError as exc:
                 # ENOSPC: fs.inotify.max_user_watches reached. The periodic resync still covers
                 # this folder; say so instead of failing the agent.
-                self.failed[str(folder)] = os.strerror(exc.errno or 0)
-                log.error("cannot watch %s (%s); relying on the periodic resync for it", folder, exc)
-        self._hook = _OverflowHook(trigger)
-        logging.getLogger("watchdog.observers.inotify_c").addHandler(self._hook)
-        observer.daemon = True
-        observer.start()
+                self.failed[str(folder)] = explain_inotify_error(exc, str(folder))
+                log.error("%s", self.failed[str(folder)])
         with self._lock:
             self._observer = observer
 

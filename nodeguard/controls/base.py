@@ -8,7 +8,6 @@ finding and says what it did.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -68,7 +67,7 @@ class Control:
 
     name: ClassVar[str]  # in findings and events: "daemon-config"
     # True for a control whose remediation changes the current network namespace (netfilter), not
-    # files under the host root: see `network_enforce_refusal`.
+    # files under the host root: see nodeguard.netfilter.select.writes_refused.
     changes_network: ClassVar[bool] = False
     policy_key: ClassVar[str]  # under spec.controls: "daemonConfig"
     rules: ClassVar[Sequence[Rule]]
@@ -150,22 +149,3 @@ class Control:
         ids = list(rule_ids) if rule_ids is not None else [r.id for r in self.rules]
         return [self.finding(r, Status.SKIP, message, path=path) for r in ids]
 
-
-def network_enforce_refusal(host: HostRoot, proc: Path = Path("/proc")) -> str | None:
-    """Why netfilter must not be changed from here, or None when it may.
-
-    A control's files live under the host root, but netfilter is whatever network namespace the
-    agent runs in. A sandbox root (neither `/` nor `/host`) in the machine's own namespace is a test
-    or a mistake: enforcing there would firewall the machine the agent merely runs on.
-    """
-    if str(host.root) in ("/", "/host") or os.environ.get("NODEGUARD_FIREWALL_ANY_ROOT") == "1":
-        return None
-    try:
-        own = os.stat(proc / "self" / "ns" / "net").st_ino
-        init = os.stat(proc / "1" / "ns" / "net").st_ino
-    except OSError:
-        return None
-    if own == init:
-        return (f"host root {host.root} is a sandbox but the agent runs in this machine's own network "
-                "namespace: netfilter is not changed (set NODEGUARD_FIREWALL_ANY_ROOT=1 to override)")
-    return None

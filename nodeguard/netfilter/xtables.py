@@ -34,6 +34,11 @@ from nodeguard.netfilter.model import ChainState, Desired, Family, FirewallState
 
 CHAIN = "NODEGUARD"
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
+
+
+def host_families() -> tuple[Family, ...]:
+    """IPv4, and IPv6 unless the kernel runs without it (ipv6.disable=1: no IPv6 packet to filter)."""
+    return FAMILIES if os.path.isdir("/proc/sys/net/ipv6") else ("ipv4",)
 LOCK_TIMEOUT_S = 10.0
 _T = TypeVar("_T")
 _ANY = {"0.0.0.0/0.0.0.0", "0.0.0.0/0", "::/0", None, ""}
@@ -146,7 +151,7 @@ class XtablesLegacyBackend(Backend):
 
     def desired_chains(self, desired: Desired) -> tuple[ChainState, ...]:
         return tuple(ChainState(f"{fam} filter {CHAIN}", True, True, f"INPUT rule 1 jumps to {CHAIN}",
-                                rules_for(desired, fam)) for fam in FAMILIES)
+                                rules_for(desired, fam)) for fam in host_families())
 
     # -- everything below runs on the worker thread ----------------------------------------
 
@@ -193,7 +198,7 @@ class XtablesLegacyBackend(Backend):
 
     def _read(self) -> FirewallState:
         try:
-            return FirewallState(self.name, tuple(self._read_family(f) for f in FAMILIES))
+            return FirewallState(self.name, tuple(self._read_family(f) for f in host_families()))
         except Exception as exc:  # iptc raises plain Exceptions; a broken host must not crash the audit
             return FirewallState(self.name, error=f"{type(exc).__name__}: {exc}")
 
@@ -255,9 +260,9 @@ class XtablesLegacyBackend(Backend):
     def _write(self, desired: Desired, state: FirewallState) -> None:
         want = self.desired_chains(desired)
         # Only the families that drifted are committed: an intact table is not rewritten.
-        todo = tuple(fam for fam, have, w in zip(FAMILIES, state.chains, want, strict=True)
+        todo = tuple(fam for fam, have, w in zip(host_families(), state.chains, want, strict=True)
                      if not (have.exists and have.hooked and have.rules == w.rules))
         on_worker(self._write_all, desired, todo)
 
     def _delete(self, state: FirewallState) -> bool:
-        return on_worker(self._write_all, None, FAMILIES)
+        return on_worker(self._write_all, None, host_families())

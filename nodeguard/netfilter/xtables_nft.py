@@ -14,7 +14,7 @@ import subprocess
 
 from nodeguard.netfilter.backend import Backend, BackendError
 from nodeguard.netfilter.model import ChainState, Desired, Family, FirewallState, RuleSpec, normalise_cidr, rules_for
-from nodeguard.netfilter.xtables import CHAIN, FAMILIES
+from nodeguard.netfilter.xtables import CHAIN, host_families
 
 _TOOLS = {"ipv4": ("iptables-nft-save", "iptables-nft-restore"),
           "ipv6": ("ip6tables-nft-save", "ip6tables-nft-restore")}
@@ -61,7 +61,7 @@ class XtablesNftBackend(Backend):
 
     def desired_chains(self, desired: Desired) -> tuple[ChainState, ...]:
         return tuple(ChainState(f"{fam} filter {CHAIN} (iptables-nft)", True, True, f"INPUT rule 1 jumps to {CHAIN}",
-                                rules_for(desired, fam)) for fam in FAMILIES)
+                                rules_for(desired, fam)) for fam in host_families())
 
     @staticmethod
     def _run(tool: str, stdin: str | None = None, *args: str) -> str:
@@ -101,7 +101,7 @@ class XtablesNftBackend(Backend):
 
     def read_state(self) -> FirewallState:
         try:
-            return FirewallState(self.name, tuple(self._read_family(f) for f in FAMILIES))
+            return FirewallState(self.name, tuple(self._read_family(f) for f in host_families()))
         except (BackendError, OSError, subprocess.SubprocessError, ValueError) as exc:
             return FirewallState(self.name, error=str(exc))
 
@@ -122,13 +122,13 @@ class XtablesNftBackend(Backend):
         self._run(_TOOLS[family][1], script, "--noflush")
 
     def _write(self, desired: Desired, state: FirewallState) -> None:
-        for family, have, want in zip(FAMILIES, state.chains, self.desired_chains(desired), strict=True):
+        for family, have, want in zip(host_families(), state.chains, self.desired_chains(desired), strict=True):
             if not (have.exists and have.hooked and have.rules == want.rules):
                 self._commit(family, self._script(have, desired, family))
 
     def _delete(self, state: FirewallState) -> bool:
         changed = False
-        for family, have in zip(FAMILIES, state.chains, strict=True):
+        for family, have in zip(host_families(), state.chains, strict=True):
             if have.exists:
                 self._commit(family, self._script(have, None, family))
                 changed = True

@@ -58,7 +58,7 @@ class InotifyBaseline:
             now = time.time_ns()
             off = 0
             while off < len(data):
-                wd, _mask, _cookie, length = struct.unpack_from("iIII", data, off)
+                _wd, _mask, _cookie, length = struct.unpack_from("iIII", data, off)
                 name = data[off + 16: off + 16 + length].rstrip(b"\0").decode(errors="replace")
                 self.stamps.append((now, name))
                 off += 16 + length
@@ -110,7 +110,7 @@ class EventTail:
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -163,11 +163,13 @@ def main() -> None:
     policy.write_text("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  agent:\n"
                       "    flapping: {threshold: 1000000}\n")
     subprocess.run(["ip", "netns", "add", netns], check=True)
+    agent_log = (root / "agent.stderr").open("wb")
     agent = subprocess.Popen(
         ["nsenter", f"--net=/var/run/netns/{netns}", sys.executable, "-m", "nodeguard", "run",
          "--host-root", str(sb.root), "--state-dir", str(state), "--events-file", str(events), "--mode", "enforce",
          "--policy", str(policy),
-         "--log-level", os.environ.get("BENCH_LOG", "warning"), "--aggregate-seconds", "0"], stderr=open("/tmp/bench-agent.err", "w"))
+         "--log-level", os.environ.get("BENCH_LOG", "warning"), "--aggregate-seconds", "0"],
+        stderr=agent_log)
     tail = EventTail(events)
     baseline = InotifyBaseline([sb.path("/run"), sb.path("/etc/docker"), sb.path("/etc")])
     rows: list[tuple[str, str, float, float, float]] = []
@@ -227,6 +229,7 @@ def main() -> None:
         agent.wait(timeout=15)
         baseline.close()
         srv.close()
+        agent_log.close()
         subprocess.run(["ip", "netns", "del", netns], check=False)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -28,13 +28,13 @@ from nodeguard.host import HostRoot
 from nodeguard.policy import PolicyError, load_policy, parse_policy
 from nodeguard.shadow import remove_group_member
 from tests.support.bigfiles import big_daemon_json, big_group, big_gshadow, big_passwd, big_policy
-from tests.support.sandbox import make_sandbox
+from tests.support.sandbox import Sandbox, make_sandbox
 
 def rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 root = Path(sys.argv[1])
-sb = make_sandbox(root) if not (root / "etc").exists() else __import__("tests.support.sandbox").support.sandbox.Sandbox(root)
+sb = make_sandbox(root) if not (root / "etc").exists() else Sandbox(root)
 host = HostRoot(root)
 """
 

@@ -16,10 +16,11 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from nodeguard.policy import Mode, load_policy
+from nodeguard.policy import Mode, Spec, load_policy
 from tests.support.chart import CHART, container, host_mounts, objects, one, render
 
 KUBE_VERSION = latest_version()  # the newest Kubernetes whose schemas kubernetes-validate ships
+OLDEST_SUPPORTED = "1.30.0"  # Chart.yaml's kubeVersion floor (securityContext.appArmorProfile)
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -79,7 +80,8 @@ def test_rendered_objects_pass_the_kubernetes_schemas(values: dict[str, Any]) ->
     objs = objects(values)
     assert {o["kind"] for o in objs} >= {"DaemonSet", "ConfigMap"}
     for obj in objs:
-        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        for version in (KUBE_VERSION, OLDEST_SUPPORTED):
+            kubernetes_validate.validate(obj, version, strict=True)
         labels = obj["metadata"]["labels"]
         for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                     "app.kubernetes.io/managed-by", "helm.sh/chart"):
@@ -206,6 +208,23 @@ def test_notes_name_the_kubectl_view_of_every_node() -> None:
     notes = next(docs[0]["text"] for path, docs in render().items() if path.endswith("NOTES.txt"))
     assert 'conditions[?(@.type=="DockerDaemonCompliant")].status' in notes
     assert "nodeguard firewall remove" in notes
+
+
+def test_a_probe_shorter_than_the_resync_period_is_refused() -> None:
+    """The agent may write its heartbeat only once per resync: a shorter probe limit kills healthy pods."""
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmRenderError) as refused:
+        chart.render(values={"policy": {"agent": {"resyncSeconds": 300}}}, name="ng", namespace="nodeguard")
+    assert "maxHeartbeatAgeSeconds" in str(refused.value)
+    objects({"policy": {"agent": {"resyncSeconds": 300}}, "probes": {"maxHeartbeatAgeSeconds": 900}})
+
+
+def test_the_schema_knows_every_policy_spec_key_but_mode() -> None:
+    """The values schema names the policy's spec keys; the agent's model is the source of truth."""
+    with helm.Chart.load(CHART) as chart:
+        schema = chart.schema
+    assert schema is not None
+    spec_keys = {f.alias or name for name, f in Spec.model_fields.items()}
+    assert set(schema["properties"]["policy"]["properties"]) == spec_keys - {"mode"}
 
 
 @pytest.mark.parametrize("bad", [

@@ -104,18 +104,18 @@ def mountinfo(data: bytes) -> None:
 
 
 _AUDIT_ROOT: HostRoot | None = None
-_AUDIT_DIR: tempfile.TemporaryDirectory[str] | None = None  # removed when the interpreter exits
 
 
 def audit_rules(data: bytes) -> None:
     from nodeguard.controls.audit_rules import parse_audit_rules
 
-    global _AUDIT_ROOT, _AUDIT_DIR
+    global _AUDIT_ROOT
     if _AUDIT_ROOT is None:
-        _AUDIT_DIR = tempfile.TemporaryDirectory(prefix="ng-fuzz-")
-        root = Path(_AUDIT_DIR.name)
-        (root / "etc/docker").mkdir(parents=True)
-        os.symlink("/etc", root / "etc/loop")  # something for the resolver to follow
+        # One small sandbox root, reused by every run (libFuzzer exits without Python's clean-up).
+        root = Path(tempfile.gettempdir()) / "ng-fuzz-audit-root"
+        (root / "etc/docker").mkdir(parents=True, exist_ok=True)
+        if not (root / "etc/loop").is_symlink():
+            os.symlink("/etc", root / "etc/loop")  # something for the resolver to follow
         _AUDIT_ROOT = HostRoot(root)
     chunks = [(f"/etc/audit/rules.d/{i}.rules", t) for i, t in enumerate(_text(data).split("\0"))]
     watches, _problems = parse_audit_rules(chunks, _AUDIT_ROOT)
@@ -135,6 +135,15 @@ def daemon_json_patch(data: bytes) -> None:
     assert json.loads(out) == {**value, **patch}
 
 
+def tls_material(data: bytes) -> None:
+    """A file named by tlscacert/tlscert/tlskey: certificates or a key, PEM or DER, or TLSFileError."""
+    from nodeguard.tls_material import TLSFileError, load_certificates, load_private_key
+
+    for load in (load_certificates, load_private_key):
+        with contextlib.suppress(TLSFileError):
+            load(data)
+
+
 TARGETS: dict[str, Target] = {
     "daemon_json": daemon_json,
     "daemon_host": daemon_host,
@@ -148,6 +157,7 @@ TARGETS: dict[str, Target] = {
     "mountinfo": mountinfo,
     "audit_rules": audit_rules,
     "daemon_json_patch": daemon_json_patch,
+    "tls_material": tls_material,
 }
 
 CORPUS = Path(__file__).resolve().parent / "corpus"

@@ -272,7 +272,7 @@ def test_invalid_daemon_json_restored_from_last_good_in_enforce(sandbox: Sandbox
         ev = agent.wait_for(is_event("nodeguard.drift.reverted", "valid-json"), after=mark)
         assert json.loads(daemon_json.read_text()) == HARDENED
         assert Path(ev["attributes"]["nodeguard.quarantined"]).read_text() == '{"icc": false,, }'
-        det = [e for e in agent.events()[mark:] if is_event("nodeguard.drift.detected", "valid-json")(e)][0]
+        det = next(e for e in agent.events()[mark:] if is_event("nodeguard.drift.detected", "valid-json")(e))
         assert "line 1 column 15" in det["body"]
 
 

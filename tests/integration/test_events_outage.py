@@ -23,6 +23,7 @@ from tests.integration.test_events_otlp import verify_received_chain
 from tests.support.cli import REPO, run_nodeguard
 from tests.support.otlp_receiver import OtlpReceiver, free_port
 from tests.support.sandbox import Sandbox
+from tests.unit.test_events_ocsf import assert_valid
 
 pytestmark = pytest.mark.slow
 
@@ -171,8 +172,11 @@ def test_nodeguard_run_delivers_what_it_spooled_while_the_collector_was_down(san
     port = free_port()
     events_file = tmp_path / "events.jsonl"
     env = driver_env(port, "http", events_file)
+    # Observe mode, explicitly: this agent shares the machine's network namespace (its OTLP collector is on
+    # this machine's loopback), so it must not change anything, the firewall least of all.
     argv = [sys.executable, "-m", "nodeguard", "run", "--host-root", str(sandbox.root), "--state-dir",
-            str(tmp_path / "state"), "--events-file", str(events_file), "--no-metrics"]
+            str(tmp_path / "state"), "--events-file", str(events_file), "--no-metrics", "--mode", "observe",
+            "--ocsf-file", str(tmp_path / "ocsf.jsonl")]
 
     def lines() -> list[dict[str, object]]:
         return [json.loads(x) for x in events_file.read_text().splitlines()] if events_file.exists() else []
@@ -193,6 +197,9 @@ def test_nodeguard_run_delivers_what_it_spooled_while_the_collector_was_down(san
     second = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert rx.wait_for(lambda r: spooled <= set(r.unique_by_uid()), 60), "events of the killed run were lost"
+        # The backlog goes out as soon as the pipeline is built; SIGTERM only once this run is up too.
+        assert rx.wait_for(lambda r: [x.event_name for x in r.unique_by_uid().values()].count(
+            "nodeguard.agent.started") == 2, 30)
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
         assert rx.wait_for(lambda r: any(x.event_name == "nodeguard.agent.stopped" for x in r.snapshot()), 5)
@@ -205,3 +212,10 @@ def test_nodeguard_run_delivers_what_it_spooled_while_the_collector_was_down(san
     assert set(received) == {str(x["event.id"]) for x in lines()}
     assert [r.event_name for r in verify_received_chain(received)].count("nodeguard.agent.started") == 2
     assert received[next(iter(spooled))].resource["service.name"] == "nodeguard"
+
+    # The real agent's findings as OCSF: one valid Compliance Finding per drift event, none for lifecycle events.
+    drift_ids = {i for i, r in received.items() if r.event_name.startswith("nodeguard.drift.")}
+    docs = [json.loads(x) for x in (tmp_path / "ocsf.jsonl").read_text().splitlines()]
+    assert drift_ids and {d["metadata"]["uid"] for d in docs} == drift_ids
+    for doc in docs:
+        assert_valid(doc)

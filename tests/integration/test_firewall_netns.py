@@ -184,11 +184,15 @@ def test_auto_follows_dockers_chains_and_check_explains_it(lab: Lab) -> None:
     assert proc.returncode == 1, proc.stderr
     findings = json.loads(proc.stdout)["findings"]
     avail = by_rule(findings, "backend-available")
-    # dockerd in the node namespace put its chains where this machine's `iptables` points (nf_tables).
+    # dockerd in the node namespace put its chains where this machine's `iptables` points.
+    in_nft = "DOCKER" in ns_run(lab.topo.node, ["nft", "list", "ruleset"]).stdout
+    in_legacy = "DOCKER" in ns_run(lab.topo.node, ["iptables-legacy-save"]).stdout
+    assert in_nft != in_legacy, "dockerd's chains should be in exactly one of nf_tables and legacy xtables"
+    want, where = ("nftables", "nf_tables") if in_nft else ("iptables-legacy", "legacy xtables")
     assert avail["status"] == "pass"
-    assert avail["observed"] == "nftables"
-    assert "Docker's chains" in avail["details"]["reason"] and "nf_tables" in avail["details"]["reason"]
-    assert "nftables" in avail["message"]
+    assert avail["observed"] == want
+    assert "Docker's chains" in avail["details"]["reason"] and where in avail["details"]["reason"]
+    assert want in avail["message"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -207,6 +211,9 @@ def test_apply_is_idempotent_follows_the_policy_and_leaves_others_alone(lab: Lab
         again = lab.fwpass(backend, "enforce")
         assert again["outcomes"] == []  # nothing failed, nothing written
         assert in_netns(lab.topo.node, fwpass.apply_policy, str(lab.sb.root), str(lab.policy(backend))) is False
+        shown = ns_python(lab.topo.node, "-m", "nodeguard", "firewall", "show", "--json", "--host-root",
+                          str(lab.sb.root), "--policy", str(lab.policy(backend)))
+        assert json.loads(shown.stdout)["in_place"] is True and json.loads(shown.stdout)["backend"] == backend
         assert lab.ruleset(backend) == first
         assert "9999" in first  # someone else's rule is there, untouched
 
@@ -335,3 +342,27 @@ def test_listeners_report_what_dockerd_really_listens_on(lab: Lab) -> None:
         assert by_rule(findings, "listener-firewalled")["status"] == "pass"
     finally:
         lab.remove()
+
+
+def test_the_agent_keeps_the_rules_and_leaves_them_when_it_stops(lab: Lab, tmp_path: Path) -> None:
+    """`nodeguard run` (the real agent) in the node namespace: firewall enforced, the rest observed."""
+    from tests.support.agent import is_event, running_agent
+
+    lab.remove()
+    policy = tmp_path / "agent-policy.yaml"
+    policy.write_text(json.dumps({"spec": {
+        "mode": "observe", "agent": {"resyncSeconds": 1},
+        "controls": {"firewall": {"mode": "enforce", "backend": "nftables", "ports": [
+            {"port": 2376, "allow": list(lab.topo.allowed_cidrs)}, {"port": 2375, "allow": []}]}}}}))
+    # --aggregate-seconds 0: the second drift of the same rule is an event of its own, not a summary.
+    with running_agent(lab.sb.root, tmp_path / "state", "--policy", str(policy), "--aggregate-seconds", "0",
+                       netns=lab.topo.node) as agent:
+        agent.wait_for(is_event("nodeguard.drift.reverted", "port-restricted", subject="2376"), timeout=30)
+        mark = agent.mark()
+        ns_run(lab.topo.node, ["nft", "delete", "table", "inet", "nodeguard"])
+        agent.wait_for(is_event("nodeguard.drift.reverted", "jump-present"), timeout=30, after=mark)
+        assert failing(lab.check("nftables")) == set()
+    # Stopped: the rules stay (a restart or an upgrade opens no window).
+    assert failing(lab.check("nftables")) == set()
+    assert lab.reach() == LOCKED
+    lab.remove()

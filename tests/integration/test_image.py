@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +99,26 @@ def test_the_image_builds_offline_and_audits_a_host_as_the_pod_would(sandbox: Sa
         assert status[("socket", "socket-mode", "")] == "fail"
         assert status[("socket", "socket-owner", "")] == "pass"
         assert status[("docker-group", "member-allowed", "bob")] == "fail"
+
+        # The default command is the agent, as pid 1 with no shell in front: `docker stop` (SIGTERM,
+        # as the kubelet sends) stops it cleanly, well before the SIGKILL that would follow.
+        state = sandbox.path("/var/lib/nodeguard")
+        state.mkdir(parents=True, exist_ok=True)
+        argv = ["run", "-d", "--network", "none", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges", "-v", f"{sandbox.path('/etc')}:/host/etc:ro",
+                "-v", f"{sandbox.path('/run')}:/host/run:ro", "-v", f"{state}:/host/var/lib/nodeguard"]
+        for cap in chart_caps:
+            argv += ["--cap-add", cap]
+        agent = d.cli(*argv, IMAGE_TAG).stdout.strip()
+        deadline = time.monotonic() + 60
+        while "nodeguard.drift.detected" not in d.cli("logs", agent, check=False).stdout:
+            inspect = json.loads(d.cli("inspect", agent).stdout)[0]["State"]
+            assert inspect["Running"], d.cli("logs", agent, check=False).stderr[-3000:]
+            assert time.monotonic() < deadline, "the agent reported nothing within 60 s"
+            time.sleep(0.5)
+        d.cli("stop", "-t", "30", agent)
+        state_after = json.loads(d.cli("inspect", agent).stdout)[0]["State"]
+        logs = d.cli("logs", agent, check=False)
+        assert state_after["ExitCode"] == 0, logs.stderr[-3000:]  # 137 would be the SIGKILL
+        assert "nodeguard.agent.stopped" in logs.stdout
+        d.cli("rm", agent)

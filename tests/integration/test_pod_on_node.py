@@ -117,7 +117,7 @@ def make_drift(sandbox: Sandbox) -> Path:
 def running_pod(ds: dict[str, Any], objs: list[dict[str, Any]], sandbox: Sandbox,
                 workdir: Path) -> Iterator[tuple[PodOnNode, subprocess.Popen[str], EventLog, Path]]:
     require_root()
-    for tool in ("unshare", "mount", "ip"):
+    for tool in ("unshare", "mount", "ip", "setpriv"):
         require_tool(tool)
     run = pod_on_node(ds, configmaps_by_name(objs), sandbox, workdir)
     stderr_path = workdir / "agent.stderr"
@@ -133,6 +133,34 @@ def running_pod(ds: dict[str, Any], objs: list[dict[str, Any]], sandbox: Sandbox
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# Linux capability numbers (linux/capability.h), to read CapEff from /proc/<pid>/status.
+CAP_NUMBERS = {name: i for i, name in enumerate((
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHECKPOINT_RESTORE"))}
+
+
+def test_the_harness_runs_the_pod_with_the_charts_privileges_only(sandbox: Sandbox, workdir: Path) -> None:
+    """What the enforcing test below runs with: the chart's capabilities, no_new_privs, a read-only /."""
+    require_root()
+    for tool in ("unshare", "mount", "ip", "setpriv"):
+        require_tool(tool)
+    objs = objects()
+    ds = one(objs, "DaemonSet")
+    run = pod_on_node(ds, configmaps_by_name(objs), sandbox, workdir)
+    probe = subprocess.run(run.launcher(["sh", "-c", f"grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+                                                     f"touch {run.container_path('/x')} || echo read-only"]),
+                           capture_output=True, text=True, timeout=30)
+    status = dict(line.split(":\t") for line in probe.stdout.splitlines() if ":\t" in line)
+    wanted = container(ds)["securityContext"]["capabilities"]["add"]
+    assert int(status["CapEff"], 16) == sum(1 << CAP_NUMBERS[c] for c in wanted)
+    assert status["NoNewPrivs"] == "1"
+    assert probe.stdout.splitlines()[-1] == "read-only"
 
 
 def test_the_rendered_pod_enforces_on_its_node_after_a_hot_mode_switch(sandbox: Sandbox, workdir: Path) -> None:

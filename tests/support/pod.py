@@ -5,9 +5,10 @@ of the rendered pod is bind-mounted at its mountPath under that root — a hostP
 path of the sandbox host root, the ConfigMap from a folder laid out the way the kubelet's atomic
 writer does (`..<timestamp>/`, a `..data` symlink, one symlink per key), an emptyDir from an empty
 folder — and the root itself is made read-only (readOnlyRootFilesystem). The agent then runs with
-the rendered command, args and env; the only rewrite is the container root's prefix on absolute
-paths. It also gets a network namespace of its own: that is the "node's" network (hostNetwork),
-so nothing it does to netfilter can reach this machine's.
+the rendered command, args and env, as root holding only the capabilities the securityContext
+adds after dropping ALL (the bounding set, via setpriv) and no_new_privs; the only rewrite is the
+container root's prefix on absolute paths. It also gets a network namespace of its own: that is
+the "node's" network (hostNetwork), so nothing it does to netfilter can reach this machine's.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class PodOnNode:
     mounts: list[Mount] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    capabilities: list[str] | None = None  # securityContext: drop ALL, add these; None keeps root's
+    no_new_privs: bool = False  # securityContext.allowPrivilegeEscalation: false
 
     def container_path(self, path: str) -> str:
         return str(self.container_root) + path if path.startswith("/") else path
@@ -82,7 +85,14 @@ class PodOnNode:
             lines += [make, f"mount --bind {shlex.quote(str(m.source))} {target}"]
             if m.read_only:
                 lines.append(f"mount -o remount,bind,ro {target}")
-        lines += [f"mount -o remount,bind,ro {root}", 'exec "$@"']
+        lines.append(f"mount -o remount,bind,ro {root}")
+        if self.capabilities is not None:
+            # Root keeps, across exec, only what the bounding set allows: the container's set.
+            bounding = ",".join(["-all", *(f"+{c.lower()}" for c in self.capabilities)])
+            nnp = " --no-new-privs" if self.no_new_privs else ""
+            lines.append(f'exec setpriv --bounding-set={bounding} --inh-caps=-all{nnp} -- "$@"')
+        else:
+            lines.append('exec "$@"')
         script = ["sh", "-c", "\n".join(lines), "sh", *argv]
         if self.netns is None:
             return ["unshare", "--mount", "--net", "--propagation", "private", "--", *script]
@@ -135,6 +145,12 @@ def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]]
         else:
             raise AssertionError(f"volume {vm['name']}: a kind this harness does not lay out: {vol}")
     run.argv = [*c["command"], *(run.container_path(a) for a in c.get("args", []))]
+    security = c.get("securityContext", {})
+    caps = security.get("capabilities", {})
+    assert security.get("privileged") is not True, "a privileged container has every capability"
+    if caps.get("drop") == ["ALL"]:
+        run.capabilities = list(caps.get("add", []))
+    run.no_new_privs = security.get("allowPrivilegeEscalation") is False
     field_values = {"spec.nodeName": node_name, "metadata.name": f"nodeguard-{node_name}",
                     "metadata.namespace": "nodeguard"}
     venv_bin = str(Path(sys.executable).parent)
@@ -142,8 +158,10 @@ def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]]
     for e in c.get("env", []):
         if "value" in e:
             env[e["name"]] = e["value"]
-        else:
+        elif "fieldRef" in e.get("valueFrom", {}):
             env[e["name"]] = field_values[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            raise AssertionError(f"env {e['name']}: a source this harness does not resolve: {e}")
     run.env = env
     return run
 

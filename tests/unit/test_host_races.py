@@ -10,6 +10,7 @@ host's /etc, is snapshotted before and after: it must not change by a single bit
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -394,3 +395,73 @@ def test_racing_thread_never_redirects_a_change(scene: Scene) -> None:
         racer.join()
     assert scene.snap() == before, f"a racing swap redirected a change; outcomes {outcomes}"
     assert outcomes.get("ok"), f"the race never let a change through at all: {outcomes}"
+
+
+# -- the agent's own state dir -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink"])
+def test_state_dir_writes_never_follow_planted_links(tmp_path: Path, plant: str) -> None:
+    from nodeguard.state import StateStore
+
+    require_root()
+    canary = tmp_path / "canary"
+    for rel in ("findings.json", "daemon.json", "lastgood/daemon.json", "heartbeat.json"):
+        _canary_file(canary / rel, "canary\n")
+    before = snapshot(canary)
+    state = tmp_path / "state"
+    store = StateStore(state)
+
+    def put(name: str, target: Path) -> None:
+        p = state / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if plant == "symlink":
+            os.symlink(target, p)
+        else:
+            os.link(target, p)
+
+    put("findings.json", canary / "findings.json")
+    put("lastgood/daemon.json", canary / "daemon.json")
+    for op in (lambda: store.save_findings({}), lambda: store.save_last_good("daemon.json", b"{}\n"),
+               lambda: store.quarantine("daemon.json", b"{}\n")):
+        with contextlib.suppress(OSError):  # a refusal is fine; a redirected write is not
+            op()
+    # The whole lastgood folder swapped for a symlink out of the state dir.
+    (state / "lastgood/daemon.json").unlink()
+    (state / "lastgood").rmdir()
+    os.symlink(canary / "lastgood", state / "lastgood")
+    with pytest.raises(OSError):
+        store.save_last_good("daemon.json", b"{}\n")
+    assert snapshot(canary) == before
+
+
+def test_heartbeat_never_follows_a_planted_link(tmp_path: Path) -> None:
+    from nodeguard import health
+
+    canary = tmp_path / "canary"
+    _canary_file(canary / "target", "canary\n")
+    before = snapshot(canary)
+    state = tmp_path / "state"
+    state.mkdir()
+    # The temporary name is predictable (.<file>.<pid>.tmp): whoever can write the state dir can plant it.
+    os.symlink(canary / "target", state / f".{health.HEARTBEAT_FILE}.{os.getpid()}.tmp")
+    with contextlib.suppress(OSError):
+        health.write_heartbeat(state)
+    assert snapshot(canary) == before
+
+
+def test_kube_open_drifts_file_never_follows_a_planted_link(tmp_path: Path) -> None:
+    from nodeguard import kube
+
+    canary = tmp_path / "canary"
+    _canary_file(canary / "target", "canary\n")
+    before = snapshot(canary)
+    state = tmp_path / "state"
+    state.mkdir()
+    os.symlink(canary / "target", state / f".{kube.OPEN_DRIFTS_FILE}.tmp")
+    sink = kube.KubeSink(None, "node-1", state_dir=state)
+    try:
+        sink._save_open({"docker-group/member-allowed/mallory"})
+    finally:
+        sink.close()
+    assert snapshot(canary) == before

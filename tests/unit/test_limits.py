@@ -245,3 +245,53 @@ def test_explain_names_the_instance_limit_for_emfile() -> None:
     assert "max_user_instances" in msg and "/etc/docker" in msg
     assert not is_inotify_limit(OSError(errno.EACCES, "denied"))
     assert "denied" in explain_inotify_error(OSError(errno.EACCES, "denied"), "/etc")
+
+
+def test_agent_with_a_full_state_dir_keeps_enforcing_what_it_can(sandbox: Sandbox) -> None:
+    """One engine pass, enforce mode, state dir on a full tmpfs: the socket is still fixed; the
+    daemon.json revert (which must quarantine the old file first) fails, says why, and writes nothing."""
+    import socket as pysocket
+    import threading
+
+    from nodeguard.controls.socket import SocketControl
+    from nodeguard.engine import Engine, EngineOptions
+    from nodeguard.events.model import Event, EventName
+    from nodeguard.structs import Mode
+
+    sock_path = sandbox.path("/run/docker.sock")
+    server = pysocket.socket(pysocket.AF_UNIX)
+    server.bind(str(sock_path))
+    os.chown(sock_path, 0, DOCKER_GID)
+    sock_path.chmod(0o666)
+    daemon_json = sandbox.write("/etc/docker/daemon.json", '{"icc": true}\n')
+    events: list[Event] = []
+
+    class ListSink:
+        def emit(self, event: Event) -> None:
+            events.append(event)
+
+        def close(self) -> None:
+            pass
+
+    with small_tmpfs("256k") as state:
+        engine_box: list[Engine] = []
+        engine = Engine(EngineOptions(HostRoot(sandbox.root), state), load_policy().with_mode(Mode.ENFORCE),
+                        ListSink(), controls=[DaemonConfigControl(), SocketControl()],
+                        on_pass=lambda: engine_box[0].stop())
+        engine_box.append(engine)
+        with contextlib.suppress(OSError), (state / "filler").open("wb") as f:
+            f.write(b"\0" * (1024 * 1024))  # the state dir's disk is now full
+        runner = threading.Thread(target=engine.run)
+        runner.start()
+        runner.join(timeout=60)
+        assert not runner.is_alive(), "the engine hung on a full state dir"
+    server.close()
+    assert stat_mode(sock_path) == 0o660, "the socket revert needs no disk space and must still happen"
+    assert daemon_json.read_text() == '{"icc": true}\n', "no revert without its quarantine copy"
+    failed = [e for e in events if e.name is EventName.DRIFT_REVERT_FAILED
+              and e.attributes.get("nodeguard.control") == "daemon-config"]
+    assert failed and any("no space" in json.dumps(e.attributes) + e.body for e in failed)
+
+
+def stat_mode(p: Path) -> int:
+    return p.stat().st_mode & 0o7777
