@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from nodeguard.engine import Engine, EngineOptions
 from nodeguard.events.model import Event, EventName, EventSink, lifecycle_event
+from nodeguard.health import write_heartbeat
 from nodeguard.host import HostRoot
 from nodeguard.policy import Policy, PolicyError, load_policy, parse_policy
 from nodeguard.state import StateStore
@@ -21,6 +23,7 @@ from nodeguard.watch import Watcher
 log = logging.getLogger(__name__)
 
 LAST_GOOD_POLICY = "policy.yaml"
+HEARTBEAT_EVERY_S = 10.0
 
 
 class FanoutSink:
@@ -74,6 +77,24 @@ def initial_policy(cfg: AgentConfig, store: StateStore, sink: EventSink) -> Poli
     return policy
 
 
+def heartbeat_writer(state_dir: Path, every: float = HEARTBEAT_EVERY_S) -> Callable[[], None]:
+    """After each pass, the liveness file the pod's probe reads (at most once per `every` seconds:
+    a storm of passes must not become a storm of writes). The engine passes at least once per resync."""
+    last = [0.0]
+
+    def beat() -> None:
+        now = time.monotonic()
+        if now - last[0] < every:
+            return
+        last[0] = now
+        try:
+            write_heartbeat(state_dir)
+        except OSError as exc:
+            log.warning("cannot write the heartbeat under %s: %s", state_dir, exc)
+
+    return beat
+
+
 def default_watchers(host: HostRoot, policy: Policy) -> list[Watcher]:
     """What wakes the engine besides inotify: Docker events (new containers), netfilter changes (tamper)."""
     from nodeguard.netfilter.monitor import watchers_for
@@ -91,7 +112,7 @@ def run_agent(cfg: AgentConfig, sinks: Iterable[EventSink]) -> Engine:
         policy = initial_policy(cfg, store, sink)
         watchers = cfg.watchers or default_watchers(host, policy)
         engine = Engine(EngineOptions(host, cfg.state_dir, cfg.policy_path, cfg.mode, cfg.proc), policy, sink,
-                        watchers=watchers)
+                        watchers=watchers, on_pass=heartbeat_writer(cfg.state_dir))
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s, stopping", signal.Signals(signum).name)

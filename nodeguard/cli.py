@@ -176,8 +176,12 @@ def run(
     except SpoolBusy as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(EXIT_USAGE) from None
+    from nodeguard.kube import kube_sink_from_env
+
+    # In a cluster, each node's state also shows as a Node condition and Node Events.
+    kube = kube_sink_from_env(state_dir=state_dir)
     try:
-        run_agent(cfg, [sink])
+        run_agent(cfg, [sink] if kube is None else [sink, kube])
     except PolicyError as exc:
         err.print(f"[red]policy rejected and no last good policy to fall back to[/]\n{exc.render()}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
