@@ -15,7 +15,7 @@ from nodeguard.engine import Engine, EngineOptions
 from nodeguard.events.model import Event, EventName, EventSink, lifecycle_event
 from nodeguard.health import write_heartbeat
 from nodeguard.host import HostRoot
-from nodeguard.policy import Policy, PolicyError, load_policy, parse_policy
+from nodeguard.policy import Policy, PolicyError, load_policy, parse_policy, read_policy_bytes
 from nodeguard.state import StateStore
 from nodeguard.structs import Mode
 from nodeguard.watch import Watcher
@@ -73,7 +73,7 @@ def initial_policy(cfg: AgentConfig, store: StateStore, sink: EventSink) -> Poli
             raise
         return parse_policy(kept.decode(), "<last good policy>")
     if cfg.policy_path is not None:
-        store.save_last_good(LAST_GOOD_POLICY, cfg.policy_path.read_bytes())
+        store.save_last_good(LAST_GOOD_POLICY, read_policy_bytes(cfg.policy_path))
     return policy
 
 

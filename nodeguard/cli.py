@@ -121,6 +121,39 @@ class RunMode(StrEnum):
     enforce = "enforce"
 
 
+def _least_privilege_or_exit(host_root: Path, policy: Path | None, state_dir: Path) -> None:
+    """Refuse inputs others could change; then keep only the capabilities the agent needs.
+
+    Runs before any thread starts (exporters, watchers): capabilities are per thread.
+    """
+    from nodeguard.privileges import (
+        AGENT_CAPABILITIES,
+        PrivilegeError,
+        UnsafePath,
+        check_not_writable_by_others,
+        drop_capabilities,
+    )
+
+    log = logging.getLogger("nodeguard.privileges")
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in (host_root, state_dir, *([policy] if policy is not None and policy.exists() else [])):
+        try:
+            check_not_writable_by_others(path)
+        except UnsafePath as exc:
+            err.print(f"[red]refused:[/] {exc}")
+            raise typer.Exit(EXIT_USAGE) from None
+    try:
+        after = drop_capabilities(AGENT_CAPABILITIES)
+    except PrivilegeError as exc:
+        log.warning("capabilities not dropped (%s); running with what the process has", exc)
+        return
+    missing = sorted(set(AGENT_CAPABILITIES) - set(after.permitted))
+    log.info("capabilities kept: %s", ", ".join(sorted(after.permitted)) or "none")
+    if missing:
+        log.warning("capabilities the agent needs but was not given: %s (their remediations will fail)",
+                    ", ".join(missing))
+
+
 @app.command()
 def run(
     host_root: HostRootOpt = Path("/"),
@@ -159,6 +192,7 @@ def run(
 
     logging.getLogger().setLevel(log_level.upper())
     _host_or_exit(host_root)
+    _least_privilege_or_exit(host_root, policy, state_dir)
     cfg = AgentConfig(host_root=host_root, state_dir=state_dir, policy_path=policy,
                       mode=Mode(mode.value) if mode else None)
     try:

@@ -25,7 +25,7 @@ from nodeguard.events.metrics import record_reconcile
 from nodeguard.events.model import Event, EventName, EventSink, event_for_finding, lifecycle_event
 from nodeguard.host import HostPathError, HostRoot
 from nodeguard.netfilter.select import writes_refused
-from nodeguard.policy import Policy, PolicyError, parse_policy
+from nodeguard.policy import Policy, PolicyError, parse_policy, read_policy_bytes
 from nodeguard.state import KnownFinding, StateStore, finding_key
 from nodeguard.structs import Finding, Mode, Severity, Status
 from nodeguard.watch import RESYNC, FolderWatcher, Watcher
@@ -336,7 +336,7 @@ class Engine:
         if self.options.policy_path is None:
             return None
         try:
-            return self.options.policy_path.read_bytes()
+            return read_policy_bytes(self.options.policy_path)
         except OSError:
             return None
 

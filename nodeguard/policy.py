@@ -8,8 +8,11 @@ operator exactly what to fix.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -507,7 +510,27 @@ def load_policy(path: str | Path | None = None) -> Policy:
         return parse_policy(default_policy_text(), "<embedded default>")
     p = Path(path)
     try:
-        raw = p.read_bytes()[: MAX_POLICY_BYTES + 1]
+        raw = read_policy_bytes(p)
     except OSError as exc:
         raise PolicyError(str(p), [(None, "", f"cannot read: {exc.strerror or exc}")]) from None
     return parse_policy(raw.decode("utf-8", errors="replace"), str(p))
+
+
+def read_policy_bytes(path: str | Path) -> bytes:
+    """At most MAX_POLICY_BYTES + 1 bytes of a regular file (parse_policy refuses the +1).
+
+    Never the whole of a huge file, and never a FIFO or device: O_NONBLOCK so opening a FIFO does
+    not wait for a writer, then the kind is checked before reading.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks: list[bytes] = []
+        left = MAX_POLICY_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

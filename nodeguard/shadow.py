@@ -15,7 +15,7 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from nodeguard.host import HostRoot, NotRegularFile, file_kind
 
@@ -99,26 +99,40 @@ def file_lock(host: HostRoot, host_path: str) -> Iterator[None]:
 
 def remove_member_line(line: str, group: str, member: str, members_field: int) -> str:
     """Drop `member` from one group/gshadow line; other lines and spacing stay as they were."""
+    return _drop_members(line, group, frozenset({member}), members_field)
+
+
+def _drop_members(line: str, group: str, gone: frozenset[str], members_field: int) -> str:
     parts = line.split(":")
     if parts[0] != group or len(parts) <= members_field:
         return line
     members = parts[members_field].split(",")
-    if member not in (m.strip() for m in members):
+    if not any(m.strip() in gone for m in members):
         return line
-    parts[members_field] = ",".join(m for m in members if m.strip() and m.strip() != member)
+    parts[members_field] = ",".join(m for m in members if m.strip() and m.strip() not in gone)
     return ":".join(parts)
 
 
-def _rewrite(text: str, group: str, member: str, members_fields: tuple[int, ...]) -> str:
+def _rewrite(text: str, group: str, gone: frozenset[str], members_fields: tuple[int, ...]) -> str:
     lines = text.split("\n")
     for members_field in members_fields:
-        lines = [remove_member_line(ln, group, member, members_field) for ln in lines]
+        lines = [_drop_members(ln, group, gone, members_field) for ln in lines]
     return "\n".join(lines)
 
 
 def remove_group_member(host: HostRoot, group: str, member: str, *,
                         lock_timeout: float = LOCK_TIMEOUT_S) -> list[str]:
     """Remove `member` from `group` in /etc/group and /etc/gshadow; returns the files changed."""
+    return remove_group_members(host, group, [member], lock_timeout=lock_timeout)
+
+
+def remove_group_members(host: HostRoot, group: str, members: Collection[str], *,
+                         lock_timeout: float = LOCK_TIMEOUT_S) -> list[str]:
+    """Remove every one of `members` from `group` under one lock and one rewrite per file.
+
+    A member at a time would rewrite a 1 MB /etc/group 100,000 times for a group of 100,000.
+    """
+    gone = frozenset(members)
     changed = []
     # gshadow: field 2 lists the group's admins (who may add members), field 3 its members.
     files = [(path, fields) for path, fields in (("/etc/group", (3,)), ("/etc/gshadow", (2, 3)))
@@ -131,7 +145,7 @@ def remove_group_member(host: HostRoot, group: str, member: str, *,
         for path, members_fields in files:
             # surrogateescape: bytes that are not UTF-8 go back out exactly as they came in.
             before = host.read_bytes(path).decode("utf-8", "surrogateescape")
-            after = _rewrite(before, group, member, members_fields)
+            after = _rewrite(before, group, gone, members_fields)
             if after != before:
                 host.write_atomic(path, after.encode("utf-8", "surrogateescape"), expect=host.lstat(path))
                 changed.append(path)

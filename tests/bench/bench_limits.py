@@ -75,6 +75,20 @@ sb.write("/etc/gshadow", big_gshadow(100_000), 0o640)
 changed = remove_group_member(host, "docker", "user50000")
 result = f"rewrote {changed}"
 """),
+    "remove all 100,000 members (enforce, batched)": ("1.1 MB x2", """
+sb.write("/etc/group", big_group(100_000))
+sb.write("/etc/gshadow", big_gshadow(100_000), 0o640)
+# -- in the measured process --
+from nodeguard.structs import Mode
+policy = load_policy().with_mode(Mode.ENFORCE)
+ctx = Context(host, policy)
+c = DockerGroupControl()
+obs = c.observe(ctx)
+failing = [x for x in c.evaluate(obs, policy) if x.status.value == "fail" and x.rule == "member-allowed"]
+""", """
+outcomes = c.remediate_many(ctx, failing, obs)
+result = f"{sum(o.changed for o in outcomes)} removed, group line now {len(sb.read('/etc/group'))} bytes"
+"""),
     "policy of 1 MiB": ("1 MiB", """
 (root / "policy.yaml").write_text(big_policy(1024 * 1024))
 # -- in the measured process --

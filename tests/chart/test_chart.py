@@ -113,7 +113,11 @@ def test_daemonset_runs_everywhere_with_least_privilege() -> None:
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"],
-                                  "add": ["CHOWN", "FOWNER", "DAC_OVERRIDE", "KILL", "NET_ADMIN", "NET_RAW"]}
+                                  "add": ["CHOWN", "FOWNER", "DAC_READ_SEARCH", "NET_ADMIN", "NET_RAW"]}
+    # What the pod grants is exactly what the agent keeps after its own drop at start.
+    from nodeguard.privileges import AGENT_CAPABILITIES
+
+    assert set(sc["capabilities"]["add"]) == set(AGENT_CAPABILITIES)
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     assert "ports" not in c  # nothing listens on the node
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):

@@ -82,7 +82,6 @@ def test_running_agent_opens_no_listening_socket(sandbox: Sandbox, tmp_path: Pat
 @pytest.mark.root
 # strict: once `nodeguard run` calls drop_capabilities(AGENT_CAPABILITIES) this passes, and the
 # XPASS fails the run until the marker is removed with the wiring.
-@pytest.mark.xfail(strict=True, reason="nodeguard run does not call privileges.drop_capabilities yet (lead wires it)")
 def test_running_agent_keeps_only_its_capabilities(sandbox: Sandbox, tmp_path: Path) -> None:
     require_root()
     with running_agent(sandbox, tmp_path) as proc:

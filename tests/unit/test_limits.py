@@ -95,13 +95,30 @@ def test_policy_of_1_mib_is_parsed_and_one_byte_more_is_refused() -> None:
         parse_policy(text + " ", "big.yaml")
 
 
-def test_yaml_alias_bomb_policy_ends_in_a_clear_error() -> None:
-    # "Billion laughs": 9 levels of 9 aliases; YAML shares the nodes, the validator must not walk them.
+def test_huge_or_fifo_policy_file_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    from nodeguard.policy import read_policy_bytes
+
+    huge = tmp_path / "huge.yaml"
+    with huge.open("wb") as f:
+        f.truncate(8 * 1024**3)  # sparse 8 GiB: reading it whole would exhaust memory
+    assert len(read_policy_bytes(huge)) == MAX_POLICY_BYTES + 1
+    with pytest.raises(PolicyError, match="larger than"):
+        load_policy(huge)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # no writer: a blocking open would hang the agent at start
+    with pytest.raises(PolicyError, match="not a regular file"):
+        load_policy(fifo)
+
+
+@pytest.mark.parametrize("where", ["spec:\n  mode: *a9\n", "metadata:\n  labels: *a9\n", "kind: *a9\n"])
+def test_yaml_alias_bomb_policy_ends_in_a_clear_error(where: str) -> None:
+    # "Billion laughs": 9 levels of 9 aliases, 387 million nodes once expanded. Before the alias
+    # limit, `spec.mode: *a9` hung the validator (the enum's error message repr'ed every node).
     lines = ['a0: &a0 ["lol"]']
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
-    text = "apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nmetadata:\n  labels:\n" + \
-        textwrap.indent("\n".join(lines), "    ")
-    with pytest.raises(PolicyError):
+    text = "x:\n" + textwrap.indent("\n".join(lines), "  ") + \
+        "\napiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\n" + where
+    with pytest.raises(PolicyError, match="aliases expand"):
         parse_policy(text, "bomb.yaml")
 
 
@@ -228,7 +245,10 @@ except OSError as exc:
     started = str(exc)
 for p in sys.argv[1:]:
     Path(p, "touch").write_text("x")
-time.sleep(1.0)
+deadline = time.monotonic() + 10
+while len(set(fired)) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(0.3)  # room for a (wrong) third folder to fire too
 w.stop()
 print(json.dumps({"started": started, "failed": w.failed, "fired": sorted(set(fired))}))
 """
@@ -295,3 +315,31 @@ def test_agent_with_a_full_state_dir_keeps_enforcing_what_it_can(sandbox: Sandbo
 
 def stat_mode(p: Path) -> int:
     return p.stat().st_mode & 0o7777
+
+
+def test_enforcing_a_group_of_100k_members_is_one_rewrite(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nodeguard.structs import Mode
+    from tests.support.bigfiles import big_gshadow
+
+    n = 100_000
+    sandbox.write("/etc/group", big_group(n).replace("user7,", "user7,bob,"))
+    sandbox.write("/etc/gshadow", big_gshadow(n), 0o640)
+    policy = load_policy().with_mode(Mode.ENFORCE)
+    ctx = Context(HostRoot(sandbox.root), policy)
+    control = DockerGroupControl()
+    obs = control.observe(ctx)
+    failing = [f for f in control.evaluate(obs, policy) if f.status is Status.FAIL and f.rule == "member-allowed"]
+    assert len(failing) == n + 1
+    writes: list[str] = []
+    original = HostRoot.write_atomic
+
+    def counting(self: HostRoot, host_path: str, data: bytes, **kw: object) -> None:
+        writes.append(host_path)
+        original(self, host_path, data, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(HostRoot, "write_atomic", counting)
+    outcomes = control.remediate_many(ctx, failing, obs)
+    assert all(o.ok and o.changed for o in outcomes)
+    assert writes == ["/etc/group", "/etc/gshadow"]
+    assert sandbox.read("/etc/group").startswith("root:x:0:\ndocker:x:990:\n")
+    assert "user" not in sandbox.read("/etc/gshadow")
