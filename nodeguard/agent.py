@@ -7,7 +7,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -17,7 +16,6 @@ from nodeguard.health import write_heartbeat
 from nodeguard.host import HostRoot
 from nodeguard.policy import Policy, PolicyError, load_policy, parse_policy, read_policy_bytes
 from nodeguard.state import StateStore
-from nodeguard.structs import Mode
 from nodeguard.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -49,31 +47,21 @@ class FanoutSink:
                 log.exception("sink %r failed to close", sink)
 
 
-@dataclass
-class AgentConfig:
-    host_root: Path
-    state_dir: Path
-    policy_path: Path | None = None
-    mode: Mode | None = None
-    proc: Path = Path("/proc")
-    watchers: list[Watcher] = field(default_factory=list)
-
-
-def initial_policy(cfg: AgentConfig, store: StateStore, sink: EventSink) -> Policy:
+def initial_policy(options: EngineOptions, store: StateStore, sink: EventSink) -> Policy:
     """The policy file; if it is invalid, the last good one kept in the state dir (else PolicyError)."""
     try:
-        policy = load_policy(cfg.policy_path)
+        policy = load_policy(options.policy_path)
     except PolicyError as exc:
         kept = store.last_good(LAST_GOOD_POLICY)
         sink.emit(lifecycle_event(EventName.POLICY_REJECTED,
                                   f"policy rejected at start:\n{exc.render()}" +
                                   ("; the last good policy stays in force" if kept else ""),
-                                  policy_source=str(cfg.policy_path), problems=[p[2] for p in exc.problems]))
+                                  policy_source=str(options.policy_path), problems=[p[2] for p in exc.problems]))
         if kept is None:
             raise
         return parse_policy(kept.decode(), "<last good policy>")
-    if cfg.policy_path is not None:
-        store.save_last_good(LAST_GOOD_POLICY, read_policy_bytes(cfg.policy_path))
+    if options.policy_path is not None:
+        store.save_last_good(LAST_GOOD_POLICY, read_policy_bytes(options.policy_path))
     return policy
 
 
@@ -103,16 +91,14 @@ def default_watchers(host: HostRoot, policy: Policy) -> list[Watcher]:
     return [DockerEventsWatcher(host, policy), *watchers_for(host, policy)]
 
 
-def run_agent(cfg: AgentConfig, sinks: Iterable[EventSink]) -> Engine:
+def run_agent(options: EngineOptions, sinks: Iterable[EventSink], watchers: list[Watcher] | None = None) -> Engine:
     """Run until SIGTERM/SIGINT; returns the stopped engine (for its counters)."""
-    host = HostRoot(cfg.host_root)
-    store = StateStore(cfg.state_dir)
+    store = StateStore(options.state_dir)
     sink = FanoutSink(list(sinks))
     try:
-        policy = initial_policy(cfg, store, sink)
-        watchers = cfg.watchers or default_watchers(host, policy)
-        engine = Engine(EngineOptions(host, cfg.state_dir, cfg.policy_path, cfg.mode, cfg.proc), policy, sink,
-                        watchers=watchers, on_pass=heartbeat_writer(cfg.state_dir))
+        policy = initial_policy(options, store, sink)
+        engine = Engine(options, policy, sink, watchers=default_watchers(options.host, policy) if watchers is None
+                        else watchers, on_pass=heartbeat_writer(options.state_dir))
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s, stopping", signal.Signals(signum).name)

@@ -186,15 +186,15 @@ def run(
 
     Stops cleanly on SIGTERM/SIGINT. A change made while the agent was down is reported at start.
     """
-    from nodeguard.agent import AgentConfig, run_agent
+    from nodeguard.agent import run_agent
+    from nodeguard.engine import EngineOptions
     from nodeguard.events.pipeline import build_pipeline
     from nodeguard.events.spool import SpoolBusy
 
     logging.getLogger().setLevel(log_level.upper())
-    _host_or_exit(host_root)
+    host = _host_or_exit(host_root)
     _least_privilege_or_exit(host_root, policy, state_dir)
-    cfg = AgentConfig(host_root=host_root, state_dir=state_dir, policy_path=policy,
-                      mode=Mode(mode.value) if mode else None)
+    options = EngineOptions(host, state_dir, policy, Mode(mode.value) if mode else None)
     try:
         export = ev_opts.export_options_from_flags(
             host_root=host_root, events_file=events_file, otlp_endpoint=otlp_endpoint, otlp_protocol=otlp_protocol,
@@ -215,7 +215,7 @@ def run(
     # In a cluster, each node's state also shows as a Node condition and Node Events.
     kube = kube_sink_from_env(state_dir=state_dir)
     try:
-        run_agent(cfg, [sink] if kube is None else [sink, kube])
+        run_agent(options, [sink] if kube is None else [sink, kube])
     except PolicyError as exc:
         err.print(f"[red]policy rejected and no last good policy to fall back to[/]\n{exc.render()}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -434,3 +435,22 @@ class HostRoot:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def expand_glob(pattern: str, list_dir: Callable[[str], list[str]]) -> list[str]:
+    """Host paths matching an absolute glob, component by component through `list_dir` (so inside a
+    host root, never through the agent's own filesystem), like glob(3): sorted per component, and a
+    leading dot matched only by a pattern that starts with one. Literal components are kept as they
+    are, existing or not: the caller stats what it needs."""
+    found = ["/"]
+    for part in [p for p in pattern.split("/") if p]:
+        nxt = []
+        for base in found:
+            prefix = base.rstrip("/") + "/"
+            if any(c in part for c in "*?["):
+                nxt += [prefix + name for name in sorted(list_dir(base))
+                        if fnmatch.fnmatchcase(name, part) and not (name.startswith(".") and not part.startswith("."))]
+            else:
+                nxt.append(prefix + part)
+        found = nxt
+    return found

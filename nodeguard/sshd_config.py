@@ -9,9 +9,10 @@ applies to every connection and overrides the global value, like any matching bl
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from nodeguard.host import expand_glob
 
 SSH_DIR = "/etc/ssh"
 MAX_INCLUDE_DEPTH = 16  # sshd's SERVCONF_MAX_DEPTH
@@ -111,18 +112,7 @@ def expand(pattern: str, list_dir: Callable[[str], list[str]]) -> list[str]:
     """One Include argument -> files, sorted per component like glob(3); relative to /etc/ssh."""
     if not pattern.startswith("/"):
         pattern = f"{SSH_DIR}/{pattern}"
-    found = ["/"]
-    for part in [p for p in pattern.split("/") if p]:
-        nxt = []
-        for base in found:
-            prefix = base.rstrip("/") + "/"
-            if any(c in part for c in "*?["):
-                nxt += [prefix + name for name in sorted(list_dir(base))
-                        if fnmatch.fnmatchcase(name, part) and not (name.startswith(".") and not part.startswith("."))]
-            else:
-                nxt.append(prefix + part)
-        found = nxt
-    return found
+    return expand_glob(pattern, list_dir)
 
 
 def _parse_file(cfg: SshdConfig, read: Callable[[str], str | None], list_dir: Callable[[str], list[str]],

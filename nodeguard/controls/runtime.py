@@ -10,7 +10,6 @@ Observe-only: nodeguard reports these, it never stops or changes a container.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any, ClassVar
 from nodeguard.controls.base import Context, Control
 from nodeguard.controls.daemon_config import RELOADABLE_KEYS, hosts_of
 from nodeguard.docker_api import CallCounter, DaemonUnavailable, connect, describe_error
-from nodeguard.host import HostPathError, HostRoot
+from nodeguard.host import HostPathError, HostRoot, expand_glob
 from nodeguard.policy import Policy, RuntimePolicy
 from nodeguard.structs import Finding, JSONValue, Rule, Severity, Status
 
@@ -138,18 +137,8 @@ def _container_view(host: HostRoot, raw: dict[str, Any]) -> ContainerView:
 
 def find_rootless_sockets(host: HostRoot, pattern: str) -> list[str]:
     """Sockets matching a glob such as /run/user/*/docker.sock, each component matched inside the root."""
-    found = ["/"]
-    for part in [p for p in pattern.split("/") if p]:
-        nxt = []
-        for base in found:
-            prefix = base.rstrip("/") + "/"
-            if any(c in part for c in "*?["):
-                nxt += [prefix + name for name in host.listdir(base) if fnmatch.fnmatchcase(name, part)]
-            else:
-                nxt.append(prefix + part)
-        found = nxt
     out = []
-    for path in found:
+    for path in expand_glob(pattern, host.listdir):
         st = host.stat(path)
         if st is not None and st.kind == "socket":
             out.append(path)

@@ -200,3 +200,14 @@ def test_a_sandbox_root_in_the_machines_own_namespace_never_writes(tmp_path: Pat
     why = writes_refused(HostRoot(tmp_path))
     assert why is not None and "machine's own network namespace" in why
     assert writes_refused(HostRoot("/")) is None
+
+
+def test_netlink_constants_match_pyroute2() -> None:
+    from pyroute2.netlink import NETLINK_NETFILTER
+    from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, NFNLGRP_NFTABLES
+    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_NEWGEN
+
+    from nodeguard.netfilter import monitor
+
+    assert (monitor.NETLINK_NETFILTER, monitor.NFNL_SUBSYS_NFTABLES, monitor.NFNLGRP_NFTABLES,
+            monitor.NFT_MSG_NEWGEN) == (NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFNLGRP_NFTABLES, NFT_MSG_NEWGEN)
