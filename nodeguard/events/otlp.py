@@ -90,38 +90,38 @@ def _http_session() -> Any:
     return KeepCaFile()
 
 
+def _grpc_kwargs(options: ExportOptions, signal: str) -> dict[str, Any]:
+    return {"endpoint": _signal_endpoint(options, signal), "insecure": options.otlp_insecure,
+            "credentials": _grpc_credentials(options), "headers": options.otlp_headers or None,
+            "timeout": options.otlp_timeout}
+
+
+def _http_kwargs(options: ExportOptions, signal: str) -> dict[str, Any]:
+    return {"endpoint": _signal_endpoint(options, signal), "certificate_file": _str(options.otlp_certificate),
+            "client_key_file": _str(options.otlp_client_key),
+            "client_certificate_file": _str(options.otlp_client_certificate),
+            "headers": options.otlp_headers or None, "timeout": options.otlp_timeout, "session": _http_session()}
+
+
 def make_log_exporter(options: ExportOptions) -> LogRecordExporter:
-    endpoint = _signal_endpoint(options, "logs")
+    # Imported per protocol: an HTTP-only agent never loads grpc (about 12 MiB).
     if options.otlp_protocol is OtlpProtocol.GRPC:
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
 
-        return GrpcLogExporter(endpoint=endpoint, insecure=options.otlp_insecure,
-                               credentials=_grpc_credentials(options), headers=options.otlp_headers or None,
-                               timeout=options.otlp_timeout)
+        return GrpcLogExporter(**_grpc_kwargs(options, "logs"))
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
 
-    return HttpLogExporter(endpoint=endpoint, certificate_file=_str(options.otlp_certificate),
-                           client_key_file=_str(options.otlp_client_key),
-                           client_certificate_file=_str(options.otlp_client_certificate),
-                           headers=options.otlp_headers or None, timeout=options.otlp_timeout,
-                           session=_http_session())
+    return HttpLogExporter(**_http_kwargs(options, "logs"))
 
 
 def make_metric_exporter(options: ExportOptions) -> MetricExporter:
-    endpoint = _signal_endpoint(options, "metrics")
     if options.otlp_protocol is OtlpProtocol.GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 
-        return GrpcMetricExporter(endpoint=endpoint, insecure=options.otlp_insecure,
-                                  credentials=_grpc_credentials(options), headers=options.otlp_headers or None,
-                                  timeout=options.otlp_timeout)
+        return GrpcMetricExporter(**_grpc_kwargs(options, "metrics"))
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 
-    return HttpMetricExporter(endpoint=endpoint, certificate_file=_str(options.otlp_certificate),
-                              client_key_file=_str(options.otlp_client_key),
-                              client_certificate_file=_str(options.otlp_client_certificate),
-                              headers=options.otlp_headers or None, timeout=options.otlp_timeout,
-                              session=_http_session())
+    return HttpMetricExporter(**_http_kwargs(options, "metrics"))
 
 
 class _Collect(LogRecordProcessor):

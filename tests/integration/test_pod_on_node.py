@@ -208,9 +208,20 @@ def test_the_rendered_probes_see_the_running_agent(sandbox: Sandbox, workdir: Pa
     with running_pod(ds, objs, sandbox, workdir) as (run, proc, log, stderr_path):
         wait_for("first pass", lambda: bool(log.named("nodeguard.drift.detected", "socket-mode")), proc, stderr_path)
         c = container(ds)
-        for name in ("startupProbe", "livenessProbe", "readinessProbe"):
-            health = subprocess.run(probe_argv(run, c[name]), env=run.env, capture_output=True, text=True,
-                                    timeout=c[name]["timeoutSeconds"] * 3)
+
+        def probe(name: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(probe_argv(run, c[name]), env=run.env, capture_output=True, text=True,
+                                  timeout=c[name]["timeoutSeconds"] * 3)
+
+        # As the kubelet does: the startup probe may fail until the first pass has ended (the drift
+        # event comes mid-pass), within periodSeconds x failureThreshold; then the others must pass.
+        start = c["startupProbe"]
+        deadline = time.monotonic() + min(60, start["periodSeconds"] * start["failureThreshold"])
+        while (health := probe("startupProbe")).returncode != 0:
+            assert time.monotonic() < deadline, f"startupProbe: {health.stdout}{health.stderr}"
+            time.sleep(0.5)
+        for name in ("livenessProbe", "readinessProbe"):
+            health = probe(name)
             assert health.returncode == 0, f"{name}: {health.stdout}{health.stderr}"
 
 
