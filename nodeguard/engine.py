@@ -103,8 +103,9 @@ class Engine:
         known = self.store.load_findings()
         self._baseline = known is not None
         self._known = known or {}
-        self._sweep_temp_files()
-        self._start_watchers()
+        watch_map = self._watch_map()  # watch paths cost a daemon lookup: computed once for both
+        self._sweep_temp_files(watch_map)
+        self._start_watchers(watch_map)
         try:
             self._reconcile(self.controls, startup=True)
             next_resync = time.monotonic() + self.policy.spec.agent.resync_seconds
@@ -394,8 +395,8 @@ class Engine:
             folders.setdefault(self.options.policy_path.absolute().parent, set()).add(POLICY_TARGET)
         return folders
 
-    def _start_watchers(self) -> None:
-        self._folder_watcher = FolderWatcher(self._watch_map())
+    def _start_watchers(self, watch_map: dict[Path, set[str]]) -> None:
+        self._folder_watcher = FolderWatcher(watch_map)
         self._folder_watcher.start(self.trigger)
         for w in self._extra_watchers:
             try:
@@ -418,9 +419,9 @@ class Engine:
         if self._folder_watcher is not None:
             self._folder_watcher.stop()
 
-    def _sweep_temp_files(self) -> None:
+    def _sweep_temp_files(self, watch_map: dict[Path, set[str]]) -> None:
         """Temp files of an agent killed mid-write (SIGKILL) are removed; the target was never touched."""
-        for real in {p for p in self._watch_map() if p.is_dir()}:
+        for real in {p for p in watch_map if p.is_dir()}:
             try:
                 for child in real.iterdir():
                     if child.name.startswith(".") and ".nodeguard-" in child.name and child.name.endswith(".tmp"):
