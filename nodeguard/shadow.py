@@ -14,10 +14,10 @@ import errno
 import fcntl
 import os
 import stat
-import time
 from collections.abc import Collection, Iterator
 
 from nodeguard.host import HostRoot, NotRegularFile, file_kind
+from nodeguard.locking import acquire_by
 
 PWD_LOCK = "/etc/.pwd.lock"
 LOCK_TIMEOUT_S = 15.0  # what lckpwdf() waits
@@ -52,15 +52,10 @@ def _open_lock_file(host: HostRoot) -> int:
 def lckpwdf(host: HostRoot, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     fd = _open_lock_file(host)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN) or time.monotonic() > deadline:
-                    raise LockBusy(errno.EBUSY, f"{PWD_LOCK} is held by another process") from exc
-                time.sleep(0.05)
+        try:
+            acquire_by(lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB), timeout, 0.05)
+        except OSError as exc:
+            raise LockBusy(errno.EBUSY, f"{PWD_LOCK} is held by another process") from exc
         try:
             yield
         finally:

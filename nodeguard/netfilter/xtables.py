@@ -19,16 +19,15 @@ absent instead of being created by the act of looking.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nodeguard.locking import acquire_by
 from nodeguard.netfilter.backend import Backend, BackendError
 from nodeguard.netfilter.model import ChainState, Desired, Family, FirewallState, RuleSpec, normalise_cidr, rules_for
 
@@ -99,16 +98,10 @@ def xtables_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    raise BackendError(f"cannot take {path} within {timeout:.0f}s: another iptables holds it"
-                                       ) from exc
-                time.sleep(0.02)
+        try:
+            acquire_by(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB), timeout, 0.02)
+        except OSError as exc:
+            raise BackendError(f"cannot take {path} within {timeout:.0f}s: another iptables holds it") from exc
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock
