@@ -219,26 +219,36 @@ def test_flapping_backs_off_instead_of_a_hot_loop(sandbox: Sandbox, state_dir: P
             time.sleep(0.05)
 
 
-def test_sigkill_during_a_storm_leaves_no_partial_file(sandbox: Sandbox, state_dir: Path) -> None:
+def test_sigkill_during_a_storm_leaves_no_partial_file(sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
     require_root()
     daemon_json = sandbox.path("/etc/docker/daemon.json")
     daemon_json.write_text(json.dumps(HARDENED))
+    # The flapping back-off is tested on its own; here the agent must keep reverting all the way to
+    # the SIGKILL, so its threshold is out of reach.
+    policy = tmp_path / "storm.yaml"
+    policy.write_text("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  mode: enforce\n"
+                      "  agent:\n    flapping: {threshold: 1000000}\n")
     stop = threading.Event()
 
-    def storm() -> None:  # a tool re-breaking the file every few milliseconds: a storm of reverts
+    def storm() -> None:  # a tool re-breaking the file again and again: a storm of reverts
         i = 0
         while not stop.is_set():
             editor_write(daemon_json, json.dumps({**HARDENED, "icc": True, "labels": [f"n={i}"]}))
             i += 1
-            time.sleep(0.005)
+            # Slow enough that a loaded CI machine still wins some races (a write landing between
+            # the agent's read and its rename is refused, by design, not overwritten).
+            time.sleep(0.03)
 
-    with running_agent(sandbox.root, state_dir, "--mode", "enforce") as agent:
+    # Every revert is its own event here (no folding of repeats), so reverts can be counted.
+    with running_agent(sandbox.root, state_dir, "--policy", str(policy), "--aggregate-seconds", "0") as agent:
         wait_first_pass(state_dir)
         writer = threading.Thread(target=storm)
         writer.start()
         try:
-            agent.wait_for(is_event("nodeguard.drift.reverted", "icc"))
-            time.sleep(0.5)
+            mark = agent.mark()
+            for _ in range(3):  # several reverts in, so the kill lands in the middle of the storm
+                agent.wait_for(is_event("nodeguard.drift.reverted", "icc"), after=mark, timeout=30)
+                mark = agent.mark()
             assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
         finally:
             stop.set()
