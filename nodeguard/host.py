@@ -373,6 +373,10 @@ class HostRoot:
         with self._open_path(host_path, expect) as fd:
             os.chown(f"/proc/self/fd/{fd}", uid, gid)
 
+    def setxattr(self, host_path: str, name: str, value: bytes, *, expect: FileStat | None = None) -> None:
+        with self._open_path(host_path, expect) as fd:
+            os.setxattr(f"/proc/self/fd/{fd}", name, value)
+
     def removexattr(self, host_path: str, name: str, *, expect: FileStat | None = None) -> None:
         with self._open_path(host_path, expect) as fd:
             try:

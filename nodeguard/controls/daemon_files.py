@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nodeguard.controls.base import Context, Control, Outcome
-from nodeguard.controls.socket import ACL_XATTR, AclEntry, parse_acl
 from nodeguard.host import FileStat, HostRoot
 from nodeguard.policy import DaemonFilesPolicy, Policy, file_mode_bits
+from nodeguard.posix_acl import ACL_XATTR, AclEntry, drop_entries, parse_acl
 from nodeguard.structs import Finding, Rule, Severity, Status
 
 
@@ -282,8 +282,7 @@ class DaemonFilesControl(Control):
         if fo is None or fo.stat is None:
             return Outcome(False, False, f"{finding.subject} is gone")
         if finding.rule.endswith("-acl"):
-            ctx.host.removexattr(fo.spec.path, ACL_XATTR, expect=fo.stat)
-            return Outcome(True, True, f"setfacl -b {fo.spec.path}", {"removed": finding.observed})
+            return self._strip_granting_entries(ctx, fo, observed)
         if finding.rule.endswith("-mode"):
             new_mode = fo.stat.mode & fo.spec.max_mode
             ctx.host.chmod(fo.spec.path, new_mode, expect=fo.stat)
@@ -294,3 +293,17 @@ class DaemonFilesControl(Control):
             return Outcome(False, False, f"{fo.spec.owner}:{fo.spec.group} does not exist on this host")
         ctx.host.chown(fo.spec.path, uid, gid, expect=fo.stat)
         return Outcome(True, True, f"chown {fo.spec.owner}:{fo.spec.group} {fo.spec.path}")
+
+    def _strip_granting_entries(self, ctx: Context, fo: FileObservation, observed: DaemonFilesObservation) -> Outcome:
+        """`setfacl -x` of the named entries that grant something; the rest of the ACL is kept as it was."""
+        assert fo.stat is not None
+        blob = ctx.host.getxattr(fo.spec.path, ACL_XATTR)  # fresh: keep what changed since the observation
+        if not blob:
+            return Outcome(False, True, f"{fo.spec.path} has no ACL any more")
+        edit = drop_entries(blob, lambda e: e.perms != 0, mask_cap=(fo.spec.max_mode >> 3) & 0o7)
+        removed = [e.render(observed.uid_names if e.tag == "user" else observed.gid_names) for e in edit.removed]
+        if not removed:
+            return Outcome(False, True, f"{fo.spec.path}: no granting ACL entry left")
+        ctx.host.setxattr(fo.spec.path, ACL_XATTR, edit.blob, expect=fo.stat)
+        return Outcome(True, True, f"removed ACL entries {removed} from {fo.spec.path} (setfacl -x)",
+                       {"removed": list(removed)})

@@ -6,45 +6,37 @@ read from `system.posix_acl_access` itself, never inferred from the mode.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from nodeguard.controls.base import Context, Control, Outcome
 from nodeguard.host import FileStat
 from nodeguard.policy import Policy, SocketPolicy, file_mode_bits
+
+# Re-exported: the ACL format used to live here.
+from nodeguard.posix_acl import ACL_XATTR, AclEntry, drop_entries, parse_acl, perm_bits
 from nodeguard.structs import Finding, Rule, Severity, Status
 
-ACL_XATTR = "system.posix_acl_access"
-_ACL_VERSION = 2
-_TAGS = {0x01: "user_obj", 0x02: "user", 0x04: "group_obj", 0x08: "group", 0x10: "mask", 0x20: "other"}
+__all__ = ["ACL_XATTR", "AclEntry", "SocketControl", "SocketObservation", "acl_entry_allowed", "parse_acl"]
 
 
-@dataclass(frozen=True)
-class AclEntry:
-    tag: str
-    qualifier: int | None
-    perms: int  # rwx bits
+def acl_entry_allowed(entry: AclEntry, allowed_acl: list[str], uid_names: dict[int, str],
+                      gid_names: dict[int, str]) -> bool:
+    """A named entry the policy tolerates: same tag, same user/group (by name or id), no more perms.
 
-    def render(self, names: dict[int, str]) -> str:
-        perm = "".join(c if self.perms & b else "-" for c, b in (("r", 4), ("w", 2), ("x", 1)))
-        who = names.get(self.qualifier, str(self.qualifier)) if self.qualifier is not None else ""
-        return f"{self.tag}:{who}:{perm}"
-
-
-def parse_acl(blob: bytes) -> list[AclEntry]:
-    """The kernel's xattr form: a u32 version, then (u16 tag, u16 perm, u32 id) entries."""
-    if len(blob) < 4 or (len(blob) - 4) % 8:
-        raise ValueError(f"ACL xattr of {len(blob)} bytes is malformed")
-    (version,) = struct.unpack_from("<I", blob, 0)
-    if version != _ACL_VERSION:
-        raise ValueError(f"unknown ACL version {version}")
-    entries = []
-    for off in range(4, len(blob), 8):
-        tag, perm, qual = struct.unpack_from("<HHI", blob, off)
-        name = _TAGS.get(tag, f"tag{tag:#x}")
-        entries.append(AclEntry(name, qual if name in ("user", "group") else None, perm & 0o7))
-    return entries
+    Base entries (owner, owning group, other, mask) are the mode, judged by `socket-mode`; a named
+    entry with no permissions grants nothing.
+    """
+    if entry.tag not in ("user", "group") or entry.perms == 0:
+        return True
+    names = uid_names if entry.tag == "user" else gid_names
+    # Named entries always carry an id; uid/gid 0 is one (never read it as "no qualifier").
+    qualifier = -1 if entry.qualifier is None else entry.qualifier
+    for a in allowed_acl:
+        tag, who, perms = a.split(":")
+        if tag == entry.tag and who in (names.get(qualifier), str(qualifier)) and entry.perms & ~perm_bits(perms) == 0:
+            return True
+    return False
 
 
 @dataclass
@@ -97,24 +89,8 @@ class SocketControl(Control):
             {u.uid: u.name for u in acc.users.values()}, {g.gid: g.name for g in acc.groups.values()})
 
     def _bad_acl(self, obs: SocketObservation, s: SocketPolicy) -> list[str]:
-        bad = []
-        for entry in obs.acl or []:
-            if entry.tag not in ("user", "group") or entry.perms == 0:
-                continue
-            names = obs.uid_names if entry.tag == "user" else obs.gid_names
-            text = entry.render(names)
-            # Named entries always carry an id; uid/gid 0 is one (never read it as "no qualifier").
-            qualifier = -1 if entry.qualifier is None else entry.qualifier
-            allowed = False
-            for a in s.allowed_acl:
-                tag, who, perms = a.split(":")
-                want = sum(b for c, b in (("r", 4), ("w", 2), ("x", 1)) if c in perms)
-                if tag == entry.tag and who in (names.get(qualifier), str(qualifier)) \
-                        and entry.perms & ~want == 0:
-                    allowed = True
-            if not allowed:
-                bad.append(text)
-        return bad
+        return [e.render(obs.uid_names if e.tag == "user" else obs.gid_names) for e in obs.acl or []
+                if not acl_entry_allowed(e, s.allowed_acl, obs.uid_names, obs.gid_names)]
 
     def evaluate(self, observed: SocketObservation, policy: Policy) -> list[Finding]:
         s = self._settings(policy)
@@ -170,10 +146,24 @@ class SocketControl(Control):
             ctx.host.chown(observed.path, observed.want_uid, observed.want_gid, expect=st)
             return Outcome(True, True, f"chown {s.owner}:{s.group} {observed.path}")
         if finding.rule == "socket-acl":
-            # Removing the access ACL leaves the mode's group bits as the ACL mask was; re-apply
-            # the mode so the result is exactly owner/group/other again.
-            ctx.host.removexattr(observed.path, ACL_XATTR, expect=st)
-            ctx.host.chmod(observed.path, st.mode & file_mode_bits(s.file_mode), expect=st)
-            return Outcome(True, True, f"removed ACL entries from {observed.path}",
-                           {"removed": finding.observed})
+            return self._strip_forbidden(ctx, observed, s)
         return super().remediate(ctx, finding, observed)
+
+    def _strip_forbidden(self, ctx: Context, obs: SocketObservation, s: SocketPolicy) -> Outcome:
+        """`setfacl -x` of exactly the forbidden entries: allowed ones stay byte-identical.
+
+        The xattr is read again here, not taken from the observation: an entry an admin added
+        since the pass observed must survive too (it is judged on the next pass).
+        """
+        blob = ctx.host.getxattr(obs.path, ACL_XATTR)
+        if not blob:
+            return Outcome(False, True, f"{obs.path} has no ACL any more")
+        edit = drop_entries(blob, lambda e: not acl_entry_allowed(e, s.allowed_acl, obs.uid_names, obs.gid_names),
+                            mask_cap=(file_mode_bits(s.file_mode) >> 3) & 0o7)
+        removed = [e.render(obs.uid_names if e.tag == "user" else obs.gid_names) for e in edit.removed]
+        if not removed:
+            return Outcome(False, True, f"{obs.path}: no forbidden ACL entry left")
+        # The kernel sets the mode's group bits from the new mask.
+        ctx.host.setxattr(obs.path, ACL_XATTR, edit.blob, expect=obs.stat)
+        return Outcome(True, True, f"removed ACL entries {removed} from {obs.path} (setfacl -x)",
+                       {"removed": list(removed)})

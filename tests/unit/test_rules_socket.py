@@ -7,7 +7,9 @@ import socket
 import struct
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +158,129 @@ def test_an_unreadable_acl_fails_pure() -> None:
     f = one(CTL.evaluate(obs, policy_from()), "socket-acl")
     assert f.status is Status.FAIL
     assert "malformed" in f.message
+
+
+# -- enforcing: `setfacl -x` of exactly the forbidden entries ------------------------------------
+
+
+def getfacl(path: Path) -> str:
+    require_tool("getfacl")
+    out = subprocess.run(["getfacl", "-n", "--omit-header", str(path)], check=True, capture_output=True, text=True)
+    return out.stdout
+
+
+@contextmanager
+def twin_socket(sandbox: Sandbox, name: str) -> Iterator[Path]:
+    path = sandbox.path(f"/run/{name}")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    os.chown(path, 0, DOCKER_GID)
+    path.chmod(0o660)
+    try:
+        yield path
+    finally:
+        s.close()
+
+
+def enforce_acl(sandbox: Sandbox, policy_text: str) -> tuple[Finding, Any]:
+    from tests.support.rules import context
+
+    ctx = context(sandbox, policy_from(policy_text))
+    obs = CTL.observe(ctx)
+    f = one(CTL.evaluate(obs, ctx.policy), "socket-acl")
+    assert f.status is Status.FAIL
+    return f, CTL.remediate(ctx, f, obs)
+
+
+ALLOW_BOB = "spec: {controls: {socket: {allowedAcl: ['user:bob:rw-']}}}"
+ALLOW_BOB_AND_DOCKER = "spec: {controls: {socket: {allowedAcl: ['user:bob:rw-', 'group:docker:rw-']}}}"
+
+
+@pytest.mark.parametrize("grants", [f"u:{BOB_UID}:rw-,u:4242:rw", f"u:{BOB_UID}:rw-,u:4242:rwx,g:1002:r",
+                                    f"g:{DOCKER_GID}:rw,u:{BOB_UID}:r--,u:4242:rw"])
+def test_enforce_removes_only_the_forbidden_entries_like_setfacl_x(sandbox: Sandbox, sock: Path, grants: str) -> None:
+    """bob's allowed entry survives byte for byte; the result equals `setfacl -x` on a twin socket."""
+    setfacl(sock, "-m", grants)
+    with twin_socket(sandbox, "twin.sock") as twin:
+        setfacl(twin, "-m", grants)
+        before = parse_acl(os.getxattr(sock, ACL_XATTR))
+        f, outcome = enforce_acl(sandbox, ALLOW_BOB_AND_DOCKER)
+        forbidden = [g for g in grants.split(",") if not g.startswith((f"u:{BOB_UID}:", f"g:{DOCKER_GID}:"))]
+        # The oracle: setfacl -x of the forbidden entries, which recomputes the mask.
+        setfacl(twin, "-x", ",".join(g.rsplit(":", 1)[0] for g in forbidden))
+        assert outcome.ok and outcome.changed
+        assert getfacl(sock) == getfacl(twin)
+        assert sock.stat().st_mode & 0o7777 == twin.stat().st_mode & 0o7777
+        after = parse_acl(os.getxattr(sock, ACL_XATTR))
+        kept = [e for e in before if e.tag in ("user", "group") and e.qualifier in (BOB_UID, DOCKER_GID)]
+        assert [e for e in after if e.tag in ("user", "group")] == kept  # allowed entries unchanged
+        # The event lists exactly what went, and nothing else.
+        assert sorted(outcome.details["removed"]) == sorted(f.observed)
+        assert len(outcome.details["removed"]) == len(forbidden)
+        assert one(run(CTL, sandbox, policy_from(ALLOW_BOB_AND_DOCKER)), "socket-acl").status is Status.PASS
+
+
+def test_allowed_entry_records_stay_byte_identical(sandbox: Sandbox, sock: Path) -> None:
+    setfacl(sock, "-m", f"u:{BOB_UID}:rw-,u:4242:rw")
+    bob_record = _record(os.getxattr(sock, ACL_XATTR), tag=0x02, qualifier=BOB_UID)
+    f, outcome = enforce_acl(sandbox, ALLOW_BOB)
+    assert outcome.details["removed"] == ["user:4242:rw-"] == f.observed
+    blob = os.getxattr(sock, ACL_XATTR)
+    assert _record(blob, tag=0x02, qualifier=BOB_UID) == bob_record
+    assert _record(blob, tag=0x02, qualifier=4242) is None
+    assert "user:1001:rw-" in getfacl(sock) and "4242" not in getfacl(sock)
+
+
+def _record(blob: bytes, *, tag: int, qualifier: int) -> bytes | None:
+    for off in range(4, len(blob), 8):
+        t, _, q = struct.unpack_from("<HHI", blob, off)
+        if (t, q) == (tag, qualifier):
+            return blob[off:off + 8]
+    return None
+
+
+def test_without_allowed_entries_every_granting_entry_goes_and_the_mask_stays_like_setfacl(
+        sandbox: Sandbox, sock: Path) -> None:
+    setfacl(sock, "-m", f"u:{BOB_UID}:rw,u:4242:---")
+    with twin_socket(sandbox, "twin.sock") as twin:
+        setfacl(twin, "-m", f"u:{BOB_UID}:rw,u:4242:---")
+        _, outcome = enforce_acl(sandbox, "spec: {}")
+        setfacl(twin, "-x", f"u:{BOB_UID}")  # an entry with no permissions grants nothing: kept
+        assert outcome.details["removed"] == ["user:bob:rw-"]
+        assert getfacl(sock) == getfacl(twin)
+
+
+def test_the_mask_never_widens_the_mode_beyond_the_policy(sandbox: Sandbox, sock: Path) -> None:
+    # group::rwx behind a mask of rw- (chmod 0660 after the ACL): setfacl -x alone would write
+    # mask rwx and make the socket 0670; the revert keeps the policy's 0660.
+    setfacl(sock, "-m", "g::rwx,u:4242:rw")
+    sock.chmod(0o660)
+    _, outcome = enforce_acl(sandbox, "spec: {}")
+    assert outcome.details["removed"] == ["user:4242:rw-"]
+    assert sock.stat().st_mode & 0o7777 == 0o660
+    assert "mask::rw-" in getfacl(sock)
+    assert one(run(CTL, sandbox), "socket-mode").status is Status.PASS
+
+
+def test_containerd_socket_acl_revert_is_setfacl_x_of_the_granting_entries(sandbox: Sandbox) -> None:
+    """containerd.sock has no allow-list: every named entry that grants something goes, the rest stays."""
+    from nodeguard.controls.daemon_files import DaemonFilesControl
+    from tests.support.rules import context
+
+    files = DaemonFilesControl()
+    sandbox.path("/run/containerd").mkdir(parents=True)
+    with twin_socket(sandbox, "containerd/containerd.sock") as real, twin_socket(sandbox, "twin.sock") as twin:
+        grants = f"u:{BOB_UID}:rw,g:1002:r,u:4242:---"
+        setfacl(real, "-m", grants)
+        setfacl(twin, "-m", grants)
+        ctx = context(sandbox, policy_from())
+        obs = files.observe(ctx)
+        f = one(files.evaluate(obs, ctx.policy), "containerd-sock-acl")
+        assert (f.status, f.observed) == (Status.FAIL, ["user:bob:rw-", "group:bobby:r--"])
+        outcome = files.remediate(ctx, f, obs)
+        setfacl(twin, "-x", f"u:{BOB_UID},g:1002")
+        assert outcome.ok and outcome.changed
+        assert outcome.details["removed"] == f.observed
+        assert getfacl(real) == getfacl(twin)  # 4242's empty entry and the recomputed mask, as setfacl leaves them
+        assert "user:4242:---" in getfacl(real)
+        assert one(run(files, sandbox), "containerd-sock-acl").status is Status.PASS
