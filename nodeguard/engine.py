@@ -345,6 +345,7 @@ class Engine:
         digest = hashlib.sha256(self._policy_raw or b"").hexdigest()
         return lifecycle_event(EventName.POLICY_LOADED, f"policy {self.policy.metadata.name} in force",
                                policy_name=self.policy.metadata.name, policy_sha256=digest,
+                               policy_labels=[f"{k}={v}" for k, v in sorted(self.policy.metadata.labels.items())],
                                policy_source=str(self.options.policy_path or "<embedded default>"),
                                mode=self.policy.spec.mode.value)
 

@@ -1,8 +1,10 @@
 """The policy: a versioned YAML document, validated by pydantic, merged over the embedded default.
 
-A user's file names only what it changes. It is deep-merged over the embedded default
-(`config/policy.yaml`, shipped as `nodeguard/data/policy.yaml`): mappings merge key by key, lists
-replace. Errors name the file, the line and the field, so `nodeguard policy validate` can tell an
+A user's file names `apiVersion` and `kind`, then only what it changes. It is deep-merged over the
+embedded default (`config/policy.yaml`, shipped as `nodeguard/data/policy.yaml`): mappings merge
+key by key, lists replace. An empty document or one without the header is refused, never read as
+"the default" (a file caught mid-write must not replace the policy in force). Every number has a
+range. Errors name the file, the line and the field, so `nodeguard policy validate` can tell an
 operator exactly what to fix.
 """
 
@@ -20,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -35,6 +38,10 @@ API_VERSION = "nodeguard.io/v1alpha1"
 KIND = "NodeGuardPolicy"
 # A policy larger than this is refused before parsing: a ConfigMap holds at most 1 MiB anyway.
 MAX_POLICY_BYTES = 1024 * 1024
+
+RESTART_REFUSED = ("true is not supported: nodeguard never restarts dockerd. A revert of a key that needs a "
+                   "restart is reported as restart_required; restart dockerd through its service manager "
+                   "yourself (systemctl restart docker). Remove the key or set it to false")
 
 _OCTAL_MODE = re.compile(r"^0?[0-7]{3,4}$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
@@ -71,8 +78,17 @@ def _mode_is_text(value: object) -> object:
     return value
 
 
+def _mode_is_permissions(value: str) -> str:
+    # The most permissive mode allowed: setuid, setgid and sticky bits in it would let a file carry
+    # them unreported, and "7777" allows every bit, which quietly turns the mode rule off.
+    if int(value, 8) > 0o777:
+        raise ValueError(f"{value!r} is wider than 0777: setuid, setgid and sticky bits are never allowed")
+    return value
+
+
 FileMode = Annotated[str, BeforeValidator(_mode_is_text),
-                     Field(pattern=_OCTAL_MODE.pattern, description='octal, quoted: "0660"')]
+                     Field(pattern=_OCTAL_MODE.pattern, description='octal, quoted: "0660"'),
+                     AfterValidator(_mode_is_permissions)]
 
 
 class _PolicyLoader(yaml.SafeLoader):
@@ -159,8 +175,9 @@ class ControlPolicy(_Strict):
 
 
 class LogRotation(_Strict):
-    max_size: str = Field(default="10m", alias="maxSize", pattern=r"^[0-9]+[kmg]?$")
-    max_file: str = Field(default="3", alias="maxFile", pattern=r"^[0-9]+$")
+    # Numbers written the way dockerd's json-file driver reads them; max-file below 1 stops dockerd.
+    max_size: str = Field(default="10m", alias="maxSize", pattern=r"^[1-9][0-9]{0,9}[kmg]?$")
+    max_file: str = Field(default="3", alias="maxFile", pattern=r"^[1-9][0-9]{0,3}$")
 
 
 class DaemonConfigPolicy(ControlPolicy):
@@ -170,8 +187,20 @@ class DaemonConfigPolicy(ControlPolicy):
     log_level: str = Field(default="info", alias="logLevel")
     # CIS 2.10: a cgroup-parent other than the default is a finding unless confirmed here.
     allowed_cgroup_parents: list[str] = Field(default_factory=list, alias="allowedCgroupParents")
-    # A revert never restarts dockerd unless this says so; it reports "restart required" instead.
+    # A revert never restarts dockerd: a key that needs a restart is reported as "restart required".
+    # `true` is refused (see _no_restart): kept in the schema so existing files keep validating.
     restart_daemon: bool = Field(default=False, alias="restartDaemon")
+
+    @field_validator("restart_daemon")
+    @classmethod
+    def _no_restart(cls, value: bool) -> bool:
+        # Restarting dockerd safely means asking the host's service manager (systemd's RestartUnit
+        # over the system D-Bus), checking the file loads first, rate-limiting, and live-restore;
+        # none of that can be tested against a real service manager where nodeguard is built, so
+        # it is not offered rather than offered untested.
+        if value:
+            raise ValueError(RESTART_REFUSED)
+        return value
 
 
 class FileRequirement(_Strict):
@@ -306,7 +335,7 @@ class RuntimePolicy(ControlPolicy):
     allowed_capabilities: list[str] = Field(default_factory=list, alias="allowedCapabilities")
     # Per-user daemons outside the policy's reach (rootless Docker).
     rootless_sockets: str = Field(default="/run/user/*/docker.sock", alias="rootlessSockets")
-    timeout_seconds: float = Field(default=10.0, gt=0, le=300, alias="timeoutSeconds")
+    timeout_seconds: float = Field(default=10.0, ge=0.1, le=300, allow_inf_nan=False, alias="timeoutSeconds")
 
     _names = field_validator("allowed_privileged", "allowed_socket_mounts", "allowed_sensitive_mounts",
                              "allowed_host_namespaces")(_container_names)
@@ -329,8 +358,8 @@ class HostPolicy(ControlPolicy):
     """Host-side checks: the daemon's TLS material, sshd, the data root's block device."""
 
     cert_expiry_warn_days: int = Field(default=30, ge=0, le=3650, alias="certExpiryWarnDays")
-    min_rsa_bits: int = Field(default=2048, ge=1024, alias="minRsaBits")
-    min_ec_bits: int = Field(default=256, ge=160, alias="minEcBits")
+    min_rsa_bits: int = Field(default=2048, ge=1024, le=16384, alias="minRsaBits")
+    min_ec_bits: int = Field(default=256, ge=160, le=571, alias="minEcBits")
     sshd_config: str = Field(default="/etc/ssh/sshd_config", alias="sshdConfig")
     # PermitRootLogin values accepted (without-password is the old name of prohibit-password).
     permit_root_login: list[str] = Field(default_factory=lambda: ["no", "prohibit-password", "without-password"],
@@ -356,14 +385,20 @@ class DaemonLocation(_Strict):
     pid_file: str = Field(default="/var/run/docker.pid", alias="pidFile")
 
 
+# Every number has a range (issue 17): a value outside it is refused with its line by `policy
+# validate` and by a reload (which keeps the last good policy), instead of an OverflowError in the
+# agent's loop (`resyncSeconds: 1e10`) or a rule quietly turned off. NaN and infinity are refused.
+DAY_S = 86_400.0
+
+
 class Flapping(_Strict):
-    threshold: int = Field(default=5, ge=1, description="reverts of one finding within the window")
-    window_seconds: float = Field(default=60.0, gt=0, alias="windowSeconds")
-    max_backoff_seconds: float = Field(default=300.0, gt=0, alias="maxBackoffSeconds")
+    threshold: int = Field(default=5, ge=1, le=1000, description="reverts of one finding within the window")
+    window_seconds: float = Field(default=60.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="windowSeconds")
+    max_backoff_seconds: float = Field(default=300.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="maxBackoffSeconds")
 
 
 class AgentSettings(_Strict):
-    resync_seconds: float = Field(default=60.0, gt=0, alias="resyncSeconds")
+    resync_seconds: float = Field(default=60.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="resyncSeconds")
     coalesce_ms: int = Field(default=5, ge=0, le=5000, alias="coalesceMs")
     flapping: Flapping = Field(default_factory=Flapping)
 
@@ -479,9 +514,17 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     except RecursionError:
         raise PolicyError(source, [(None, "", "YAML nested too deeply")]) from None
     if data is None:
-        data = {}
+        # An empty file is what a reader sees in the middle of `cat new > policy.yaml` (truncate,
+        # then write): refusing it keeps the last good policy instead of the embedded default.
+        raise PolicyError(source, [(None, "", f"empty document: a policy names at least `apiVersion: {API_VERSION}` "
+                                              f"and `kind: {KIND}` (no --policy at all means the embedded default)")])
     if not isinstance(data, dict):
         raise PolicyError(source, [(1, "", f"must be a mapping, got {type(data).__name__}")])
+    missing = [key for key in ("apiVersion", "kind") if key not in data]
+    if missing:
+        # A document cut short (or a fragment) is never merged over the default as if it were whole.
+        raise PolicyError(source, [(1, key, f"missing: a policy document names `apiVersion: {API_VERSION}` and "
+                                            f"`kind: {KIND}` (is the file complete?)") for key in missing])
     default = yaml.load(default_policy_text(), Loader=_PolicyLoader)  # noqa: S506 (a SafeLoader subclass)
     merged = _deep_merge(default, data)
     try:

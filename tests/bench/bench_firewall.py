@@ -47,6 +47,8 @@ TAMPER = {
     "iptables-nft": ["iptables-nft", "-F", "NODEGUARD"],
 }
 POLICY = """
+apiVersion: nodeguard.io/v1alpha1
+kind: NodeGuardPolicy
 spec:
   mode: enforce
   controls:

@@ -51,6 +51,7 @@ with contextlib.suppress(Exception):
     import iptc  # noqa: F401
 
 BACKENDS = ["nftables", "iptables-legacy"]
+POLICY_HEAD = {"apiVersion": "nodeguard.io/v1alpha1", "kind": "NodeGuardPolicy"}
 
 
 @dataclass
@@ -66,7 +67,8 @@ class Lab:
             {"port": 2375, "allow": [], "action": "drop"},
         ]
         path = self.sb.root / f"policy-{backend}-{len(ports)}.yaml"
-        path.write_text(json.dumps({"spec": {"controls": {"firewall": {"backend": backend, "ports": ports}}}}))
+        path.write_text(json.dumps({**POLICY_HEAD,
+                                    "spec": {"controls": {"firewall": {"backend": backend, "ports": ports}}}}))
         return path
 
     def fwpass(self, backend: str, mode: str, policy: Path | None = None) -> dict[str, Any]:
@@ -350,7 +352,7 @@ def test_the_agent_keeps_the_rules_and_leaves_them_when_it_stops(lab: Lab, tmp_p
 
     lab.remove()
     policy = tmp_path / "agent-policy.yaml"
-    policy.write_text(json.dumps({"spec": {
+    policy.write_text(json.dumps({**POLICY_HEAD, "spec": {
         "mode": "observe", "agent": {"resyncSeconds": 1},
         "controls": {"firewall": {"mode": "enforce", "backend": "nftables", "ports": [
             {"port": 2376, "allow": list(lab.topo.allowed_cidrs)}, {"port": 2375, "allow": []}]}}}}))

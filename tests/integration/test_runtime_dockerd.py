@@ -114,7 +114,8 @@ def test_each_container_is_reported_for_what_it_does(fleet: Fleet) -> None:
 
 
 def test_allow_lists_match_whole_container_names(fleet: Fleet) -> None:
-    policy = parse_policy(json.dumps({"spec": {"controls": {"runtime": {
+    policy = parse_policy(json.dumps({"apiVersion": "nodeguard.io/v1alpha1", "kind": "NodeGuardPolicy",
+                                      "spec": {"controls": {"runtime": {
         "allowedPrivileged": ["priv"], "allowedSocketMounts": ["sock-rel", "sock"],
         "allowedHostNamespaces": ["pid-host"], "allowedCapabilities": ["cap_sys_admin"],
         "minEngineVersion": "99.0"}}}}))

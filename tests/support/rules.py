@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,14 @@ from tests.support.sandbox import Sandbox
 EMPTY_PROC = Path("/nonexistent-proc")
 
 
+POLICY_HEADER = "apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\n"
+
+
 def policy_from(text: str | None = None) -> Policy:
-    """The embedded default, or `text` (a partial policy) merged over it."""
-    return load_policy() if text is None else parse_policy(text, "<test>")
+    """The embedded default, or `text` (a partial policy; the header is added) merged over it."""
+    if text is None:
+        return load_policy()
+    return parse_policy(text if "apiVersion" in text else POLICY_HEADER + textwrap.dedent(text), "<test>")
 
 
 def context(sb: Sandbox | Path, policy: Policy | None = None) -> Context:

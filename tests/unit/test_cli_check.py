@@ -10,6 +10,7 @@ import pytest
 from tests.support.cli import check_json, run_nodeguard
 from tests.support.sandbox import DOCKER_GID, Sandbox
 
+HEAD = "apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\n"
 FINDING_KEYS = {"control", "rule", "cis", "status", "severity", "observed", "expected", "path"}
 
 
@@ -55,7 +56,7 @@ def test_exit_1_when_a_rule_fails(sandbox: Sandbox) -> None:
 def test_a_rule_switched_off_is_a_skip_not_a_failure(sandbox: Sandbox, tmp_path: Path) -> None:
     add_member(sandbox, "bob")
     pol = tmp_path / "p.yaml"
-    pol.write_text("spec:\n  controls:\n    dockerGroup:\n      rules:\n        member-allowed: off\n")
+    pol.write_text(HEAD + "spec:\n  controls:\n    dockerGroup:\n      rules:\n        member-allowed: off\n")
     rc, report = check_json(sandbox.root, "--only", "docker-group", "--policy", str(pol))
     assert rc == 0
     bob = next(f for f in report["findings"] if f["subject"] == "bob")
@@ -65,7 +66,7 @@ def test_a_rule_switched_off_is_a_skip_not_a_failure(sandbox: Sandbox, tmp_path:
 def test_a_control_switched_off(sandbox: Sandbox, tmp_path: Path) -> None:
     add_member(sandbox, "bob")
     pol = tmp_path / "p.yaml"
-    pol.write_text("spec:\n  controls:\n    dockerGroup:\n      mode: off\n")
+    pol.write_text(HEAD + "spec:\n  controls:\n    dockerGroup:\n      mode: off\n")
     _, report = check_json(sandbox.root, "--policy", str(pol))
     assert "docker-group" not in {f["control"] for f in report["findings"]}
     # Named with --only, it runs, and every rule says it is off.
@@ -76,10 +77,10 @@ def test_a_control_switched_off(sandbox: Sandbox, tmp_path: Path) -> None:
 
 def test_exit_2_on_a_bad_policy(sandbox: Sandbox, tmp_path: Path) -> None:
     pol = tmp_path / "bad.yaml"
-    pol.write_text("spec:\n  mode: enforcing\n")
+    pol.write_text(HEAD + "spec:\n  mode: enforcing\n")
     proc = run_nodeguard("check", "--host-root", str(sandbox.root), "--policy", str(pol))
     assert proc.returncode == 2
-    assert f"{pol}:2: spec.mode:" in proc.stderr
+    assert f"{pol}:4: spec.mode:" in proc.stderr
     assert proc.stdout == ""
 
 

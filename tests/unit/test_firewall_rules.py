@@ -20,8 +20,11 @@ from nodeguard.netfilter.select import Selection, writes_refused
 from nodeguard.netfilter.xtables import XtablesLegacyBackend
 from nodeguard.netfilter.xtables_nft import parse_rule_line, render_rule_line
 from nodeguard.policy import FirewallPolicy, Policy, parse_policy
+from tests.support.rules import POLICY_HEADER
 
 POLICY = """
+apiVersion: nodeguard.io/v1alpha1
+kind: NodeGuardPolicy
 spec:
   controls:
     firewall:
@@ -32,7 +35,7 @@ spec:
 
 
 def policy(text: str = POLICY) -> Policy:
-    return parse_policy(text)
+    return parse_policy(text if "apiVersion" in text else POLICY_HEADER + text)
 
 
 def fw(p: Policy) -> FirewallPolicy:

@@ -27,7 +27,8 @@ MOUNTINFO = """\
 
 def data_root_finding(sb: Sandbox, mountinfo: str | None = "/fake/mountinfo") -> Finding:
     layout = {"hostLayout": {"mountinfo": mountinfo}} if mountinfo else {}
-    policy = parse_policy(json.dumps({"spec": {"controls": layout}}))
+    policy = parse_policy(json.dumps({"apiVersion": "nodeguard.io/v1alpha1", "kind": "NodeGuardPolicy",
+                                       "spec": {"controls": layout}}))
     ctx = Context(HostRoot(sb.root), policy)
     control = HostControl()
     return next(f for f in control.evaluate(control.observe(ctx), policy) if f.rule == "data-root-encrypted")
