@@ -300,7 +300,10 @@ class DaemonFilesControl(Control):
         blob = ctx.host.getxattr(fo.spec.path, ACL_XATTR)  # fresh: keep what changed since the observation
         if not blob:
             return Outcome(False, True, f"{fo.spec.path} has no ACL any more")
-        edit = drop_entries(blob, lambda e: e.perms != 0, mask_cap=(fo.spec.max_mode >> 3) & 0o7)
+        try:
+            edit = drop_entries(blob, lambda e: e.perms != 0, mask_cap=(fo.spec.max_mode >> 3) & 0o7)
+        except ValueError as exc:  # the kernel validates ACLs, so this is not one: leave it to a human
+            return Outcome(False, False, f"{fo.spec.path}: ACL not understood, not touched: {exc}")
         removed = [e.render(observed.uid_names if e.tag == "user" else observed.gid_names) for e in edit.removed]
         if not removed:
             return Outcome(False, True, f"{fo.spec.path}: no granting ACL entry left")

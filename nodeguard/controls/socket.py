@@ -158,8 +158,11 @@ class SocketControl(Control):
         blob = ctx.host.getxattr(obs.path, ACL_XATTR)
         if not blob:
             return Outcome(False, True, f"{obs.path} has no ACL any more")
-        edit = drop_entries(blob, lambda e: not acl_entry_allowed(e, s.allowed_acl, obs.uid_names, obs.gid_names),
-                            mask_cap=(file_mode_bits(s.file_mode) >> 3) & 0o7)
+        try:
+            edit = drop_entries(blob, lambda e: not acl_entry_allowed(e, s.allowed_acl, obs.uid_names, obs.gid_names),
+                                mask_cap=(file_mode_bits(s.file_mode) >> 3) & 0o7)
+        except ValueError as exc:  # the kernel validates ACLs, so this is not one: leave it to a human
+            return Outcome(False, False, f"{obs.path}: ACL not understood, not touched: {exc}")
         removed = [e.render(obs.uid_names if e.tag == "user" else obs.gid_names) for e in edit.removed]
         if not removed:
             return Outcome(False, True, f"{obs.path}: no forbidden ACL entry left")

@@ -284,3 +284,31 @@ def test_containerd_socket_acl_revert_is_setfacl_x_of_the_granting_entries(sandb
         assert getfacl(real) == getfacl(twin)  # 4242's empty entry and the recomputed mask, as setfacl leaves them
         assert "user:4242:---" in getfacl(real)
         assert one(run(files, sandbox), "containerd-sock-acl").status is Status.PASS
+
+
+def _blob(*entries: tuple[int, int, int]) -> bytes:
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+UNDEF = 0xFFFFFFFF
+
+
+def test_drop_entries_pure_keeps_records_and_recomputes_the_mask() -> None:
+    from nodeguard.posix_acl import drop_entries
+
+    blob = _blob((0x01, 6, UNDEF), (0x02, 6, BOB_UID), (0x02, 7, 4242), (0x04, 4, UNDEF), (0x08, 1, 1002),
+                 (0x10, 7, UNDEF), (0x20, 0, UNDEF))
+    edit = drop_entries(blob, lambda e: e.qualifier == 4242)
+    assert [(e.tag, e.qualifier) for e in edit.removed] == [("user", 4242)]
+    assert edit.mask == 0o7  # bob rw- | group r-- | group 1002 --x
+    assert edit.blob == _blob((0x01, 6, UNDEF), (0x02, 6, BOB_UID), (0x04, 4, UNDEF), (0x08, 1, 1002),
+                              (0x10, 7, UNDEF), (0x20, 0, UNDEF))
+    capped = drop_entries(blob, lambda e: e.qualifier == 4242, mask_cap=0o6)
+    assert capped.mask == 0o6 and capped.blob[-16:-8] == struct.pack("<HHI", 0x10, 6, UNDEF)
+    # Nothing forbidden and the mask already the union: the very same bytes.
+    same = _blob((0x01, 6, UNDEF), (0x02, 6, BOB_UID), (0x04, 4, UNDEF), (0x10, 6, UNDEF), (0x20, 0, UNDEF))
+    assert drop_entries(same, lambda e: False).blob == same
+    # The base entries are the mode: never removed, whatever the predicate says.
+    assert drop_entries(same, lambda e: True).removed == [AclEntry("user", BOB_UID, 6)]
+    with pytest.raises(ValueError):
+        drop_entries(blob[:-3], lambda e: True)
