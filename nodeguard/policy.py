@@ -392,7 +392,8 @@ DAY_S = 86_400.0
 
 
 class Flapping(_Strict):
-    threshold: int = Field(default=5, ge=1, le=1000, description="reverts of one finding within the window")
+    # A threshold out of reach (1000000) is how a benchmark or a noisy host switches flapping off.
+    threshold: int = Field(default=5, ge=1, le=1_000_000, description="reverts of one finding within the window")
     window_seconds: float = Field(default=60.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="windowSeconds")
     max_backoff_seconds: float = Field(default=300.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="maxBackoffSeconds")
 

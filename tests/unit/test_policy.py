@@ -289,7 +289,7 @@ OUT_OF_RANGE = {
     "resync-nan": ("spec:\n  agent:\n    resyncSeconds: .nan\n", 3, "spec.agent.resyncSeconds"),
     "resync-inf": ("spec:\n  agent:\n    resyncSeconds: .inf\n", 3, "spec.agent.resyncSeconds"),
     "coalesce": ("spec:\n  agent:\n    coalesceMs: 60000\n", 3, "spec.agent.coalesceMs"),
-    "flap-threshold": ("spec:\n  agent:\n    flapping:\n      threshold: 100000\n", 4,
+    "flap-threshold": ("spec:\n  agent:\n    flapping:\n      threshold: 10000000\n", 4,
                        "spec.agent.flapping.threshold"),
     "flap-window": ("spec:\n  agent:\n    flapping:\n      windowSeconds: 1e9\n", 4,
                     "spec.agent.flapping.windowSeconds"),
