@@ -350,8 +350,10 @@ def test_a_reload_with_an_out_of_range_value_keeps_the_last_good_policy(sandbox:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     engine = Engine(EngineOptions(HostRoot(sandbox.root), state, policy_path=path), good, ListSink(), controls=[])
-    for bad in ("spec: {agent: {resyncSeconds: 1e10}}", 'spec: {controls: {socket: {fileMode: "7777"}}}', ""):
-        path.write_text(with_head(bad) if bad else "")  # "" is the truncated file a reader sees mid-write
+    for bad in (HEAD + "spec: {agent: {resyncSeconds: 1e10}}", HEAD + 'spec: {controls: {socket: {fileMode: "7777"}}}',
+                HEAD + "spec: {controls: {daemonConfig: {restartDaemon: true}}}", "kind: NodeGuardPolicy\n",
+                ""):  # "" is the truncated file a reader sees mid-write
+        path.write_text(bad)
         assert engine._reload_policy() is False
         assert engine.policy == good
         rejected = [e for e in events if e.name is EventName.POLICY_REJECTED]
