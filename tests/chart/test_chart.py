@@ -183,6 +183,33 @@ def test_changing_mode_or_policy_does_not_restart_a_pod() -> None:
     assert one(before, "ConfigMap") != one(after, "ConfigMap")
 
 
+# Each Kubernetes API call nodeguard/kube.py makes, and the RBAC rule it needs: (resource, verb).
+API_CALL_RBAC = {
+    "read_node": ("nodes", "get"),
+    "patch_node_status": ("nodes/status", "patch"),
+    "create_namespaced_event": ("events", "create"),
+    "patch_namespaced_event": ("events", "patch"),
+}
+
+
+def test_every_api_call_of_the_agent_has_its_rule_and_no_rule_lacks_a_call() -> None:
+    """Read from kube.py's source: a new API call without RBAC, or RBAC left for a removed call, fails."""
+    import ast
+    import inspect
+
+    import nodeguard.kube
+
+    tree = ast.parse(inspect.getsource(nodeguard.kube))
+    calls = {node.func.attr for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "api"}
+    assert calls == set(API_CALL_RBAC)
+    objs = objects()
+    granted = {(res, verb) for role in (one(objs, "ClusterRole"), one(objs, "Role", "-events"))
+               for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
+    assert granted == set(API_CALL_RBAC.values())
+
+
 def test_rbac_allows_only_what_the_cluster_view_calls() -> None:
     objs = objects()
     role = one(objs, "ClusterRole")
