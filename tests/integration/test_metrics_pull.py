@@ -89,7 +89,10 @@ def test_open_drift_gauge_goes_from_one_to_zero_when_the_agent_reverts(sandbox: 
         os.chown(sock_path, 0, DOCKER_GID)
         sock_path.chmod(0o660)
         with running_agent(sandbox.root, tmp_path / "state", "--policy", str(policy),
-                           "--metrics-bind-address", f"127.0.0.1:{PORT}", netns=netns,
+                           "--metrics-bind-address", f"127.0.0.1:{PORT}",
+                           # A collector that is down (nothing listens in the namespace): export failures.
+                           "--otlp-endpoint", "http://127.0.0.1:4318", "--otlp-protocol", "http/protobuf",
+                           "--otlp-timeout", "1", netns=netns,
                            env={"NODE_NAME": "node-a", "POD_UID": "6f1c2a9e-0000-4000-8000-000000000001"}) as agent:
             # Bound where asked, and only there.
             listening = subprocess.run(["nsenter", f"--net=/var/run/netns/{netns}", "ss", "-Hltn"],
@@ -119,6 +122,8 @@ def test_open_drift_gauge_goes_from_one_to_zero_when_the_agent_reverts(sandbox: 
             assert (value(after, "nodeguard_reconcile_duration_seconds_count", nodeguard_control="socket")
                     or 0) >= 2
             assert value(after, "nodeguard_spool_depth", nodeguard_exporter="events-file") is not None
+            assert (value(after, "nodeguard_spool_depth", nodeguard_exporter="otlp") or 0) >= 1  # undelivered
+            assert (value(after, "nodeguard_export_failures_total", nodeguard_exporter="otlp") or 0) >= 1
             target = value(after, "target_info", service_instance_id="node-a", k8s_node_name="node-a",
                            k8s_pod_uid="6f1c2a9e-0000-4000-8000-000000000001")
             assert target == 1.0
