@@ -123,7 +123,12 @@ def test_open_drift_gauge_goes_from_one_to_zero_when_the_agent_reverts(sandbox: 
                     or 0) >= 2
             assert value(after, "nodeguard_spool_depth", nodeguard_exporter="events-file") is not None
             assert (value(after, "nodeguard_spool_depth", nodeguard_exporter="otlp") or 0) >= 1  # undelivered
-            assert (value(after, "nodeguard_export_failures_total", nodeguard_exporter="otlp") or 0) >= 1
+            # A failed attempt is counted when it ends (the exporter's own retries run first).
+            deadline = time.monotonic() + 15
+            while (value(samples(scrape(netns)), "nodeguard_export_failures_total", nodeguard_exporter="otlp")
+                   or 0) < 1:
+                assert time.monotonic() < deadline, "no OTLP export failure counted in 15 s"
+                time.sleep(0.2)
             target = value(after, "target_info", service_instance_id="node-a", k8s_node_name="node-a",
                            k8s_pod_uid="6f1c2a9e-0000-4000-8000-000000000001")
             assert target == 1.0
