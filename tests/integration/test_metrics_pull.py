@@ -145,3 +145,14 @@ def test_a_bad_bind_address_is_refused_before_anything_starts(sandbox: Sandbox, 
         assert proc.returncode == 2, (bad, proc.stderr)
         assert why in proc.stderr, (bad, proc.stderr)
     assert not (tmp_path / "state").exists()  # refused before the agent touched anything
+
+
+def test_an_address_the_node_does_not_have_is_refused_clearly(sandbox: Sandbox, tmp_path: Path, netns: str) -> None:
+    """The pod IP of another node (a stale value): bind fails, the agent says why and exits 2."""
+    proc = subprocess.run(["nsenter", f"--net=/var/run/netns/{netns}", sys.executable, "-m", "nodeguard", "run",
+                           "--host-root", str(sandbox.root), "--state-dir", str(tmp_path / "state"),
+                           "--events-file", str(tmp_path / "events.jsonl"),
+                           "--metrics-bind-address", "192.0.2.1:9464"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "--metrics-bind-address 192.0.2.1:9464: Cannot assign requested address" in proc.stderr
