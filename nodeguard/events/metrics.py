@@ -82,6 +82,7 @@ class Metrics:
         # Every triple ever reported: once closed it reads 0 rather than vanishing, so a dashboard
         # or an alert sees the drift go away instead of a series going stale.
         self._open_seen: set[OpenDrift] = set()
+        self._open_lock = threading.Lock()  # each reader (OTLP, Prometheus) collects on its own thread
         meter.create_observable_gauge("nodeguard.open_drifts", callbacks=[self._observe_open], unit="{drift}",
                                       description="Findings failing now, per control, rule and severity")
         meter.create_observable_gauge("nodeguard.spool.depth", callbacks=[self._observe_depth], unit="{event}",
@@ -104,9 +105,11 @@ class Metrics:
         except Exception:  # an engine mid-stop must not break the scrape of everything else
             log.exception("the open-drifts source failed")
             return []
-        self._open_seen.update(now)
+        with self._open_lock:
+            self._open_seen.update(now)
+            seen = sorted(self._open_seen)
         return [Observation(now.get(key, 0), {"control": key[0], "rule": key[1], "severity": key[2]})
-                for key in sorted(self._open_seen)]
+                for key in seen]
 
     def record_event(self, event: Event) -> None:
         outcome = _OUTCOMES.get(event.name)
