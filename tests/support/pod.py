@@ -14,6 +14,7 @@ the "node's" network (hostNetwork), so nothing it does to netfilter can reach th
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -29,6 +30,17 @@ from tests.support.sandbox import Sandbox
 # What the image's Dockerfile sets up around the agent (kept in step by test_pod_on_node).
 IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
 IMAGE_HOST_SYMLINKS = {"/host/var/run": "/run"}
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion of command and args: a variable of the container's env is
+    replaced, an unknown one stays as written, `$$` is a literal `$`."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, text)
 
 
 def write_configmap(folder: Path, data: dict[str, str]) -> None:
@@ -104,7 +116,8 @@ class PodOnNode:
 
 
 def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]], sandbox: Sandbox,
-                workdir: Path, *, node_name: str = "node-a", netns: str | None = None) -> PodOnNode:
+                workdir: Path, *, node_name: str = "node-a", netns: str | None = None,
+                pod_ip: str = "127.0.0.1") -> PodOnNode:
     """Lay out the pod of `daemonset` on the sandbox node; `configmaps` by name, as rendered."""
     pod = daemonset["spec"]["template"]["spec"]
     (c,) = pod["containers"]
@@ -144,7 +157,6 @@ def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]]
             run.mounts.append(Mount(source, target))
         else:
             raise AssertionError(f"volume {vm['name']}: a kind this harness does not lay out: {vol}")
-    run.argv = [*c["command"], *(run.container_path(a) for a in c.get("args", []))]
     security = c.get("securityContext", {})
     caps = security.get("capabilities", {})
     assert security.get("privileged") is not True, "a privileged container has every capability"
@@ -152,7 +164,9 @@ def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]]
         run.capabilities = list(caps.get("add", []))
     run.no_new_privs = security.get("allowPrivilegeEscalation") is False
     field_values = {"spec.nodeName": node_name, "metadata.name": f"nodeguard-{node_name}",
-                    "metadata.namespace": "nodeguard", "metadata.uid": "00000000-0000-4000-8000-00000000000a"}
+                    "metadata.namespace": "nodeguard", "metadata.uid": "00000000-0000-4000-8000-00000000000a",
+                    # hostNetwork: the pod's IP is the node's.
+                    "status.podIP": pod_ip, "status.hostIP": pod_ip}
     venv_bin = str(Path(sys.executable).parent)
     env = {"PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **IMAGE_ENV}
     for e in c.get("env", []):
@@ -163,6 +177,7 @@ def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]]
         else:
             raise AssertionError(f"env {e['name']}: a source this harness does not resolve: {e}")
     run.env = env
+    run.argv = [expand(a, env) for a in c["command"]] + [run.container_path(expand(a, env)) for a in c.get("args", [])]
     return run
 
 
@@ -264,16 +279,20 @@ def docker_run_args(daemonset: dict[str, Any], configmaps: dict[str, dict[str, A
         else:
             raise AssertionError(f"volume {vm['name']}: a kind this translation does not know: {vol}")
     field_values = {"spec.nodeName": node_name, "metadata.name": f"nodeguard-{node_name}",
-                    "metadata.namespace": "nodeguard", "metadata.uid": "00000000-0000-4000-8000-00000000000a"}
+                    "metadata.namespace": "nodeguard", "metadata.uid": "00000000-0000-4000-8000-00000000000a",
+                    "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"}
+    env: dict[str, str] = {}
     for e in c.get("env", []):
         if "value" in e:
-            args += ["--env", f"{e['name']}={e['value']}"]
+            env[e["name"]] = e["value"]
         elif "fieldRef" in e.get("valueFrom", {}):
-            args += ["--env", f"{e['name']}={field_values[e['valueFrom']['fieldRef']['fieldPath']]}"]
+            env[e["name"]] = field_values[e["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
             raise AssertionError(f"env {e['name']}: a source this translation does not resolve: {e}")
+    for name, val in env.items():
+        args += ["--env", f"{name}={val}"]
     args += ["--entrypoint", c["command"][0]]
     probe = c["livenessProbe"]["exec"]["command"]
     for name in ("startupProbe", "readinessProbe"):
         assert c[name]["exec"]["command"] == probe, name
-    return DockerRun(args, [*c["command"][1:], *c["args"]], probe, list(caps["add"]))
+    return DockerRun(args, [expand(a, env) for a in [*c["command"][1:], *c["args"]]], probe, list(caps["add"]))
