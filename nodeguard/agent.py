@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from nodeguard.engine import Engine, EngineOptions
+from nodeguard.events.metrics import set_open_drifts_source
 from nodeguard.events.model import Event, EventName, EventSink, lifecycle_event
 from nodeguard.health import write_heartbeat
 from nodeguard.host import HostRoot
@@ -99,6 +100,7 @@ def run_agent(options: EngineOptions, sinks: Iterable[EventSink], watchers: list
         policy = initial_policy(options, store, sink)
         engine = Engine(options, policy, sink, watchers=default_watchers(options.host, policy) if watchers is None
                         else watchers, on_pass=heartbeat_writer(options.state_dir))
+        set_open_drifts_source(engine.open_drifts)  # the nodeguard_open_drifts gauge reads the engine's level
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s, stopping", signal.Signals(signum).name)
@@ -112,4 +114,5 @@ def run_agent(options: EngineOptions, sinks: Iterable[EventSink], watchers: list
                 signal.signal(s, handler)
         return engine
     finally:
+        set_open_drifts_source(None)
         sink.close()

@@ -181,6 +181,9 @@ def run(
     spool_max_bytes: ev_opts.SpoolMaxBytesOpt = None,
     aggregate_seconds: ev_opts.AggregateSecondsOpt = None,
     metrics: ev_opts.MetricsOpt = None,
+    metrics_bind_address: Annotated[str | None, typer.Option(
+        "--metrics-bind-address", envvar="NODEGUARD_METRICS_BIND_ADDRESS",
+        help="Serve Prometheus metrics on HOST:PORT (plain HTTP, no auth; off by default).")] = None,
 ) -> None:
     """Run the agent: evaluate everything, then watch the host; report drift (observe) or revert it (enforce).
 
@@ -192,6 +195,13 @@ def run(
     from nodeguard.events.spool import SpoolBusy
 
     logging.getLogger().setLevel(log_level.upper())
+    from nodeguard.events.prometheus import PrometheusEndpoint, parse_bind_address
+
+    try:
+        endpoint = PrometheusEndpoint(parse_bind_address(metrics_bind_address)) if metrics_bind_address else None
+    except ValueError as exc:
+        err.print(f"[red]--metrics-bind-address: {exc}[/]")
+        raise typer.Exit(EXIT_USAGE) from None
     host = _host_or_exit(host_root)
     _least_privilege_or_exit(host_root, policy, state_dir)
     options = EngineOptions(host, state_dir, policy, Mode(mode.value) if mode else None)
@@ -206,9 +216,16 @@ def run(
         raise typer.Exit(EXIT_USAGE) from None
     try:
         # Events are spooled durably under the state dir, then exported (OTLP, --events-file, --ocsf-file).
-        sink = build_pipeline(export, state_dir)
+        sink = build_pipeline(export, state_dir, metric_readers=[endpoint.reader] if endpoint else ())
     except SpoolBusy as exc:
         err.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_USAGE) from None
+    try:
+        if endpoint is not None:
+            endpoint.start()
+    except OSError as exc:
+        sink.close()
+        err.print(f"[red]--metrics-bind-address {endpoint.address if endpoint else ''}: {exc.strerror or exc}[/]")
         raise typer.Exit(EXIT_USAGE) from None
     from nodeguard.kube import kube_sink_from_env
 
@@ -219,6 +236,9 @@ def run(
     except PolicyError as exc:
         err.print(f"[red]policy rejected and no last good policy to fall back to[/]\n{exc.render()}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 @app.command()

@@ -94,6 +94,25 @@ class Engine:
         with self._cv:
             self._cv.notify()
 
+    def open_drifts(self) -> list[tuple[str, str, str]]:
+        """(control, rule, severity) of every finding failing now: the open-drifts gauge reads it.
+
+        Called from the metrics collector's thread: it only reads. `list(dict.items())` copies in
+        one step under the GIL (str keys, no Python-level hashing), so a pass running meanwhile
+        cannot make it fail.
+        """
+        out = []
+        for key, known in list(self._known.items()):
+            if known.status != Status.FAIL.value:
+                continue
+            control, rule = [*key.split("/", 2), ""][:2]
+            try:
+                severity = self._by_name[control].rule(rule).severity.value
+            except KeyError:
+                severity = "unknown"
+            out.append((control, rule, severity))
+        return out
+
     def run(self) -> None:
         """Start-up evaluation, then watch until stop(); always ends with agent.stopped."""
         self._emit(lifecycle_event(EventName.AGENT_STARTED, f"nodeguard {__version__} started",

@@ -1,7 +1,10 @@
-"""The agent's metrics (OpenTelemetry metrics SDK, exported over OTLP beside the events).
+"""The agent's metrics (OpenTelemetry metrics SDK): over OTLP beside the events, and/or pulled by
+Prometheus (`nodeguard run --metrics-bind-address`, nodeguard/events/prometheus.py).
 
 | metric | kind | unit | attributes |
 |---|---|---|---|
+| `nodeguard.open_drifts` | gauge | `{drift}` | `control`, `rule`, `severity` (findings failing now) |
+| `nodeguard.drift.events` | counter | `{event}` | `nodeguard.control`, `nodeguard.outcome` (every drift event) |
 | `nodeguard.drift.detected` / `.reverted` / `.revert_failed` | counter | `{drift}` | `nodeguard.control` |
 | `nodeguard.reconcile.duration` | histogram | `s` | `nodeguard.control` |
 | `nodeguard.spool.depth` | gauge | `{event}` | `nodeguard.exporter` (events waiting for it) |
@@ -11,14 +14,17 @@
 
 The drift counters are fed by the event pipeline itself (every event passes through it, before
 aggregation), so the engine only reports what the pipeline cannot see:
-`record_reconcile(control, seconds)`. Every function here is a no-op until a pipeline has
-installed the metrics, so the engine can call them unconditionally.
+`record_reconcile(control, seconds)`, and what is failing now: it registers a function with
+`set_open_drifts_source(engine.open_drifts)` that the open-drifts gauge calls at each collection
+(a level read from the engine's own findings, not rebuilt from events). Every function here is a
+no-op until a pipeline has installed the metrics, so the engine can call them unconditionally.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -32,6 +38,18 @@ from nodeguard.events.resource import SCHEMA_URL
 
 log = logging.getLogger(__name__)
 
+# (control, rule, severity) of one finding failing now; the gauge counts them per triple.
+OpenDrift = tuple[str, str, str]
+OpenDriftsSource = Callable[[], Iterable[OpenDrift]]
+
+# What the outcome attribute of the drift event counter says for each event.
+_OUTCOMES = {
+    EventName.DRIFT_DETECTED: "detected",
+    EventName.DRIFT_REVERTED: "reverted",
+    EventName.DRIFT_REVERT_FAILED: "revert_failed",
+    EventName.DRIFT_RESOLVED: "resolved",
+    EventName.DRIFT_FLAPPING: "flapping",
+}
 _DRIFT_COUNTERS = {
     EventName.DRIFT_DETECTED: "nodeguard.drift.detected",
     EventName.DRIFT_REVERTED: "nodeguard.drift.reverted",
@@ -59,6 +77,14 @@ class Metrics:
                                               description="Failed delivery attempts per exporter")
         self._delivered = meter.create_counter("nodeguard.export.delivered", unit="{event}",
                                                description="Events confirmed by each exporter's destination")
+        self._events = meter.create_counter("nodeguard.drift.events", unit="{event}",
+                                            description="Drift events per control and outcome")
+        # Every triple ever reported: once closed it reads 0 rather than vanishing, so a dashboard
+        # or an alert sees the drift go away instead of a series going stale.
+        self._open_seen: set[OpenDrift] = set()
+        self._open_lock = threading.Lock()  # each reader (OTLP, Prometheus) collects on its own thread
+        meter.create_observable_gauge("nodeguard.open_drifts", callbacks=[self._observe_open], unit="{drift}",
+                                      description="Findings failing now, per control, rule and severity")
         meter.create_observable_gauge("nodeguard.spool.depth", callbacks=[self._observe_depth], unit="{event}",
                                       description="Events in the spool waiting for each exporter")
 
@@ -70,7 +96,26 @@ class Metrics:
         except Exception:  # the spool is closing
             return []
 
+    def _observe_open(self, _options: CallbackOptions) -> Iterable[Observation]:
+        source = _open_drifts_source
+        if source is None:
+            return []
+        try:
+            now = Counter(source())
+        except Exception:  # an engine mid-stop must not break the scrape of everything else
+            log.exception("the open-drifts source failed")
+            return []
+        with self._open_lock:
+            self._open_seen.update(now)
+            seen = sorted(self._open_seen)
+        return [Observation(now.get(key, 0), {"control": key[0], "rule": key[1], "severity": key[2]})
+                for key in seen]
+
     def record_event(self, event: Event) -> None:
+        outcome = _OUTCOMES.get(event.name)
+        if outcome is not None:
+            self._events.add(1, {"nodeguard.control": str(event.attributes.get("nodeguard.control", "")),
+                                 "nodeguard.outcome": outcome})
         counter = self._drift.get(event.name)
         if counter is not None:
             counter.add(1, {"nodeguard.control": str(event.attributes.get("nodeguard.control", ""))})
@@ -96,6 +141,16 @@ class Metrics:
 
 _lock = threading.Lock()
 _current: Metrics | None = None
+_open_drifts_source: OpenDriftsSource | None = None
+
+
+def set_open_drifts_source(source: OpenDriftsSource | None) -> None:
+    """The engine: the function the open-drifts gauge calls at each collection (None: unregister).
+
+    It runs on the collecting thread (a scrape, the OTLP reader), so it must only read.
+    """
+    global _open_drifts_source
+    _open_drifts_source = source
 
 
 def install(provider: MeterProvider, depth: Callable[[], dict[str, int]] | None = None) -> Metrics:

@@ -20,7 +20,8 @@ SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
 SERVICE_NAME = "nodeguard"
 
 # Kubernetes' downward API, as the Helm chart sets it.
-_K8S_ENV = {"k8s.node.name": "NODE_NAME", "k8s.pod.name": "POD_NAME", "k8s.namespace.name": "POD_NAMESPACE"}
+_K8S_ENV = {"k8s.node.name": "NODE_NAME", "k8s.pod.name": "POD_NAME", "k8s.namespace.name": "POD_NAMESPACE",
+            "k8s.pod.uid": "POD_UID"}
 
 
 def _read_first_line(host: HostRoot, host_path: str) -> str | None:
@@ -62,4 +63,19 @@ def resource_attributes(host_root: Path, env: Mapping[str, str] | None = None) -
     for key, var in _K8S_ENV.items():
         if env.get(var):
             attrs[key] = env[var]
+    # OTEL_RESOURCE_ATTRIBUTES naming one wins (Resource.create merges it; ours would override it).
+    declared = {kv.split("=", 1)[0].strip() for kv in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",")}
+    if "service.instance.id" not in declared:
+        attrs["service.instance.id"] = service_instance_id(attrs)
     return attrs
+
+
+def service_instance_id(attrs: Mapping[str, str]) -> str:
+    """Which agent this is, stable across restarts (the SDK's default is a new random UUID per
+    process, so every restart would start a new set of metric series).
+
+    In a cluster the node's name: one agent per node (the DaemonSet's maxSurge is 0), and it
+    survives pod restarts, rollouts and upgrades, where the pod's uid and name do not. Outside a
+    cluster the host's machine-id, else its hostname.
+    """
+    return attrs.get("k8s.node.name") or attrs.get("host.id") or attrs["host.name"]

@@ -9,6 +9,9 @@
   (10,000 events while the worker talks to the API), and the time from a drift to the Node
   condition PATCH arriving at a local API server (the stand-in of tests/support/kube_api.py).
 - chart: one in-process render and one lint with Helm v4's engine (helm-python-sdk).
+- /metrics: one scrape of the agent's Prometheus endpoint (`--metrics-bind-address`) over loopback
+  HTTP with 200 open drifts in the gauge, beside the floor: the same prometheus_client server
+  serving an empty registry, in the same run.
 - --image (root, dockerd, ~2-3 min): the image test's offline `docker build` and the image size.
 """
 
@@ -126,6 +129,43 @@ def chart(runs: int) -> None:
     _row("helm lint --strict (in-process)", lint_ms, "ms")
 
 
+def metrics_scrape(runs: int) -> None:
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from nodeguard.events import metrics as metrics_mod
+    from nodeguard.events.otlp import make_resource
+    from nodeguard.events.prometheus import BindAddress, PrometheusEndpoint
+
+    endpoint = PrometheusEndpoint(BindAddress("127.0.0.1", 0))  # port 0: the kernel picks (bench only)
+    m = metrics_mod.install(metrics_mod.make_provider(make_resource({"service.name": "nodeguard"}),
+                                                      [endpoint.reader]))
+    drifts = [("docker-group", "member-allowed", "high")] * 150 + [("socket", "socket-mode", "critical")] * 50
+    metrics_mod.set_open_drifts_source(lambda: drifts)
+    for i in range(1000):
+        m.record_reconcile(("socket", "docker-group", "daemon-config")[i % 3], 0.001 * (i % 50))
+    endpoint.start()
+    floor_server, _thread = start_http_server(0, addr="127.0.0.1", registry=CollectorRegistry())
+    try:
+        for name, port in (("/metrics floor: empty registry", floor_server.server_address[1]),
+                           ("/metrics scrape: 200 open drifts", endpoint.port)):
+            took: list[float] = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                    r.read()
+                took.append((time.perf_counter() - t0) * 1000)
+            _row(name, took, "ms")
+    finally:
+        floor_server.shutdown()
+        floor_server.server_close()
+        endpoint.close()
+        metrics_mod.set_open_drifts_source(None)
+        metrics_mod.uninstall(m)
+        m.shutdown(1.0)
+
+
 def image() -> None:
     import shutil
 
@@ -168,6 +208,7 @@ def main() -> None:
     probe_cpu(args.probes)
     kube_sink(args.trials)
     chart(10)
+    metrics_scrape(args.probes * 5)
     if args.image:
         image()
 

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -269,3 +270,58 @@ def test_the_pod_audits_what_an_audit_of_the_whole_host_sees(sandbox: Sandbox, w
     differing = {(k[0], k[1]) for k in set(on_host) | set(in_pod) if on_host.get(k) != in_pod.get(k)}
     assert differing == set(NOT_MOUNTED_ON_PURPOSE), {
         k: (on_host.get(k), in_pod.get(k)) for k in set(on_host) | set(in_pod) if (k[0], k[1]) in differing}
+
+
+def test_the_rendered_metrics_endpoint_binds_the_pods_ip_only(sandbox: Sandbox, workdir: Path) -> None:
+    """metrics.enabled: the kubelet expands $(POD_IP) from the downward API into the agent's
+    --metrics-bind-address; the endpoint answers on the node's address, and not on loopback."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    require_root()
+    for tool in ("unshare", "mount", "ip", "setpriv", "nsenter"):
+        require_tool(tool)
+    node_ip = "192.0.2.10"  # the "node's" address, on a veth pair inside a namespace the test made
+    netns = f"ngp-{os.urandom(4).hex()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True)
+    try:
+        for cmd in (["link", "set", "lo", "up"], ["link", "add", "node0", "type", "veth", "peer", "name", "node0p"],
+                    ["addr", "add", f"{node_ip}/24", "dev", "node0"], ["link", "set", "node0", "up"],
+                    ["link", "set", "node0p", "up"]):
+            subprocess.run(["ip", "-n", netns, *cmd], check=True, capture_output=True)
+        objs = objects({"metrics": {"enabled": True}})
+        run = pod_on_node(one(objs, "DaemonSet"), configmaps_by_name(objs), sandbox, workdir, netns=netns,
+                          pod_ip=node_ip)
+        assert run.argv[run.argv.index("--metrics-bind-address") + 1] == f"{node_ip}:9464"
+        make_drift(sandbox)
+        stderr_path = workdir / "agent.stderr"
+        with stderr_path.open("w") as stderr:
+            proc = run.start(subprocess.PIPE, stderr)
+        try:
+            log = EventLog(proc.stdout)
+            wait_for("socket-mode detected", lambda: bool(log.named("nodeguard.drift.detected", "socket-mode")),
+                     proc, stderr_path)
+
+            def get(url: str) -> subprocess.CompletedProcess[str]:
+                code = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], " \
+                       "timeout=5).read().decode())"
+                return subprocess.run(["nsenter", f"--net=/var/run/netns/{netns}", sys.executable, "-c", code, url],
+                                      capture_output=True, text=True, timeout=30, check=False)
+
+            def socket_gauge() -> float | None:
+                page = get(f"http://{node_ip}:9464/metrics")
+                assert page.returncode == 0, page.stderr[-2000:]
+                return next((s.value for f in text_string_to_metric_families(page.stdout) for s in f.samples
+                             if s.name == "nodeguard_open_drifts" and s.labels.get("rule") == "socket-mode"), None)
+
+            wait_for("the gauge shows the open socket drift", lambda: socket_gauge() == 1.0, proc, stderr_path)
+            refused = get("http://127.0.0.1:9464/metrics")
+            assert refused.returncode != 0 and "Connection refused" in refused.stderr
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)

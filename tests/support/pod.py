@@ -14,6 +14,7 @@ the "node's" network (hostNetwork), so nothing it does to netfilter can reach th
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -29,6 +30,17 @@ from tests.support.sandbox import Sandbox
 # What the image's Dockerfile sets up around the agent (kept in step by test_pod_on_node).
 IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
 IMAGE_HOST_SYMLINKS = {"/host/var/run": "/run"}
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion of command and args: a variable of the container's env is
+    replaced, an unknown one stays as written, `$$` is a literal `$`."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, text)
 
 
 def write_configmap(folder: Path, data: dict[str, str]) -> None:
@@ -104,7 +116,8 @@ class PodOnNode:
 
 
 def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]], sandbox: Sandbox,
-                workdir: Path, *, node_name: str = "node-a", netns: str | None = None) -> PodOnNode:
+                workdir: Path, *, node_name: str = "node-a", netns: str | None = None,
+                pod_ip: str = "127.0.0.1") -> PodOnNode:
     """Lay out the pod of `daemonset` on the sandbox node; `configmaps` by name, as rendered."""
     pod = daemonset["spec"]["template"]["spec"]
     (c,) = pod["containers"]
@@ -144,7 +157,6 @@ def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]]
             run.mounts.append(Mount(source, target))
         else:
             raise AssertionError(f"volume {vm['name']}: a kind this harness does not lay out: {vol}")
-    run.argv = [*c["command"], *(run.container_path(a) for a in c.get("args", []))]
     security = c.get("securityContext", {})
     caps = security.get("capabilities", {})
     assert security.get("privileged") is not True, "a privileged container has every capability"
@@ -152,7 +164,9 @@ def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]]
         run.capabilities = list(caps.get("add", []))
     run.no_new_privs = security.get("allowPrivilegeEscalation") is False
     field_values = {"spec.nodeName": node_name, "metadata.name": f"nodeguard-{node_name}",
-                    "metadata.namespace": "nodeguard"}
+                    "metadata.namespace": "nodeguard", "metadata.uid": "00000000-0000-4000-8000-00000000000a",
+                    # hostNetwork: the pod's IP is the node's.
+                    "status.podIP": pod_ip, "status.hostIP": pod_ip}
     venv_bin = str(Path(sys.executable).parent)
     env = {"PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **IMAGE_ENV}
     for e in c.get("env", []):
@@ -163,6 +177,7 @@ def pod_on_node(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]]
         else:
             raise AssertionError(f"env {e['name']}: a source this harness does not resolve: {e}")
     run.env = env
+    run.argv = [expand(a, env) for a in c["command"]] + [run.container_path(expand(a, env)) for a in c.get("args", [])]
     return run
 
 
@@ -178,3 +193,106 @@ def configmaps_by_name(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def policy_of(configmap: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load(configmap["data"]["policy.yaml"])
     return doc
+
+
+@dataclass
+class DockerRun:
+    """The DaemonSet's pod as `docker run` arguments: what a container runtime is asked for."""
+
+    args: list[str]  # everything between `docker run` and the image
+    command: list[str]  # after the image: the container's command[1:] + args
+    probe: list[str]  # the exec probe's command, for `docker exec`
+    capabilities: list[str]  # the securityContext's add list, after dropping ALL
+
+
+def docker_run_args(daemonset: dict[str, Any], configmaps: dict[str, dict[str, Any]], sandbox: Sandbox,
+                    workdir: Path, *, node_name: str = "node-a") -> DockerRun:
+    """Translate the rendered pod, field by field; a field this cannot translate fails the test.
+
+    hostNetwork becomes `--network host`, which is the *test dockerd's* network namespace (every
+    test dockerd runs in a namespace of its own: tests/support/dockerd.py), never this machine's.
+    hostPID becomes `--pid host`: the agent must see and SIGHUP the test dockerd.
+    """
+    pod = daemonset["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    args = ["--name", f"nodeguard-{node_name}", "--hostname", node_name]
+    known_pod = {"serviceAccountName", "automountServiceAccountToken", "hostNetwork", "dnsPolicy", "hostPID",
+                 "priorityClassName", "terminationGracePeriodSeconds", "tolerations", "nodeSelector",
+                 "securityContext", "containers", "volumes"}
+    assert set(pod) <= known_pod, f"pod fields this translation ignores: {set(pod) - known_pod}"
+    if pod.get("hostNetwork"):
+        args += ["--network", "host"]
+    else:
+        args += ["--network", "none"]
+    if pod.get("hostPID"):
+        args += ["--pid", "host"]
+    if pod.get("securityContext", {}).get("seccompProfile", {}).get("type") not in (None, "RuntimeDefault"):
+        raise AssertionError("only the runtime's default seccomp profile is translated")
+    args += ["--stop-timeout", str(pod.get("terminationGracePeriodSeconds", 30))]
+    # securityContext
+    assert sc.get("privileged") is False
+    args += ["--user", f"{sc['runAsUser']}:{sc['runAsGroup']}"]
+    if sc.get("readOnlyRootFilesystem"):
+        args.append("--read-only")
+    if sc.get("allowPrivilegeEscalation") is False:
+        args += ["--security-opt", "no-new-privileges"]
+    caps = sc["capabilities"]
+    assert caps["drop"] == ["ALL"]
+    args += ["--cap-drop", "ALL"]
+    for cap in caps["add"]:
+        args += ["--cap-add", cap]
+    apparmor = sc.get("appArmorProfile", {}).get("type")
+    if apparmor == "Unconfined":
+        args += ["--security-opt", "apparmor=unconfined"]
+    elif apparmor not in (None, "RuntimeDefault"):
+        raise AssertionError(f"appArmorProfile {apparmor} is not translated")
+    if sc.get("seLinuxOptions"):
+        for key, value in sc["seLinuxOptions"].items():
+            args += ["--security-opt", f"label={key}:{value}"]
+    # Volumes: hostPath from the sandbox node, the ConfigMap as the kubelet lays it out, emptyDir.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for vm in c["volumeMounts"]:
+        vol = volumes[vm["name"]]
+        ro = ",readonly" if vm.get("readOnly") else ""
+        if "hostPath" in vol:
+            source = sandbox.path(vol["hostPath"]["path"])
+            kind = vol["hostPath"].get("type", "")
+            if kind == "DirectoryOrCreate" or (kind == "" and not source.exists()):
+                source.mkdir(parents=True, exist_ok=True)
+            elif kind == "FileOrCreate":
+                source.parent.mkdir(parents=True, exist_ok=True)
+                source.touch(exist_ok=True)
+            else:
+                assert kind in ("Directory", ""), kind
+                assert source.is_dir(), f"hostPath {vol['hostPath']['path']} must exist on the node"
+            args += ["--mount", f"type=bind,source={source},target={vm['mountPath']}{ro}"]
+        elif "configMap" in vol:
+            source = workdir / f"configmap-{vm['name']}"
+            write_configmap(source, configmaps[vol["configMap"]["name"]]["data"])
+            args += ["--mount", f"type=bind,source={source},target={vm['mountPath']}{ro}"]
+        elif "emptyDir" in vol:
+            size = vol["emptyDir"].get("sizeLimit", "")
+            assert vol["emptyDir"].get("medium") == "Memory", "only memory emptyDirs are translated"
+            opts = f"rw,size={size[:-2].lower()}m" if size.endswith("Mi") else "rw"
+            args += ["--tmpfs", f"{vm['mountPath']}:{opts}"]
+        else:
+            raise AssertionError(f"volume {vm['name']}: a kind this translation does not know: {vol}")
+    field_values = {"spec.nodeName": node_name, "metadata.name": f"nodeguard-{node_name}",
+                    "metadata.namespace": "nodeguard", "metadata.uid": "00000000-0000-4000-8000-00000000000a",
+                    "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"}
+    env: dict[str, str] = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif "fieldRef" in e.get("valueFrom", {}):
+            env[e["name"]] = field_values[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            raise AssertionError(f"env {e['name']}: a source this translation does not resolve: {e}")
+    for name, val in env.items():
+        args += ["--env", f"{name}={val}"]
+    args += ["--entrypoint", c["command"][0]]
+    probe = c["livenessProbe"]["exec"]["command"]
+    for name in ("startupProbe", "readinessProbe"):
+        assert c[name]["exec"]["command"] == probe, name
+    return DockerRun(args, [expand(a, env) for a in [*c["command"][1:], *c["args"]]], probe, list(caps["add"]))

@@ -45,8 +45,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* repository@digest when a digest pins the image, else repository:tag (the appVersion by default). */}}
 {{- define "nodeguard.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The Secret holding OTEL_EXPORTER_OTLP_HEADERS, if any: the user's or the chart's own. */}}
