@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from nodeguard.attribution import AttributionSink, attribution_for
 from nodeguard.engine import Engine, EngineOptions
 from nodeguard.events.model import Event, EventName, EventSink, lifecycle_event
 from nodeguard.health import write_heartbeat
@@ -95,10 +96,15 @@ def run_agent(options: EngineOptions, sinks: Iterable[EventSink], watchers: list
     """Run until SIGTERM/SIGINT; returns the stopped engine (for its counters)."""
     store = StateStore(options.state_dir)
     sink = FanoutSink(list(sinks))
+    attribution: AttributionSink | None = None
     try:
         policy = initial_policy(options, store, sink)
-        engine = Engine(options, policy, sink, watchers=default_watchers(options.host, policy) if watchers is None
-                        else watchers, on_pass=heartbeat_writer(options.state_dir))
+        # Drift events go out at once; their actor follows from the audit log (never delays a revert).
+        attribution = attribution_for(options.host, options.proc, policy, sink)
+        engine_sink: EventSink = attribution or sink
+        engine = Engine(options, policy, engine_sink,
+                        watchers=default_watchers(options.host, policy) if watchers is None else watchers,
+                        on_pass=heartbeat_writer(options.state_dir))
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s, stopping", signal.Signals(signum).name)
@@ -112,4 +118,6 @@ def run_agent(options: EngineOptions, sinks: Iterable[EventSink], watchers: list
                 signal.signal(s, handler)
         return engine
     finally:
+        if attribution is not None:
+            attribution.stop()
         sink.close()

@@ -362,10 +362,21 @@ class Flapping(_Strict):
     max_backoff_seconds: float = Field(default=300.0, gt=0, alias="maxBackoffSeconds")
 
 
+class Attribution(_Strict):
+    """Who made a drift, read from the host's audit log (nodeguard/attribution/)."""
+
+    enabled: bool = True
+    audit_log: str | None = Field(default=None, alias="auditLog", pattern=r"^/",
+                                  description="host path; unset: log_file of the host's /etc/audit/auditd.conf")
+    wait_ms: int = Field(default=500, ge=0, le=5000, alias="waitMs",
+                         description="how long the actor may follow the drift event")
+
+
 class AgentSettings(_Strict):
     resync_seconds: float = Field(default=60.0, gt=0, alias="resyncSeconds")
     coalesce_ms: int = Field(default=5, ge=0, le=5000, alias="coalesceMs")
     flapping: Flapping = Field(default_factory=Flapping)
+    attribution: Attribution = Field(default_factory=Attribution)
 
 
 class Spec(_Strict):
