@@ -153,3 +153,18 @@ def running_auditd(sandbox: Sandbox, work: Path, fmt: str = "ENRICHED", max_mb: 
             subprocess.run(["umount", str(log_dir)], check=False)
         auditctl("-e", was_enabled)
         shutil.rmtree(work / "auditd-conf", ignore_errors=True)
+
+
+def chmod_record(serial: int, time_ns: int, path: str, pid: int = 4242, auid: int = 1000, key: str = "k",
+                 enriched: bool = True) -> str:
+    """The four lines auditd writes for a `chmod 666 PATH` (what the real one wrote, fields trimmed)."""
+    sec, ms = divmod(time_ns // 1_000_000, 1000)
+    head = f"msg=audit({sec}.{ms:03d}:{serial}):"
+    extra = '\x1dARCH=x86_64 SYSCALL=fchmodat AUID="alice" UID="root"' if enriched else ""
+    title = f"chmod\x00666\x00{path}".encode().hex().upper()
+    return (f"type=SYSCALL {head} arch=c000003e syscall=268 success=yes exit=0 a0=ffffff9c a1=1 a2=1b6 a3=0 "
+            f"items=1 ppid=1 pid={pid} auid={auid} uid=0 gid=0 euid=0 tty=(none) ses=3 comm=\"chmod\" "
+            f"exe=\"/usr/bin/chmod\" key=\"{key}\"{extra}\n"
+            f"type=CWD {head} cwd=\"/\"\n"
+            f"type=PATH {head} item=0 name=\"{path}\" inode=12 dev=fe:00 mode=0140660 nametype=NORMAL\n"
+            f"type=PROCTITLE {head} proctitle={title}\n")
