@@ -370,6 +370,8 @@ class Attribution(_Strict):
                                   description="host path; unset: log_file of the host's /etc/audit/auditd.conf")
     wait_ms: int = Field(default=500, ge=0, le=5000, alias="waitMs",
                          description="how long the actor may follow the drift event")
+    max_per_finding_per_minute: int = Field(default=60, ge=1, alias="maxPerFindingPerMinute",
+                                            description="beyond it (a fight), only flapping events are attributed")
 
 
 class AgentSettings(_Strict):

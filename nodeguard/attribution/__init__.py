@@ -29,5 +29,6 @@ def attribution_for(host: HostRoot, proc: Path, policy: Policy, inner: EventSink
         return None
     audit = policy.spec.controls.host_audit
     return AttributionSink(inner, host, proc, AttributionSettings(
-        audit_log=cfg.audit_log, wait_ms=cfg.wait_ms, rules_files=tuple(audit.audit_rules_files),
+        audit_log=cfg.audit_log, wait_ms=cfg.wait_ms, per_finding_per_minute=cfg.max_per_finding_per_minute,
+        rules_files=tuple(audit.audit_rules_files),
         rules_dirs=tuple(audit.audit_rules_dirs)))

@@ -138,11 +138,13 @@ def find_actor(events: Iterable[AuditEvent], is_target: Callable[[str], bool], s
             continue
         if best is not None and (ev.time_ns, ev.serial) < (best.time_ns, best.serial):
             continue
+        # Cheapest test first: most events in the window are about other files.
+        if not any(r.type == "PATH" for r in ev.records) or not any(is_target(n) for n in changed_names(ev)):
+            continue
         if not is_change(ev):
             continue
         sc = ev.first("SYSCALL")
         if sc is not None and as_int(sc.fields.get("pid")) in exclude_pids:
             continue
-        if any(is_target(name) for name in changed_names(ev)):
-            best = ev
+        best = ev
     return actor_of(best) if best is not None else None

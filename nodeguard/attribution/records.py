@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 # The kernel caps one record at 8970 bytes (MAX_AUDIT_MESSAGE_LENGTH); enrichment can double it.
 MAX_LINE = 32 * 1024
@@ -33,14 +34,24 @@ _HEX = re.compile(rb"^(?:[0-9A-Fa-f]{2})+$")
 
 @dataclass(frozen=True)
 class Record:
-    """One line: its type, the event it belongs to, and its fields (raw text, first occurrence wins)."""
+    """One line: its type and the event it belongs to; its fields are parsed when first asked for
+    (a look-up reads thousands of lines and needs the fields of a handful)."""
 
     type: str
     sec: int
     ms: int
     serial: int
-    fields: dict[str, str]
-    enriched: dict[str, str] = field(default_factory=dict)
+    raw: bytes = field(repr=False)  # the fields' text (after the header, before the 0x1d)
+    extra: bytes = field(default=b"", repr=False)  # the ENRICHED part
+
+    @cached_property
+    def fields(self) -> dict[str, str]:
+        """Raw field text by name (quotes kept); the first occurrence wins."""
+        return _fields(self.raw)
+
+    @cached_property
+    def enriched(self) -> dict[str, str]:
+        return _fields(self.extra)
 
     @property
     def event_key(self) -> tuple[int, int, int]:
@@ -49,6 +60,13 @@ class Record:
     @property
     def time_ns(self) -> int:
         return self.sec * 1_000_000_000 + self.ms * 1_000_000
+
+
+def _fields(text: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in _FIELD.findall(text):
+        out.setdefault(k.decode("ascii"), v.decode("utf-8", "replace"))
+    return out
 
 
 @dataclass
@@ -76,10 +94,6 @@ class AuditEvent:
         return [r for r in self.records if r.type == rtype]
 
 
-def _unquote(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
-
-
 def parse_line(line: bytes) -> Record | None:
     """One record, or None for a line that is not one (blank, truncated, too long, garbage)."""
     if len(line) > MAX_LINE:
@@ -88,15 +102,8 @@ def parse_line(line: bytes) -> Record | None:
     m = _HEADER.match(raw)
     if m is None:
         return None
-    ms_text = m.group(3)
-    fields: dict[str, str] = {}
-    for k, v in _FIELD.findall(raw, m.end()):
-        fields.setdefault(k.decode("ascii"), _unquote(v))
-    enriched: dict[str, str] = {}
-    for k, v in _FIELD.findall(extra):
-        enriched.setdefault(k.decode("ascii"), _unquote(v))
-    return Record(m.group(1).decode("ascii"), int(m.group(2)), int(ms_text.ljust(3, b"0")), int(m.group(4)),
-                  fields, enriched)
+    return Record(m.group(1).decode("ascii"), int(m.group(2)), int(m.group(3).ljust(3, b"0")), int(m.group(4)),
+                  raw[m.end():], extra)
 
 
 def decode_string(value: str | None, *, nul_as: str = "\x00") -> str | None:

@@ -47,10 +47,13 @@ ATTR_EVENT_NAME = "nodeguard.attributed.event_name"
 # the periodic resync (60 s by default) finds what inotify missed.
 LOOKBACK_NS = 60 * 1_000_000_000
 POLL_S = 0.02
+# The first look waits this long after the drift event: auditd needs a few milliseconds to write
+# the record anyway, and the engine is busy reverting right then (one GIL for both threads).
+FIRST_LOOK_S = 0.015
 QUEUE_MAX = 1024
-# A fight (a tool rewriting the file every second) must not double the event stream: past this
-# many attributions per finding per minute, only flapping events are attributed.
-PER_FINDING_PER_MINUTE = 10
+# A fight (a tool rewriting the file many times a second) must not double the event stream: past
+# this many attributions per finding per minute, only flapping events are attributed.
+PER_FINDING_PER_MINUTE = 60
 MAX_EPISODES = 10_000
 
 
@@ -58,6 +61,7 @@ MAX_EPISODES = 10_000
 class AttributionSettings:
     audit_log: str | None = None  # host path; None: log_file of the host's auditd.conf
     wait_ms: int = 500
+    per_finding_per_minute: int = PER_FINDING_PER_MINUTE
     rules_files: tuple[str, ...] = ("/etc/audit/audit.rules",)
     rules_dirs: tuple[str, ...] = ("/etc/audit/rules.d",)
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -171,7 +175,7 @@ class AttributionSink:
         recent = self._recent.setdefault(key, deque())
         while recent and recent[0] < now - 60:
             recent.popleft()
-        if event.name is not EventName.DRIFT_FLAPPING and len(recent) >= PER_FINDING_PER_MINUTE:
+        if event.name is not EventName.DRIFT_FLAPPING and len(recent) >= self.settings.per_finding_per_minute:
             self.stats.skipped += 1
             return
         recent.append(now)
@@ -213,6 +217,9 @@ class AttributionSink:
                     item = self._queue.get_nowait()
             except queue.Empty:
                 pass
+            due = [p for p in pending if time.monotonic() >= p.seen_mono + FIRST_LOOK_S]
+            if not due and not stopping:
+                continue
             if pending:
                 try:
                     pending = self._attempt(pending)

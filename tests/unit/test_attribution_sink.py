@@ -70,7 +70,8 @@ def sink(sandbox: Sandbox, proc: Path) -> Iterator[tuple[AttributionSink, ListSi
     sandbox.path(LOG).parent.mkdir(parents=True)
     sandbox.path(LOG).write_text("")
     inner = ListSink()
-    s = AttributionSink(inner, HostRoot(sandbox.root), proc, AttributionSettings(wait_ms=300))
+    settings = AttributionSettings(wait_ms=300, per_finding_per_minute=10)
+    s = AttributionSink(inner, HostRoot(sandbox.root), proc, settings)
     try:
         yield s, inner
     finally:
