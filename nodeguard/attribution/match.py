@@ -111,6 +111,23 @@ def changed_names(ev: AuditEvent) -> list[str]:
     return out
 
 
+def changed_inodes(ev: AuditEvent) -> set[tuple[int, int, int]]:
+    """(device major, minor, inode) of what the PATH records touched: a hard link or a bind mount
+    reaches a watched file under another name, and the kernel's watch (on the inode) still logs it."""
+    out = set()
+    for rec in ev.all("PATH"):
+        if rec.fields.get("nametype") == "PARENT":
+            continue
+        inode = as_int(rec.fields.get("inode"))
+        major, sep, minor = rec.fields.get("dev", "").partition(":")
+        if inode is None or not sep:
+            continue
+        ma, mi = as_int(major, 16), as_int(minor, 16)
+        if ma is not None and mi is not None:
+            out.add((ma, mi, inode))
+    return out
+
+
 def actor_of(ev: AuditEvent) -> Actor:
     sc = ev.first("SYSCALL")
     fields = sc.fields if sc else {}
@@ -130,8 +147,9 @@ def actor_of(ev: AuditEvent) -> Actor:
 
 
 def find_actor(events: Iterable[AuditEvent], is_target: Callable[[str], bool], start_ns: int, end_ns: int,
-               exclude_pids: frozenset[int] = frozenset()) -> Actor | None:
-    """The latest change to the target within [start_ns, end_ns], made by a process not excluded."""
+               exclude_pids: frozenset[int] = frozenset(), inode: tuple[int, int, int] | None = None) -> Actor | None:
+    """The latest change to the target (by name, or by `inode`) within [start_ns, end_ns], made by a
+    process not excluded."""
     best: AuditEvent | None = None
     for ev in events:
         if not start_ns <= ev.time_ns <= end_ns:
@@ -139,7 +157,9 @@ def find_actor(events: Iterable[AuditEvent], is_target: Callable[[str], bool], s
         if best is not None and (ev.time_ns, ev.serial) < (best.time_ns, best.serial):
             continue
         # Cheapest test first: most events in the window are about other files.
-        if not any(r.type == "PATH" for r in ev.records) or not any(is_target(n) for n in changed_names(ev)):
+        if not any(r.type == "PATH" for r in ev.records):
+            continue
+        if not any(is_target(n) for n in changed_names(ev)) and (inode is None or inode not in changed_inodes(ev)):
             continue
         if not is_change(ev):
             continue

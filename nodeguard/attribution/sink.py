@@ -254,7 +254,7 @@ class AttributionSink:
         for p in with_path:
             assert p.path is not None
             actor = find_actor(tail.events, target_matcher(self.host, p.path), p.cutoff_ns - LOOKBACK_NS,
-                               p.cutoff_ns, self._exclude)
+                               p.cutoff_ns, self._exclude, self._inode(p.path))
             if actor is not None:
                 if names is None:
                     names = user_names(self.host)
@@ -264,6 +264,14 @@ class AttributionSink:
             else:
                 left.append(p)
         return left
+
+    def _inode(self, path: str) -> tuple[int, int, int] | None:
+        """The file's (device major, minor, inode) now: the name the change used may be another."""
+        try:
+            st = os.lstat(self.host.resolve(path, follow_last=False))
+        except (HostPathError, OSError):
+            return None
+        return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
 
     def _why(self, path: str, log_path: str) -> str:
         running = auditd_running(self.proc)

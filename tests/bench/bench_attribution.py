@@ -141,7 +141,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     print(f"\nattribution benchmark: {args.trials} socket chmods per agent, trials alternated, enforce mode, "
-          f"{os.cpu_count()} cores, {'our own' if own else 'the machine'}'s auditd (ENRICHED)\n")
+          f"{os.cpu_count()} cores, {'our own auditd' if own else 'the machine auditd'}\n")
     print(f"{'agent':16} {'measure':22} {'median ms':>10} {'p99 ms':>10} {'max ms':>10}")
     for side in (off, on):
         for what, label in (("floor", "inotify wake (floor)"), ("detected", "change->detected"),

@@ -66,3 +66,13 @@ def test_actor_fields() -> None:
     assert a.command_line == "tool -x" and a.keys == ("k",) and a.enriched_auid_name == "alice"
     assert a.event_id == f"{T0}.000:7"
     assert actor_of(event(8, auid="4294967295")).auid is None  # never logged in: no login uid
+
+
+def test_a_hard_link_is_matched_by_inode() -> None:
+    ev = parse_text(b'type=SYSCALL msg=audit(1.000:1): arch=c000003e syscall=90 success=yes pid=8 auid=0\n'
+                    b'type=PATH msg=audit(1.000:1): item=0 name="/elsewhere/link" inode=4242 dev=fe:01 '
+                    b'nametype=NORMAL\n')
+    assert find_actor(ev, lambda n: False, 0, 2 * 10**9) is None
+    got = find_actor(ev, lambda n: False, 0, 2 * 10**9, inode=(0xfe, 1, 4242))
+    assert got is not None and got.pid == 8 and got.syscall == "chmod"
+    assert find_actor(ev, lambda n: False, 0, 2 * 10**9, inode=(0xfe, 0, 4242)) is None

@@ -223,3 +223,17 @@ def test_container_of_a_process_that_still_runs(sandbox: Sandbox, proc: Path,
         inner.attributed(drift.id)
     assert inner.attributed(ids[0]).attributes["container.id"] == cid
     assert "container.id" not in inner.attributed(ids[1]).attributes
+
+
+def test_a_change_through_a_hard_link_is_attributed(sandbox: Sandbox, sink: tuple[AttributionSink, ListSink]) -> None:
+    s, inner = sink
+    sock = sandbox.path("/run/docker.sock")
+    link = sandbox.path("/run/other-name")
+    os.link(sock, link)
+    st = sock.stat()
+    record = chmod_record(30, time.time_ns() - 10_000_000, str(link), pid=777).replace(
+        "inode=12 dev=fe:00", f"inode={st.st_ino} dev={os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}")
+    append(sandbox, record)
+    drift = event_for_finding(EventName.DRIFT_DETECTED, FINDING, outcome="detected")
+    s.emit(drift)
+    assert inner.attributed(drift.id).attributes["process.pid"] == 777
