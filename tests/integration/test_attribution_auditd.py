@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,12 @@ ATTRIBUTED = "nodeguard.drift.attributed"
 @pytest.fixture
 def auditd(sandbox: Sandbox, tmp_path: Path) -> Iterator[Auditd]:
     with running_auditd(sandbox, tmp_path / "auditd") as a:
+        yield a
+
+
+@pytest.fixture(params=["ENRICHED", "RAW"])
+def auditd_any_format(sandbox: Sandbox, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Auditd]:
+    with running_auditd(sandbox, tmp_path / "auditd", fmt=request.param) as a:
         yield a
 
 
@@ -70,9 +77,9 @@ def run_child(argv: list[str], uid: int) -> int:
     return child.pid
 
 
-def test_socket_chmod_in_enforce_names_pid_exe_and_login(sandbox: Sandbox, tmp_path: Path, auditd: Auditd,
-                                                          docker_sock: Path) -> None:
-    key = auditd.watch(docker_sock)
+def test_socket_chmod_in_enforce_names_pid_exe_and_login(sandbox: Sandbox, tmp_path: Path,
+                                                          auditd_any_format: Auditd, docker_sock: Path) -> None:
+    key = auditd_any_format.watch(docker_sock)
     state = tmp_path / "state"
     with running_agent(sandbox.root, state, "--mode", "enforce") as agent:
         wait_first_pass(agent, state)
@@ -188,3 +195,33 @@ def test_rules_and_enabled_flag_are_restored_even_when_the_test_fails(sandbox: S
     assert status["enabled"] == before
     assert status["pid"] == "0" or not a.own
     assert shutil.which("auditd")
+
+
+def test_a_record_rotated_into_audit_log_1_is_still_found(sandbox: Sandbox, tmp_path: Path, auditd: Auditd,
+                                                          docker_sock: Path) -> None:
+    if not auditd.own:
+        pytest.skip("rotating the log of the machine's own auditd is not this test's to do")
+    key = auditd.watch(docker_sock)
+    state = tmp_path / "state"
+    with running_agent(sandbox.root, state, "--mode", "observe") as agent:
+        wait_first_pass(agent, state)
+        mark = agent.mark()
+        # The agent paused, so the record is rotated away before it looks: chmod, auditd writes it,
+        # auditd rotates (SIGUSR1: audit.log -> audit.log.1), then the agent wakes to the inotify event.
+        os.kill(agent.proc.pid, signal.SIGSTOP)
+        try:
+            pid = run_child(["chmod", "0666", str(docker_sock)], ALICE_UID)
+            auditd.wait_for_key(key)
+            os.kill(auditd.pid, signal.SIGUSR1)
+            rotated = auditd.log.with_name("audit.log.1")
+            deadline = time.monotonic() + 10
+            while not (rotated.exists() and key.encode() in rotated.read_bytes()):
+                assert time.monotonic() < deadline, "auditd did not rotate"
+                time.sleep(0.02)
+        finally:
+            os.kill(agent.proc.pid, signal.SIGCONT)
+        assert key.encode() not in auditd.log.read_bytes()
+        detected = agent.wait_for(is_event("nodeguard.drift.detected", "socket-mode"), after=mark)
+        a = attributed_for(agent, detected)["attributes"]
+        assert a["nodeguard.actor.source"] == "audit", a
+        assert a["process.pid"] == pid
