@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from nodeguard.attribution.records import MAX_LINE, AuditEvent, Record, group_events, parse_line
@@ -68,67 +69,96 @@ def _open_log(host: HostRoot, host_path: str) -> int:
     return fd
 
 
-def _read_back(fd: int, since_ns: int, budget: int) -> tuple[list[Record], int, bool]:
-    """Records from the end of `fd` back to the first one older than `since_ns`, oldest first.
+class TailScan:
+    """One backward scan of the log's end: `chunks()` yields records, newest chunk first.
 
-    Returns (records, bytes read, reached the file's start). Only whole lines count: the last
-    line may still be being written, and a line longer than any record is dropped, not kept.
+    The caller stops iterating as soon as it has what it wants (usually after the first chunk: the
+    record it waits for was written milliseconds ago). `resume_point` says where this scan's
+    whole lines ended; given back as `resume` to the next scan of the same file, only what was
+    appended since is read. Opening the current log raises LogUnreadable; a missing rotation is
+    no error.
     """
-    pos = os.fstat(fd).st_size
-    carry = b""  # the cut first line of the chunk read last: its start is in the next chunk back
-    cut = True  # the next chunk's end is not a line's end (the file's end, or an overlong line)
-    chunks: list[list[Record]] = []
-    used = 0
-    while pos > 0 and used < budget:
-        size = min(CHUNK, pos, budget - used)
-        pos -= size
-        data = os.pread(fd, size, pos)
-        used += len(data)
-        if len(data) < size:  # truncated under us: what was read is what there is
-            break
-        buf = data + carry
-        carry = b""
-        if cut:
-            nl = buf.rfind(b"\n")
-            if nl < 0:
-                continue
-            buf, cut = buf[: nl + 1], False
-        lines = buf.split(b"\n")
-        if pos > 0:
-            carry, lines = lines[0], lines[1:]
-            if len(carry) > MAX_LINE:
-                carry, cut = b"", True
-        chunk = [r for r in (parse_line(line) for line in lines) if r is not None]
-        chunks.append(chunk)
-        if chunk and chunk[0].time_ns < since_ns:
-            break
-    return [r for c in reversed(chunks) for r in c], used, pos == 0
+
+    def __init__(self, host: HostRoot, host_path: str, since_ns: int, max_bytes: int = DEFAULT_MAX_BYTES,
+                 resume: tuple[int, int] | None = None) -> None:
+        self.host = host
+        self.host_path = host_path
+        self.since_ns = since_ns
+        self.max_bytes = max_bytes
+        self.bytes_read = 0
+        self.files: list[str] = []
+        self.truncated = False  # the budget ran out before the window's start
+        self._fd = _open_log(host, host_path)
+        st = os.fstat(self._fd)
+        self._ino, self._size = st.st_ino, st.st_size
+        self._stop = resume[1] if resume is not None and resume[0] == self._ino and resume[1] <= self._size else 0
+        self.resume_point: tuple[int, int] = (self._ino, self._stop)
+
+    def chunks(self) -> Iterator[list[Record]]:
+        fd: int | None = self._fd
+        try:
+            self.files.append(self.host_path)
+            at_start = yield from self._back(self._fd, self._size, self._stop, first=True)
+            if not at_start or self._stop:
+                return  # the window started in this file, or the rest was read by an earlier scan
+            try:
+                fd = _open_log(self.host, f"{self.host_path}.1")
+            except LogUnreadable:
+                return
+            self.files.append(f"{self.host_path}.1")
+            try:
+                yield from self._back(fd, os.fstat(fd).st_size, 0, first=False)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(self._fd)
+
+    def _back(self, fd: int, end: int, stop: int, first: bool) -> Generator[list[Record], None, bool]:
+        """Chunks from `end` back to `stop` (a line start) or to a record older than the window.
+
+        Returns whether the file's start (or `stop`) was reached. Only whole lines count: the last
+        line may still be being written, and a line longer than any record is dropped, not kept.
+        """
+        pos = end
+        carry = b""  # the cut first line of the chunk read last: its start is in the next chunk back
+        cut = True  # the next chunk's end is not a line's end (the file's end, or an overlong line)
+        while pos > stop:
+            budget = self.max_bytes - self.bytes_read
+            if budget <= 0:
+                self.truncated = True
+                return False
+            size = min(CHUNK, pos - stop, budget)
+            pos -= size
+            data = os.pread(fd, size, pos)
+            self.bytes_read += len(data)
+            if len(data) < size:  # truncated under us: what was read is what there is
+                return False
+            buf = data + carry
+            carry = b""
+            if cut:
+                nl = buf.rfind(b"\n")
+                if nl < 0:
+                    continue
+                if first:
+                    first = False
+                    self.resume_point = (self._ino, pos + nl + 1)
+                buf, cut = buf[: nl + 1], False
+            lines = buf.split(b"\n")
+            if pos > stop:
+                carry, lines = lines[0], lines[1:]
+                if len(carry) > MAX_LINE:
+                    carry, cut = b"", True
+            chunk = [r for r in (parse_line(line) for line in lines) if r is not None]
+            yield chunk
+            if chunk and chunk[0].time_ns < self.since_ns:
+                return False
+        return True
 
 
 def read_tail(host: HostRoot, host_path: str, since_ns: int, max_bytes: int = DEFAULT_MAX_BYTES) -> TailRead:
-    """Events at the end of the log, and of its first rotation when the window reaches back into it.
-
-    Raises LogUnreadable when the log itself cannot be opened; a missing rotation is no error.
-    """
-    result = TailRead()
-    parts: list[list[Record]] = []
-    for index, candidate in enumerate((host_path, f"{host_path}.1")):
-        try:
-            fd = _open_log(host, candidate)
-        except LogUnreadable:
-            if index == 0:
-                raise
-            break
-        try:
-            got, used, at_start = _read_back(fd, since_ns, max_bytes - result.bytes_read)
-        finally:
-            os.close(fd)
-        result.files.append(candidate)
-        result.bytes_read += used
-        parts.insert(0, got)
-        reached = bool(got) and got[0].time_ns < since_ns
-        result.truncated = not reached and not at_start
-        if reached or not at_start or result.bytes_read >= max_bytes:
-            break
-    result.events = group_events(r for part in parts for r in part)
-    return result
+    """Every event at the end of the log back to `since_ns` (and of its first rotation, when the
+    window reaches back into it), within `max_bytes`."""
+    scan = TailScan(host, host_path, since_ns, max_bytes)
+    parts = list(scan.chunks())
+    return TailRead(group_events(r for part in reversed(parts) for r in part), scan.bytes_read, scan.files,
+                    scan.truncated)

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeguard.attribution.enrich import actor_attributes, describe, user_names
-from nodeguard.attribution.logfile import DEFAULT_MAX_BYTES, LogUnreadable, log_path_from_conf, read_tail
-from nodeguard.attribution.match import find_actor
+from nodeguard.attribution.logfile import DEFAULT_MAX_BYTES, LogUnreadable, TailScan, log_path_from_conf
+from nodeguard.attribution.match import Actor, find_actor
 from nodeguard.attribution.reasons import auditd_running, rule_covers
+from nodeguard.attribution.records import AuditEvent
 from nodeguard.events.model import Event, EventName, EventSink
 from nodeguard.host import HostPathError, HostRoot
 from nodeguard.structs import JSONValue
@@ -78,6 +79,8 @@ class Pending:
     cutoff_ns: int  # the window's end: when the drift was first seen
     seen_mono: float  # when the drift event was emitted
     deadline_mono: float
+    # Where the last look at the log ended (inode, offset): the next one reads only what follows.
+    resume: tuple[int, int] | None = None
 
 
 def own_pids(proc: Path = Path("/proc")) -> frozenset[int]:
@@ -242,26 +245,51 @@ class AttributionSink:
         if not with_path:
             return []
         log_path = self._log_path()
+        # Drifts already looked for need only what auditd appended since (same file, same window).
+        resumes = {p.resume for p in with_path}
+        resume = resumes.pop() if len(resumes) == 1 else None
         try:
-            tail = read_tail(self.host, log_path, min(p.cutoff_ns for p in with_path) - LOOKBACK_NS,
-                             self.settings.max_bytes)
+            scan = TailScan(self.host, log_path, min(p.cutoff_ns for p in with_path) - LOOKBACK_NS,
+                            self.settings.max_bytes, resume)
         except LogUnreadable as exc:
             for p in with_path:
                 self._emit_unavailable(p, f"the audit log is unreadable: {exc.strerror or exc}")
             return []
+        targets = {id(p): (target_matcher(self.host, str(p.path)), self._inode(str(p.path))) for p in with_path}
+        found: dict[int, Actor] = {}
+        by_key: dict[tuple[int, int, int], AuditEvent] = {}
+        for chunk in scan.chunks():
+            # Newest chunk first; an event whose records straddle two chunks is completed by the
+            # older one (its SYSCALL comes first in the file), so only events touched now are tried.
+            touched: dict[tuple[int, int, int], AuditEvent] = {}
+            for rec in chunk:
+                ev = by_key.get(rec.event_key)
+                if ev is None:
+                    ev = by_key[rec.event_key] = AuditEvent(rec.sec, rec.ms, rec.serial)
+                ev.records.append(rec)
+                touched[rec.event_key] = ev
+            for p in with_path:
+                if id(p) in found:
+                    continue
+                is_target, inode = targets[id(p)]
+                actor = find_actor(touched.values(), is_target, p.cutoff_ns - LOOKBACK_NS, p.cutoff_ns,
+                                   self._exclude, inode)
+                if actor is not None:
+                    found[id(p)] = actor
+            if len(found) == len(with_path):
+                break
         names: dict[int, str] | None = None
         left = []
         for p in with_path:
-            assert p.path is not None
-            actor = find_actor(tail.events, target_matcher(self.host, p.path), p.cutoff_ns - LOOKBACK_NS,
-                               p.cutoff_ns, self._exclude, self._inode(p.path))
+            actor = found.get(id(p))
             if actor is not None:
                 if names is None:
                     names = user_names(self.host)
                 self._emit_actor(p, actor_attributes(actor, names, self.proc))
             elif now >= p.deadline_mono:
-                self._emit_unavailable(p, self._why(p.path, log_path))
+                self._emit_unavailable(p, self._why(str(p.path), log_path))
             else:
+                p.resume = scan.resume_point
                 left.append(p)
         return left
 

@@ -95,3 +95,29 @@ def test_unreadable_log_raises_a_clear_error(sandbox: Sandbox, kind: str) -> Non
         sandbox.path(LOG).mkdir(parents=True)
     with pytest.raises(LogUnreadable, match=LOG):
         read_tail(HostRoot(sandbox.root), LOG, 0)
+
+
+def test_a_resumed_scan_reads_only_what_was_appended(sandbox: Sandbox) -> None:
+    from nodeguard.attribution.logfile import TailScan
+
+    now = time.time_ns()
+    path = write_log(sandbox, [chmod_record(i, now - 5 * S, "/old") for i in range(2000)])
+    host = HostRoot(sandbox.root)
+    first = TailScan(host, LOG, now - 60 * S)
+    assert sum(len(c) for c in first.chunks()) == 8000 and first.bytes_read == path.stat().st_size
+    with path.open("a") as fh:
+        fh.write(chmod_record(5000, now, "/run/docker.sock") + chmod_record(5001, now, "/x")[:40])  # + a half line
+    again = TailScan(host, LOG, now - 60 * S, resume=first.resume_point)
+    records = [r for c in again.chunks() for r in c]
+    assert {r.serial for r in records} == {5000}
+    assert again.bytes_read < 1024
+    # The half line is read next time, once whole.
+    with path.open("a") as fh:
+        fh.write(chmod_record(5001, now, "/x")[40:])
+    third = TailScan(host, LOG, now - 60 * S, resume=again.resume_point)
+    assert {r.serial for c in third.chunks() for r in c} == {5001}
+    # After a rotation (another inode) the resume point is ignored: a full scan.
+    path.rename(path.with_name("audit.log.1"))
+    write_log(sandbox, [chmod_record(6000, now, "/y")])
+    fourth = TailScan(host, LOG, now - 60 * S, resume=third.resume_point)
+    assert {r.serial for c in fourth.chunks() for r in c} >= {6000, 5001, 5000}
