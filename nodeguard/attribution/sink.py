@@ -145,6 +145,7 @@ class AttributionSink:
         self.stats = _Stats()
         self._exclude = own_pids()
         self._queue: queue.Queue[Pending | None] = queue.Queue(maxsize=QUEUE_MAX)
+        self._lock = threading.Lock()
         self._episode: dict[tuple[str, ...], int] = {}
         self._recent: dict[tuple[str, ...], deque[float]] = {}
         self._thread = threading.Thread(target=self._run, name="nodeguard-attribution", daemon=True)
@@ -156,10 +157,12 @@ class AttributionSink:
         self.inner.emit(event)
         if event.name not in DRIFT_EVENTS:
             if event.name is EventName.DRIFT_RESOLVED:
-                self._episode.pop(self._key(event), None)
+                with self._lock:
+                    self._episode.pop(self._key(event), None)
             return
         try:
-            self._enqueue(event)
+            with self._lock:  # the fast and the slow lane may both emit
+                self._enqueue(event)
         except Exception:  # attribution must never cost the engine an event
             log.exception("attribution: cannot queue %s", event.name)
 

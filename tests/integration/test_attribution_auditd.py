@@ -225,3 +225,24 @@ def test_a_record_rotated_into_audit_log_1_is_still_found(sandbox: Sandbox, tmp_
         a = attributed_for(agent, detected)["attributes"]
         assert a["nodeguard.actor.source"] == "audit", a
         assert a["process.pid"] == pid
+
+
+def test_with_auditd_stopped_the_reason_says_so(sandbox: Sandbox, tmp_path: Path, docker_sock: Path) -> None:
+    from tests.support.auditd import audit_status
+
+    require_tool("auditctl")
+    if audit_status().get("pid", "0") != "0":
+        pytest.skip("this machine's auditd runs: 'not running' cannot be shown here")
+    # What a host keeps when auditd is stopped: its config, its rules, its log.
+    sandbox.write("/etc/audit/auditd.conf", "log_file = /var/log/audit/audit.log\n")
+    sandbox.write("/etc/audit/rules.d/docker.rules", "-w /run/docker.sock -p wa -k docker\n")
+    sandbox.write("/var/log/audit/audit.log", "", 0o600)
+    state = tmp_path / "state"
+    with running_agent(sandbox.root, state, "--mode", "observe") as agent:
+        wait_first_pass(agent, state)
+        mark = agent.mark()
+        docker_sock.chmod(0o666)
+        detected = agent.wait_for(is_event("nodeguard.drift.detected", "socket-mode"), after=mark)
+        a = attributed_for(agent, detected)["attributes"]
+        assert a["nodeguard.actor.source"] == "unavailable"
+        assert a["nodeguard.actor.reason"] == "auditd is not running"

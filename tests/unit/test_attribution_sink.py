@@ -237,3 +237,25 @@ def test_a_change_through_a_hard_link_is_attributed(sandbox: Sandbox, sink: tupl
     drift = event_for_finding(EventName.DRIFT_DETECTED, FINDING, outcome="detected")
     s.emit(drift)
     assert inner.attributed(drift.id).attributes["process.pid"] == 777
+
+
+def test_the_policy_key_turns_it_on_and_off(sandbox: Sandbox, proc: Path) -> None:
+    from nodeguard.attribution import attribution_for
+    from nodeguard.host import HostRoot
+    from nodeguard.policy import PolicyError, load_policy, parse_policy
+
+    host, inner = HostRoot(sandbox.root), ListSink()
+    s = attribution_for(host, proc, load_policy(), inner)
+    assert s is not None and s.settings.wait_ms == 500 and s.settings.audit_log is None
+    assert s.settings.rules_dirs == ("/etc/audit/rules.d",)
+    s.stop()
+    head = "apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  agent:\n    attribution: "
+    off = parse_policy(head + "{enabled: false}\n", "<test>")
+    assert attribution_for(host, proc, off, inner) is None
+    custom = parse_policy(head + "{auditLog: /srv/audit.log, waitMs: 50}\n", "<test>")
+    s = attribution_for(host, proc, custom, inner)
+    assert s is not None and (s.settings.audit_log, s.settings.wait_ms) == ("/srv/audit.log", 50)
+    s.stop()
+    for bad in ("{waitMs: 60000}", "{auditLog: relative.log}", "{waitMS: 5}"):
+        with pytest.raises(PolicyError):
+            parse_policy(head + bad + "\n", "<test>")
