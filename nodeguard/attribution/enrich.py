@@ -7,6 +7,7 @@ attributes, never an error.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -43,15 +44,29 @@ def container_id_from_cgroup(text: str) -> str | None:
     return None
 
 
-def container_id(proc: Path, pid: int, comm: str | None) -> str | None:
+def started_ns(proc: Path, pid: int) -> int | None:
+    """When `pid` started, in wall-clock nanoseconds (boot time + its start in clock ticks)."""
+    try:
+        stat_text = (proc / str(pid) / "stat").read_text()[:4096]
+        btime = next(int(line.split()[1]) for line in (proc / "stat").read_text()[:65536].splitlines()
+                     if line.startswith("btime "))
+        ticks = int(stat_text.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return btime * 1_000_000_000 + ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def container_id(proc: Path, pid: int, event_ns: int) -> str | None:
     """The container of `pid`, if it still runs and is still the process the record names.
 
-    A short-lived chmod is usually gone by now; a pid reused by another program is caught by
-    its name (comm), which the record carries.
+    A short-lived chmod is usually gone by now. A pid reused since by another process started
+    after the record; one that only exec'd another program (a shell that chmods, then sleeps)
+    started before it and is still the actor. btime has a one-second grain: allow it.
     """
+    start = started_ns(proc, pid)
+    if start is None or start > event_ns + 1_000_000_000:
+        return None
     try:
-        if comm is not None and (proc / str(pid) / "comm").read_text()[:64].strip() != comm[:15]:
-            return None
         with (proc / str(pid) / "cgroup").open() as fh:
             return container_id_from_cgroup(fh.read(CGROUP_LIMIT))
     except (OSError, UnicodeDecodeError):
@@ -86,7 +101,7 @@ def actor_attributes(actor: Actor, names: dict[int, str], proc: Path) -> dict[st
     if actor.syscall:
         attrs["nodeguard.actor.syscall"] = actor.syscall
     if actor.pid is not None:
-        cid = container_id(proc, actor.pid, actor.comm)
+        cid = container_id(proc, actor.pid, actor.time_ns)
         if cid:
             attrs["container.id"] = cid
     return attrs

@@ -210,13 +210,19 @@ def test_container_of_a_process_that_still_runs(sandbox: Sandbox, proc: Path,
                                                 sink: tuple[AttributionSink, ListSink]) -> None:
     s, inner = sink
     cid = "d" * 64
-    for pid, comm in ((4321, "chmod"), (4322, "bash")):  # 4322: the pid reused by another program
+    tick = os.sysconf("SC_CLK_TCK")
+    boot = int(time.time()) - 1000
+    (proc / "stat").write_text(f"cpu  1 2 3\nbtime {boot}\n")
+    # 4321 started 500 s after boot (before the record); 4322 is a pid reused 2 s ago (after it).
+    for pid, started in ((4321, 500), (4322, 998)):
         (proc / str(pid)).mkdir()
-        (proc / str(pid) / "comm").write_text(comm + "\n")
+        fields = ["S"] + ["0"] * 18 + [str(started * tick)] + ["0"] * 10
+        (proc / str(pid) / "stat").write_text(f"{pid} (sh) {' '.join(fields)}\n")
         (proc / str(pid) / "cgroup").write_text(f"0::/system.slice/docker-{cid}.scope\n")
     ids = []
     for serial, pid in ((20, 4321), (21, 4322)):
-        append(sandbox, chmod_record(serial, time.time_ns() - 10_000_000, f"{sandbox.root}/run/docker.sock", pid=pid))
+        append(sandbox, chmod_record(serial, time.time_ns() - 5_000_000_000, f"{sandbox.root}/run/docker.sock",
+                                     pid=pid))
         drift = event_for_finding(EventName.DRIFT_DETECTED, FINDING, outcome="detected")
         s.emit(drift)
         ids.append(drift.id)
