@@ -100,10 +100,13 @@ def actor_attributes(actor: Actor, names: dict[int, str], proc: Path) -> dict[st
         attrs["nodeguard.actor.audit_key"] = actor.keys[0] if len(actor.keys) == 1 else list(actor.keys)
     if actor.syscall:
         attrs["nodeguard.actor.syscall"] = actor.syscall
-    if actor.pid is not None:
-        cid = container_id(proc, actor.pid, actor.time_ns)
+    # The process, or its parent when it has exited (a shell in a container that ran chmod):
+    # a child starts in its parent's cgroup.
+    for pid in (actor.pid, actor.ppid):
+        cid = container_id(proc, pid, actor.time_ns) if pid is not None and pid > 1 else None
         if cid:
             attrs["container.id"] = cid
+            break
     return attrs
 
 

@@ -246,3 +246,37 @@ def test_with_auditd_stopped_the_reason_says_so(sandbox: Sandbox, tmp_path: Path
         a = attributed_for(agent, detected)["attributes"]
         assert a["nodeguard.actor.source"] == "unavailable"
         assert a["nodeguard.actor.reason"] == "auditd is not running"
+
+
+@pytest.mark.dockerd
+def test_a_container_that_chmods_the_socket_is_named(sandbox: Sandbox, tmp_path: Path, auditd: Auditd) -> None:
+    from tests.support.dockerd import import_busybox, running_dockerd
+
+    hardened = {"icc": False, "live-restore": True, "no-new-privileges": True, "userland-proxy": False,
+                "log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "3"}}
+    with running_dockerd(sandbox, hardened) as d:
+        image = import_busybox(d)
+        key = auditd.watch(d.socket)
+        state = tmp_path / "state"
+        with running_agent(sandbox.root, state, "--mode", "observe") as agent:
+            wait_first_pass(agent, state)
+            mark = agent.mark()
+            # The socket's folder mounted into a container, changed from inside under another name
+            # (/hostrun/docker.sock): the kernel's watch is on the inode, so auditd logs it anyway.
+            cid = d.cli("run", "-d", "-v", f"{sandbox.path('/run')}:/hostrun", image, "sh", "-c",
+                        "chmod 666 /hostrun/docker.sock && exec sleep 120").stdout.strip()
+            try:
+                detected = agent.wait_for(is_event("nodeguard.drift.detected", "socket-mode"), after=mark,
+                                          timeout=30)
+                a = attributed_for(agent, detected)["attributes"]
+                assert a["nodeguard.actor.source"] == "audit", a
+                assert a["nodeguard.actor.audit_key"] == key
+                # The chmod (a child of the container's shell) has exited by now; its parent, the
+                # shell now running sleep, still runs in the container's cgroup.
+                assert a["container.id"] == cid, a
+                assert a["process.executable.path"] == "/bin/busybox"  # the path inside the container
+                # busybox runs chmod in a forked child without exec: the shell's argv is its title.
+                assert a["process.command_line"] == "sh -c chmod 666 /hostrun/docker.sock && exec sleep 120"
+                assert a["process.executable.name"] == "chmod"
+            finally:
+                d.cli("rm", "-f", cid, check=False)
