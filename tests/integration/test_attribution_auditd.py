@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -194,7 +193,6 @@ def test_rules_and_enabled_flag_are_restored_even_when_the_test_fails(sandbox: S
     status = audit_status()
     assert status["enabled"] == before
     assert status["pid"] == "0" or not a.own
-    assert shutil.which("auditd")
 
 
 def test_a_record_rotated_into_audit_log_1_is_still_found(sandbox: Sandbox, tmp_path: Path, auditd: Auditd,
