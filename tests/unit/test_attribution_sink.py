@@ -18,6 +18,7 @@ import pytest
 from nodeguard.attribution.enrich import container_id_from_cgroup
 from nodeguard.attribution.sink import AttributionSettings, AttributionSink
 from nodeguard.events.model import Event, EventName, event_for_finding, lifecycle_event
+from nodeguard.policy import Policy
 from nodeguard.structs import Finding, Mode, Severity, Status
 from tests.support.auditd import chmod_record
 from tests.support.sandbox import ALICE_UID, Sandbox
@@ -265,3 +266,49 @@ def test_the_policy_key_turns_it_on_and_off(sandbox: Sandbox, proc: Path) -> Non
     for bad in ("{waitMs: 60000}", "{auditLog: relative.log}", "{waitMS: 5}"):
         with pytest.raises(PolicyError):
             parse_policy(head + bad + "\n", "<test>")
+
+
+def attribution_probe(sb: Sandbox, proc: Path, policy: Policy) -> object:
+    """What the attribution companion makes of three drifts of the socket (the behaviour probe the
+    policy-key test uses for `spec.agent.attribution.*`): None when off, else per drift the actor
+    source, the reason up to its first colon, and whether it took a second or more."""
+    from nodeguard.attribution import attribution_for
+    from nodeguard.host import HostRoot
+
+    log = sb.path("/var/log/audit/audit.log")  # the default log exists and is empty
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.touch()
+    inner = ListSink()
+    s = attribution_for(HostRoot(sb.root), proc, policy, inner)
+    if s is None:
+        return None
+    try:
+        for _ in range(3):
+            s.emit(event_for_finding(EventName.DRIFT_DETECTED, FINDING, outcome="detected"))
+    finally:
+        s.stop(timeout=10)
+    return [(e.attributes["nodeguard.actor.source"], str(e.attributes["nodeguard.actor.reason"]).split(":")[0],
+             float(str(e.attributes["nodeguard.actor.latency_ms"])) >= 1000)
+            for e in inner.events if e.name is EventName.DRIFT_ATTRIBUTED]
+
+
+@pytest.mark.parametrize(("change", "what"), [
+    ("{enabled: false}", "off"),
+    ("{auditLog: /srv/elsewhere.log}", "log"),
+    ("{waitMs: 1500}", "wait"),
+    ("{maxPerFindingPerMinute: 1}", "limit"),
+])
+def test_each_policy_key_changes_what_attribution_does(sandbox: Sandbox, proc: Path, change: str, what: str) -> None:
+    from nodeguard.policy import load_policy, parse_policy
+
+    head = "apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  agent:\n    attribution: "
+    before = attribution_probe(sandbox, proc, load_policy())
+    after = attribution_probe(sandbox, proc, parse_policy(head + change + "\n", "<test>"))
+    assert before == [("unavailable", "no audit rule covers /var/run/docker.sock", False)] * 3
+    assert before != after
+    if what == "log":
+        assert after == [("unavailable", "the audit log is unreadable", False)] * 3
+    elif what == "wait":
+        assert after == [("unavailable", "no audit rule covers /var/run/docker.sock", True)] * 3
+    elif what == "limit":
+        assert after == before[:1]
