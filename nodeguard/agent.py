@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from nodeguard.attribution import AttributionSink, attribution_for
 from nodeguard.engine import Engine, EngineOptions
 from nodeguard.events.metrics import set_open_drifts_source
 from nodeguard.events.model import Event, EventName, EventSink, lifecycle_event
@@ -96,10 +97,15 @@ def run_agent(options: EngineOptions, sinks: Iterable[EventSink], watchers: list
     """Run until SIGTERM/SIGINT; returns the stopped engine (for its counters)."""
     store = StateStore(options.state_dir)
     sink = FanoutSink(list(sinks))
+    attribution: AttributionSink | None = None
     try:
         policy = initial_policy(options, store, sink)
-        engine = Engine(options, policy, sink, watchers=default_watchers(options.host, policy) if watchers is None
-                        else watchers, on_pass=heartbeat_writer(options.state_dir))
+        # Drift events go out at once; their actor follows from the audit log (never delays a revert).
+        attribution = attribution_for(options.host, options.proc, policy, sink)
+        engine_sink: EventSink = attribution or sink
+        engine = Engine(options, policy, engine_sink,
+                        watchers=default_watchers(options.host, policy) if watchers is None else watchers,
+                        on_pass=heartbeat_writer(options.state_dir))
         set_open_drifts_source(engine.open_drifts)  # the nodeguard_open_drifts gauge reads the engine's level
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -115,4 +121,6 @@ def run_agent(options: EngineOptions, sinks: Iterable[EventSink], watchers: list
         return engine
     finally:
         set_open_drifts_source(None)
+        if attribution is not None:
+            attribution.stop()
         sink.close()

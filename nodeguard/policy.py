@@ -398,10 +398,23 @@ class Flapping(_Strict):
     max_backoff_seconds: float = Field(default=300.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="maxBackoffSeconds")
 
 
+class Attribution(_Strict):
+    """Who made a drift, read from the host's audit log (nodeguard/attribution/)."""
+
+    enabled: bool = True
+    audit_log: str | None = Field(default=None, alias="auditLog", pattern=r"^/",
+                                  description="host path; unset: log_file of the host's /etc/audit/auditd.conf")
+    wait_ms: int = Field(default=500, ge=0, le=5000, alias="waitMs",
+                         description="how long the actor may follow the drift event")
+    max_per_finding_per_minute: int = Field(default=60, ge=1, alias="maxPerFindingPerMinute",
+                                            description="beyond it (a fight), only flapping events are attributed")
+
+
 class AgentSettings(_Strict):
     resync_seconds: float = Field(default=60.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="resyncSeconds")
     coalesce_ms: int = Field(default=5, ge=0, le=5000, alias="coalesceMs")
     flapping: Flapping = Field(default_factory=Flapping)
+    attribution: Attribution = Field(default_factory=Attribution)
 
 
 class Spec(_Strict):

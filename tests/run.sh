@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   for pair in dockerd:docker.io iptables:iptables nft:nftables busybox:busybox-static setfacl:acl \
-              usermod:passwd nsenter:util-linux ip:iproute2 cgroupfs-mount:cgroupfs-mount; do
+              usermod:passwd nsenter:util-linux ip:iproute2 cgroupfs-mount:cgroupfs-mount auditd:auditd; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
   done
   if [ ${#need[@]} -gt 0 ]; then

@@ -24,6 +24,7 @@ class EventName(enum.StrEnum):
     DRIFT_REVERT_FAILED = "nodeguard.drift.revert_failed"
     DRIFT_RESOLVED = "nodeguard.drift.resolved"
     DRIFT_FLAPPING = "nodeguard.drift.flapping"
+    DRIFT_ATTRIBUTED = "nodeguard.drift.attributed"  # who made a drift (nodeguard/attribution/)
     AGENT_STARTED = "nodeguard.agent.started"
     POLICY_LOADED = "nodeguard.policy.loaded"
     POLICY_REJECTED = "nodeguard.policy.rejected"

@@ -20,6 +20,7 @@ from typing import Any
 from nodeguard import accounts, dockerd, policy, sshd_config
 from nodeguard.controls import daemon_config, host_layout, socket
 from nodeguard.host import HostRoot
+from tests.fuzz.attribution_targets import audit_log
 
 Target = Callable[[bytes], None]
 
@@ -158,6 +159,7 @@ TARGETS: dict[str, Target] = {
     "audit_rules": audit_rules,
     "daemon_json_patch": daemon_json_patch,
     "tls_material": tls_material,
+    "audit_log": audit_log,
 }
 
 CORPUS = Path(__file__).resolve().parent / "corpus"

@@ -49,6 +49,7 @@ from nodeguard.policy import API_VERSION, KIND, Policy, PolicyError, load_policy
 from nodeguard.structs import Finding, Severity, Status
 from tests.support.sandbox import BOB_UID, DOCKER_GID, Sandbox, make_sandbox, require_root, require_tool
 from tests.support.tlsca import make_tls
+from tests.unit.test_attribution_sink import attribution_probe
 from tests.unit.test_firewall_rules import listener, nft_observation
 
 HEAD: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND}
@@ -338,6 +339,10 @@ EXTRA = {"path": "/etc/docker/agent.conf", "owner": "root", "group": "root", "fi
 PORTS = [{"port": 2376, "allow": [], "action": "drop"}, {"port": 2375, "allow": [], "action": "drop"}]
 
 
+def _attribution(w: World, p: Policy) -> Any:
+    return attribution_probe(w.sb, w.proc, p)
+
+
 def _extra(**change: str) -> dict[str, Any]:
     return at(f"{CTL}daemonFiles.extra", [{**EXTRA, **change}])
 
@@ -363,6 +368,11 @@ CASES: dict[str, Case] = {
     "spec.agent.flapping.threshold": Case(at("spec.agent.flapping.threshold", 20), flapping_probe),
     "spec.agent.flapping.windowSeconds": Case(at("spec.agent.flapping.windowSeconds", 5), flapping_probe),
     "spec.agent.flapping.maxBackoffSeconds": Case(at("spec.agent.flapping.maxBackoffSeconds", 1), flapping_probe),
+    "spec.agent.attribution.enabled": Case(at("spec.agent.attribution.enabled", False), _attribution),
+    "spec.agent.attribution.auditLog": Case(at("spec.agent.attribution.auditLog", "/srv/elsewhere.log"), _attribution),
+    "spec.agent.attribution.waitMs": Case(at("spec.agent.attribution.waitMs", 1500), _attribution),
+    "spec.agent.attribution.maxPerFindingPerMinute": Case(at("spec.agent.attribution.maxPerFindingPerMinute", 1),
+                                                          _attribution),
     f"{CTL}daemonConfig.path": _control_case(f"{CTL}daemonConfig.path", "/etc/docker/other.json"),
     f"{CTL}daemonConfig.allowedInsecureRegistries": _control_case(f"{CTL}daemonConfig.allowedInsecureRegistries",
                                                                   ["reg.example:5000"]),
