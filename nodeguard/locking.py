@@ -49,3 +49,24 @@ def pid_is_gone(pid: int, proc: Path = Path("/proc")) -> bool:
     except PermissionError:
         return False  # EPERM: it exists, owned by someone else
     return False
+
+
+# Slack for a wall clock that moved between the lock's write and now (NTP steps, a VM resumed).
+START_SLACK_S = 5.0
+
+
+def started_after(pid: int, wall_time: float, proc: Path = Path("/proc")) -> bool:
+    """True when process `pid` provably started after `wall_time` (a lock file's mtime): then it
+    cannot be the process that wrote the lock, its pid was recycled. Only in the host's pid
+    namespace, and False whenever /proc cannot say (never a guess)."""
+    if not sees_host_pids(proc):
+        return False
+    try:
+        # Field 22, after the command in parentheses (which may itself hold spaces or ')').
+        fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])
+        boot = next(float(line.split()[1]) for line in (proc / "stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, IndexError, ValueError, StopIteration):
+        return False
+    return boot + start_ticks / os.sysconf("SC_CLK_TCK") > wall_time + START_SLACK_S

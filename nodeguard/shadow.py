@@ -25,7 +25,7 @@ from pathlib import Path
 
 from nodeguard import nss_files
 from nodeguard.host import HostRoot, NotRegularFile, file_kind
-from nodeguard.locking import acquire_by, pid_is_gone
+from nodeguard.locking import acquire_by, pid_is_gone, started_after
 
 PWD_LOCK = "/etc/.pwd.lock"
 LOCK_TIMEOUT_S = 15.0  # what lckpwdf() waits
@@ -115,6 +115,7 @@ def _release_if_stale(dfd: int, lock: str, proc: Path) -> bool:
     """Unlink `lock` when the pid it names provably no longer exists; True if it was removed.
 
     shadow-utils' rule (commonio.c, do_lock_file): read the pid, kill(pid, 0), ESRCH means stale.
+    Also stale: a live pid whose process started after the lock file was written (recycled).
     Proof needs the host's pid namespace (locking.pid_is_gone); an unreadable, empty or odd lock
     file is never stale. The file is checked by inode before the unlink so that a lock taken by
     someone else in between is not the one removed.
@@ -131,7 +132,11 @@ def _release_if_stale(dfd: int, lock: str, proc: Path) -> bool:
     finally:
         os.close(fd)
     pid = nss_files.strtoul_id(text) if text.isdigit() else None
-    if pid is None or pid <= 0 or not pid_is_gone(pid, proc):
+    if pid is None or pid <= 0:
+        return False
+    # Gone (commonio's own rule), or alive but started after the lock was written: a recycled pid,
+    # e.g. nodeguard's own SIGKILLed instance whose pid went to some later process.
+    if not (pid_is_gone(pid, proc) or started_after(pid, st.st_mtime, proc)):
         return False
     try:
         now = os.stat(lock, dir_fd=dfd, follow_symlinks=False)

@@ -119,6 +119,19 @@ def test_a_lock_of_a_dead_pid_is_released_like_shadow_utils_does(sandbox: Sandbo
     assert not lock.exists()
 
 
+def test_a_recycled_pid_is_stale_a_lock_written_after_the_holder_started_is_not(
+        sandbox: Sandbox, host: HostRoot, live_pid: int) -> None:
+    # The pid lives, but its process started an hour after the lock was written: it cannot be the
+    # writer (nodeguard SIGKILLed, its pid later handed to someone else).
+    require(locking.sees_host_pids(), "outside the host's pid namespace a recycled pid cannot be proven")
+    lock = sandbox.path("/etc/group.lock")
+    lock.write_text(str(live_pid))
+    an_hour_ago = time.time() - 3600
+    os.utime(lock, (an_hour_ago, an_hour_ago))
+    assert remove_group_member(host, "docker", "bob") == ["/etc/group", "/etc/gshadow"]
+    assert not lock.exists()
+
+
 def test_a_dead_pid_is_not_proof_outside_the_host_pid_namespace(sandbox: Sandbox, host: HostRoot,
                                                                  tmp_path: Path) -> None:
     # A /proc whose pid namespace is not the initial one: a pid missing here may live elsewhere.
