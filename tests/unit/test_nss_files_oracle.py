@@ -217,3 +217,15 @@ def test_fuzzed_files_agree_with_glibc(fuzz_root: tuple[Sandbox, GlibcOracle], f
         primary = {n for n, _u, g in oracle.passwd() if g and int(g) in {int(x.gid) for x in oracle.groups()
                                                                         if x.name == b"docker" and x.gid}}
         assert glibc_members(oracle, after, passwd) - {b"alice"} <= primary
+
+
+GSHADOW_ODD = (b"root:*::\n docker:$6$x$y:adm1, adm2:m1,\x0bm2\n#docker:x::m3\ndocker:x::m4:\n"
+               b"docker\ndocker:!:a\ndocker:!:a:b:c\n\x0cdocker:!::m5 ,m6\0junk\nlast:x::z")
+
+
+def test_gshadow_lines_are_what_getsgent_returns(sandbox: Sandbox, oracle: GlibcOracle) -> None:
+    write(sandbox, b"docker:x:990:\n", gshadow=GSHADOW_ODD)
+    entries, _ = nss_files.gshadow_lines(GSHADOW_ODD.decode("utf-8", "surrogateescape"))
+    ours = [(e.name.encode(), e.password.encode(), tuple(a.encode() for a in e.admins),
+             tuple(m.encode() for m in e.members)) for e in entries]
+    assert ours == oracle.gshadow()
