@@ -16,8 +16,10 @@ import pytest
 
 from nodeguard import locking
 from nodeguard.accounts import load_accounts
+from nodeguard.controls.docker_group import DockerGroupControl
 from nodeguard.host import HostRoot
 from nodeguard.shadow import LockBusy, file_lock, remove_group_member, remove_group_members
+from tests.support.rules import context, policy_from
 from tests.support.sandbox import DOCKER_GID, Sandbox, require, require_root, require_tool, usermod_add
 
 # Other lines must come back byte for byte: odd spacing, a non-UTF-8 name, a look-alike group,
@@ -172,9 +174,16 @@ def test_a_sigkill_in_the_middle_of_a_rewrite_does_not_stop_the_next_one(sandbox
         proc.kill()  # SIGKILL: no finally block, no unlink
         proc.wait(timeout=10)
     assert sandbox.path("/etc/group.lock").exists() and sandbox.path("/etc/gshadow.lock").exists()
-    assert remove_group_member(host, "docker", "bob", lock_timeout=2) == ["/etc/group", "/etc/gshadow"]
+    # The next remediation, as the agent runs it: the docker-group control in enforce mode.
+    ctl = DockerGroupControl()
+    pol = policy_from("spec: {mode: enforce, controls: {dockerGroup: {allowedMembers: [alice]}}}")
+    ctx = context(sandbox, pol)
+    obs = ctl.observe(ctx)
+    failing = [f for f in ctl.evaluate(obs, pol) if f.rule == "member-allowed" and f.status.value == "fail"]
+    assert {f.subject for f in failing} == {"bob", "bobby"}
+    assert all(o.ok and o.changed for o in ctl.remediate_many(ctx, failing, obs))
     docker = next(ln for ln in sandbox.path("/etc/group").read_bytes().split(b"\n") if ln.startswith(b"docker:"))
-    assert docker.split(b":")[3].split(b",") == [b"alice", b"bobby"]
+    assert docker.split(b":")[3].split(b",") == [b"alice"]
     # The stale locks are gone; the ones nodeguard took were released.
     assert not sandbox.path("/etc/group.lock").exists() and not sandbox.path("/etc/gshadow.lock").exists()
 
