@@ -102,7 +102,7 @@ def parse_daemon_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
         # dockerd treats an empty file as no configuration.
         return {}, None
     try:
-        value, _end = gojson.decode(text)
+        value = gojson.loads(text)
     except gojson.GoJSONError as exc:
         return None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
     if not isinstance(value, dict):
