@@ -77,6 +77,8 @@ class AccountDB:
 def display(name: str) -> str:
     """A name safe for events and JSON: bytes that are not UTF-8 shown as \\xNN (the raw name is kept
     beside it for the rewrite)."""
+    if name.isascii():  # nearly every name: no copy
+        return name
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
