@@ -48,6 +48,8 @@ def strtoul_id(text: str) -> int | None:
 
     Never int() on the whole text: a 5,000-digit field must not meet Python's int-from-string limit.
     """
+    if len(text) < 10 and text.isascii() and text.isdigit():
+        return int(text)  # the common case: plain digits, surely within 32 bits
     s = text.lstrip(C_SPACE)
     negative = False
     if s[:1] in ("+", "-"):
