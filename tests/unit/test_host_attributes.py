@@ -39,7 +39,9 @@ def getfacl(path: Path) -> str:
 
 
 def getfattr(path: Path) -> str:
-    return run(require_tool("getfattr"), "--absolute-names", "--dump", "--match=^user\\.", str(path)).stdout
+    """Every extended attribute but the ACL (getfacl shows that): user.*, trusted.*, security.selinux."""
+    return run(require_tool("getfattr"), "--absolute-names", "--dump", "--match=^(user|trusted|security)\\.",
+               str(path)).stdout
 
 
 @pytest.fixture
@@ -63,6 +65,8 @@ def test_a_revert_keeps_the_acl_and_xattrs_and_never_takes_the_folders_default_a
     # Restrictive: the group-admin uid 1500 may read, the mask allows no more than read.
     run(setfacl, "-m", "u:1500:r--,m::r--", str(gshadow))
     run(require_tool("setfattr"), "-n", "user.origin", "-v", "site-policy", str(gshadow))
+    # An SELinux label as a labelled host carries it (ext4 keeps the xattr even with SELinux off).
+    run(require_tool("setfattr"), "-n", "security.selinux", "-v", "system_u:object_r:shadow_t:s0", str(gshadow))
     run(setfacl, "-d", "-m", f"u:{STRANGER}:rw-", str(etc))
     acl_before, xattrs_before = getfacl(gshadow), getfattr(gshadow)
     assert "user:1500:r--" in acl_before and "user.origin" in xattrs_before
