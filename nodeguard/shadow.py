@@ -121,16 +121,23 @@ def _release_if_stale(dfd: int, lock: str, proc: Path) -> bool:
     someone else in between is not the one removed.
     """
     try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        # O_PATH first: a device planted as the lock is never open()ed (no driver code runs).
+        pfd = os.open(lock, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     except OSError:
         return False
     try:
-        st = os.fstat(fd)
+        st = os.fstat(pfd)
         if not stat.S_ISREG(st.st_mode):
             return False
-        text = os.read(fd, _LOCK_READ_LIMIT).decode("ascii", "replace").strip()
+        fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, _LOCK_READ_LIMIT).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
     finally:
-        os.close(fd)
+        os.close(pfd)
     pid = nss_files.strtoul_id(text) if text.isdigit() else None
     if pid is None or pid <= 0:
         return False

@@ -283,3 +283,11 @@ def test_our_lock_files_stop_gpasswd(sandbox: Sandbox) -> None:
     assert not lock.exists()
     assert gpasswd(sandbox, "-a", "alice", "docker").returncode == 0
     assert Path(sandbox.path("/etc/group")).read_text().splitlines()[-1] == f"docker:x:{DOCKER_GID}:alice"
+
+
+def test_a_fifo_planted_as_the_lock_is_never_opened(sandbox: Sandbox, host: HostRoot) -> None:
+    # Judging staleness reads the lock: a FIFO (or a device) there must not block it or run a driver.
+    os.mkfifo(sandbox.path("/etc/group.lock"))
+    with pytest.raises(LockBusy, match="not stealing"):
+        remove_group_member(host, "docker", "bob", lock_timeout=0.5)
+    assert stat.S_ISFIFO(sandbox.path("/etc/group.lock").lstat().st_mode)
