@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nodeguard import nss_files
 from nodeguard.host import HostRoot
 
 # /etc/group with 100,000 members on one line is ~1 MB; 32 MiB bounds a hostile file.
@@ -49,6 +50,10 @@ class AccountDB:
     gshadow: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    # Every line as glibc reads it, raw names (surrogateescape): what membership is computed from.
+    group_lines: list[nss_files.GroupLine] = field(default_factory=list)
+    passwd_lines: list[nss_files.PasswdLine] = field(default_factory=list)
+    gshadow_lines: list[nss_files.GshadowLine] = field(default_factory=list)
 
     def uid_of(self, name_or_id: str) -> int | None:
         if (as_number := as_id(name_or_id)) is not None:
@@ -69,73 +74,93 @@ class AccountDB:
         return next((g.name for g in self.groups.values() if g.gid == gid), str(gid))
 
 
-def _split_members(field_text: str) -> tuple[str, ...]:
-    return tuple(m.strip() for m in field_text.split(",") if m.strip())
+def display(name: str) -> str:
+    """A name safe for events and JSON: bytes that are not UTF-8 shown as \\xNN (the raw name is kept
+    beside it for the rewrite)."""
+    if name.isascii():  # nearly every name: no copy
+        return name
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _problems(path: str, rejected: list[int], problems: list[str] | None) -> None:
+    if problems is not None:
+        problems.extend(f"{path}:{n}: malformed entry (glibc ignores it)" for n in rejected)
 
 
 def parse_passwd(text: str, problems: list[str] | None = None) -> dict[str, UserEntry]:
+    """Users by name, as getpwnam answers: the first listed line of a name (glibc's parser, nss_files.py)."""
+    return _users(*nss_files.passwd_lines(text), problems)
+
+
+def _users(entries: list[nss_files.PasswdLine], rejected: list[int],
+           problems: list[str] | None) -> dict[str, UserEntry]:
+    _problems("/etc/passwd", rejected, problems)
     users: dict[str, UserEntry] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        parts = line.split(":")
-        uid, gid = (as_id(parts[2]), as_id(parts[3])) if len(parts) >= 4 else (None, None)
-        if uid is None or gid is None:
+    for e in entries:
+        name = display(e.name)
+        if name in users:
             if problems is not None:
-                problems.append(f"/etc/passwd:{lineno}: malformed entry")
+                problems.append(f"/etc/passwd:{e.line}: duplicate user {name!r}")
             continue
-        users.setdefault(parts[0], UserEntry(parts[0], uid, gid, lineno))
+        users[name] = UserEntry(name, e.uid, e.gid, e.line)
     return users
 
 
 def parse_group(text: str, problems: list[str] | None = None) -> dict[str, GroupEntry]:
+    """Groups by name, as getgrnam answers: the first listed line of a name. Membership is not read
+    from here: initgroups reads every line (see nss_files.group_lines and the docker-group control)."""
+    return _groups(*nss_files.group_lines(text), problems)
+
+
+def _groups(entries: list[nss_files.GroupLine], rejected: list[int],
+            problems: list[str] | None) -> dict[str, GroupEntry]:
+    _problems("/etc/group", rejected, problems)
     groups: dict[str, GroupEntry] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
+    for e in entries:
+        if not e.listed:
             continue
-        parts = line.split(":")
-        gid = as_id(parts[2]) if len(parts) >= 4 else None
-        if gid is None:
+        name = display(e.name)
+        if name in groups:
             if problems is not None:
-                problems.append(f"/etc/group:{lineno}: malformed entry")
+                problems.append(f"/etc/group:{e.line}: duplicate group {name!r}")
             continue
-        # shadow-utils uses the first entry of a name; later duplicates are ignored but reported.
-        if parts[0] in groups:
-            if problems is not None:
-                problems.append(f"/etc/group:{lineno}: duplicate group {parts[0]!r}")
-            continue
-        groups[parts[0]] = GroupEntry(parts[0], gid, _split_members(":".join(parts[3:])), lineno)
+        groups[name] = GroupEntry(name, e.gid, tuple(display(m) for m in e.members), e.line)
     return groups
 
 
 def parse_gshadow(text: str, problems: list[str] | None = None) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    return _gshadow(*nss_files.gshadow_lines(text), problems)
+
+
+def _gshadow(entries: list[nss_files.GshadowLine], rejected: list[int],
+             problems: list[str] | None) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    _problems("/etc/gshadow", rejected, problems)
     out: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        parts = line.split(":")
-        if len(parts) < 4:
-            if problems is not None:
-                problems.append(f"/etc/gshadow:{lineno}: malformed entry")
-            continue
-        out.setdefault(parts[0], (_split_members(parts[2]), _split_members(":".join(parts[3:]))))
+    for e in entries:
+        out.setdefault(display(e.name), (tuple(display(a) for a in e.admins), tuple(display(m) for m in e.members)))
     return out
 
 
 def load_accounts(host: HostRoot) -> AccountDB:
     db = AccountDB()
-    for path, parse, attr in (
-        ("/etc/passwd", parse_passwd, "users"),
-        ("/etc/group", parse_group, "groups"),
-        ("/etc/gshadow", parse_gshadow, "gshadow"),
-    ):
+    for path in ("/etc/passwd", "/etc/group", "/etc/gshadow"):
         try:
-            text = host.read_text(path, limit=ACCOUNT_FILE_LIMIT)
+            # surrogateescape: a byte that is not UTF-8 is kept as it is, so a name glibc compares
+            # byte for byte can be found and removed exactly.
+            text = host.read_bytes(path, limit=ACCOUNT_FILE_LIMIT).decode("utf-8", "surrogateescape")
         except FileNotFoundError:
             db.missing.append(path)
             continue
         except OSError as exc:
             db.problems.append(f"{path}: cannot read: {exc}")
             continue
-        setattr(db, attr, parse(text, db.problems))
+        if path == "/etc/passwd":
+            db.passwd_lines, rejected = nss_files.passwd_lines(text)
+            db.users = _users(db.passwd_lines, rejected, db.problems)
+        elif path == "/etc/group":
+            db.group_lines, rejected = nss_files.group_lines(text)
+            db.groups = _groups(db.group_lines, rejected, db.problems)
+        else:
+            db.gshadow_lines, rejected = nss_files.gshadow_lines(text)
+            db.gshadow = _gshadow(db.gshadow_lines, rejected, db.problems)
     return db

@@ -10,68 +10,34 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodeguard import gojson
 from nodeguard.controls.base import Context, Outcome
 from nodeguard.controls.daemon_config import DELETE, RELOADABLE_KEYS, DaemonConfigObservation
+from nodeguard.gojson import Member
 from nodeguard.structs import Finding
 
 if TYPE_CHECKING:
     from nodeguard.state import StateStore
 
-_WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
-
-
-@dataclass(frozen=True)
-class Member:
-    key: str
-    start: int  # the key's opening quote
-    value_start: int
-    value_end: int  # one past the value's last character
-
-
-def _skip_ws(text: str, i: int) -> int:
-    m = _WS.match(text, i)
-    return m.end() if m else i
-
-
 def top_level_members(text: str) -> tuple[list[Member], int, int] | None:
-    """The object's members with their spans, and the positions of its braces; None if not an object."""
-    i = _skip_ws(text, 0)
-    if i >= len(text) or text[i] != "{":
-        return None
-    open_at = i
-    i = _skip_ws(text, i + 1)
+    """The object's members with their spans, and the positions of its braces; None if not an object.
+
+    Read with dockerd's parser (nodeguard.gojson): no depth or number-size limit of Python's own.
+    """
     members: list[Member] = []
-    if i < len(text) and text[i] == "}":
-        return members, open_at, i
-    while i < len(text):
-        if text[i] != '"':
-            return None
-        key, j = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
-        j = _skip_ws(text, j)
-        if j >= len(text) or text[j] != ":":
-            return None
-        j = _skip_ws(text, j + 1)
-        try:
-            _, end = _DECODER.raw_decode(text, j)
-        except json.JSONDecodeError:
-            return None
-        members.append(Member(key, i, j, end))
-        k = _skip_ws(text, end)
-        if k < len(text) and text[k] == ",":
-            i = _skip_ws(text, k + 1)
-            continue
-        if k < len(text) and text[k] == "}":
-            return members, open_at, k
+    try:
+        value, end = gojson.decode(text, members=members)
+    except gojson.GoJSONError:
         return None
-    return None
+    if not isinstance(value, dict):
+        return None
+    open_at = len(text) - len(text.lstrip(" \t\n\r"))
+    return members, open_at, end - 1
 
 
 def _indent_of(text: str, pos: int) -> str:
@@ -80,38 +46,77 @@ def _indent_of(text: str, pos: int) -> str:
     return prefix if prefix.strip() == "" else ""
 
 
-def apply_patch(text: str, patch: dict[str, Any]) -> str:
-    """`text` with each key of `patch` set (or removed, for DELETE); the rest of the text untouched."""
-    original = json.loads(text) if text.strip() else {}
-    expected = dict(original)
+def _value_texts(text: str, members: list[Member]) -> dict[str, str]:
+    """key -> the text of its value as dockerd reads it (the last of duplicate keys wins)."""
+    return {m.key: text[m.value_start:m.value_end] for m in members}
+
+
+def _reserialized(text: str, members: list[Member], patch: dict[str, Any]) -> str:
+    """The whole object written anew, each kept value copied as text (never re-encoded: a value may
+    be nested 10,000 levels deep, beyond what json.dumps can recurse)."""
+    values = _value_texts(text, members)
     for key, value in patch.items():
         if value is DELETE:
-            expected.pop(key, None)
+            values.pop(key, None)
         else:
-            expected[key] = value
-    parsed = top_level_members(text) if text.strip() else None
+            values[key] = json.dumps(value)
+    if not values:
+        return "{}\n"
+    return "{\n" + ",\n".join(f"  {json.dumps(k)}: {v}" for k, v in values.items()) + "\n}\n"
+
+
+def _is_expected(out: str, before: dict[str, str], patch: dict[str, Any]) -> bool:
+    parsed = top_level_members(out)
     if parsed is None:
-        return json.dumps(expected, indent=2) + "\n"
+        return False
+    members = parsed[0]
+    after = _value_texts(out, members)
+    want = {k: v for k, v in before.items() if k not in patch}
+    want_patched = {k: v for k, v in patch.items() if v is not DELETE}
+    if set(after) != set(want) | set(want_patched):
+        return False
+    if any(after[k] != v for k, v in want.items()):
+        return False
+    values = {m.key: m for m in members}
+    for key, value in want_patched.items():
+        try:
+            got, _ = gojson.decode(out[values[key].value_start:values[key].value_end])
+        except gojson.GoJSONError:
+            return False
+        if got != value:
+            return False
+    return True
+
+
+def apply_patch(text: str, patch: dict[str, Any]) -> str:
+    """`text` with each key of `patch` set (or removed, for DELETE); the rest of the text untouched.
+
+    `text` is a daemon.json dockerd accepts (decoded with surrogateescape: a byte that is not UTF-8
+    goes back out as it came in). A duplicated key is removed everywhere, set where dockerd reads it.
+    """
+    parsed = top_level_members(text) if text.strip(" \t\n\r") else None
+    if parsed is None:
+        return _reserialized("{}", [], patch)
     members, open_at, close_at = parsed
-    by_key = {m.key: m for m in members}
+    before = _value_texts(text, members)
+    last = {m.key: m for m in members}
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement), applied from the end
     indent = _indent_of(text, members[0].start) if members else "  "
     multiline = "\n" in text[open_at:close_at] or not members
     additions = []
     for key, value in patch.items():
-        member = by_key.get(key)
         if value is DELETE:
-            if member is None:
-                continue
-            idx = members.index(member)
-            if idx + 1 < len(members):  # remove up to the next member's start
-                edits.append((member.start, members[idx + 1].start, ""))
-            elif idx > 0:  # last member: remove from the end of the previous value
-                edits.append((members[idx - 1].value_end, member.value_end, ""))
-            else:
-                edits.append((member.start, member.value_end, ""))
-        elif member is not None:
-            edits.append((member.value_start, member.value_end, json.dumps(value)))
+            for idx, member in enumerate(members):
+                if member.key != key:
+                    continue
+                if idx + 1 < len(members):  # remove up to the next member's start
+                    edits.append((member.start, members[idx + 1].start, ""))
+                elif idx > 0:  # last member: remove from the end of the previous value
+                    edits.append((members[idx - 1].value_end, member.value_end, ""))
+                else:
+                    edits.append((member.start, member.value_end, ""))
+        elif key in last:
+            edits.append((last[key].value_start, last[key].value_end, json.dumps(value)))
         else:
             additions.append(f"{json.dumps(key)}: {json.dumps(value)}")
     if additions:
@@ -121,15 +126,16 @@ def apply_patch(text: str, patch: dict[str, Any]) -> str:
             edits.append((anchor, anchor, sep + sep.join(additions)))
         else:
             edits.append((open_at + 1, close_at, f"\n{indent}" + sep.join(additions) + "\n"))
+    edits.sort(key=lambda e: e[0], reverse=True)
     out = text
-    for start, end, replacement in sorted(edits, key=lambda e: e[0], reverse=True):
-        out = out[:start] + replacement + out[end:]
-    try:
-        if json.loads(out) == expected:
+    overlapping = any(later[0] < earlier[1] for earlier, later in zip(edits[1:], edits, strict=False)
+                      if earlier[1] > earlier[0])
+    if not overlapping:
+        for start, end, replacement in edits:
+            out = out[:start] + replacement + out[end:]
+        if _is_expected(out, before, patch):
             return out
-    except json.JSONDecodeError:
-        pass
-    return json.dumps(expected, indent=2) + "\n"
+    return _reserialized(text, members, patch)
 
 
 # -- remediation -----------------------------------------------------------------------------
@@ -197,8 +203,9 @@ def remediate_config(ctx: Context, findings: Sequence[Finding], obs: DaemonConfi
             patch.update(p)
         if not patch:
             return [Outcome(False, False, FLAG_ONLY) for _ in findings]
-        text = before.decode("utf-8")
-        after = apply_patch(text, patch).encode()
+        # surrogateescape: a stray byte dockerd reads as U+FFFD (a Latin-1 label) is kept as it was.
+        text = before.decode("utf-8", "surrogateescape")
+        after = apply_patch(text, patch).encode("utf-8", "surrogateescape")
         cfg = obs.config or {}
         changed_keys = {k for k, v in patch.items() if cfg.get(k, DELETE) != v}
         note = f"set {', '.join(sorted(k for k in patch if patch[k] is not DELETE))}" + (

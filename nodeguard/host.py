@@ -6,9 +6,10 @@ host path by string concatenation; they all ask a HostRoot.
 
 Writes are safe by construction: a temporary file in the same folder (opened relative to the
 folder's descriptor), fsync, rename over, fsync the folder; the target must be a regular file
-(never a symlink, FIFO or folder); owner and mode are kept. Metadata changes (chmod/chown/ACL)
-go through an O_PATH descriptor whose device/inode is compared with what was audited, so a file
-swapped between the check and the change is refused, not modified.
+(never a symlink, FIFO or folder); owner, mode, ACLs and other extended attributes are kept, and
+a folder's default ACL never reaches the new file. Metadata changes (chmod/chown/ACL) go through
+an O_PATH descriptor whose device/inode is compared with what was audited, so a file swapped
+between the check and the change is refused, not modified.
 """
 
 from __future__ import annotations
@@ -396,6 +397,8 @@ class HostRoot:
     ) -> None:
         """Replace a file in one step: readers see the old bytes or the new, never half of them.
 
+        The new file gets the old one's owner, mode, POSIX ACL and every other extended attribute it
+        can carry (SELinux label, user.*); a default ACL on the folder never reaches it.
         A full disk (ENOSPC/EDQUOT) raises DiskFull after removing the temporary file: the old
         file stays whole.
         """
@@ -403,28 +406,38 @@ class HostRoot:
             # O_PATH descriptors cannot be fsync'ed: reopen the very same folder for real.
             dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
         try:
+            old_fd = None
             try:
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                old_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                st = os.fstat(old_fd)
             except FileNotFoundError:
                 if expect is not None:
                     raise FileChanged(host_path) from None
                 mode, owner = default_mode, default_owner
+                xattrs: dict[str, bytes] = {}
             else:
                 if not stat.S_ISREG(st.st_mode):
                     raise NotRegularFile(host_path, file_kind(st.st_mode))
                 if expect is not None and (st.st_dev, st.st_ino) != (expect.dev, expect.ino):
                     raise FileChanged(host_path)
                 mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
+                xattrs = _read_xattrs(old_fd)
+            finally:
+                if old_fd is not None:
+                    os.close(old_fd)
             tmp = f".{name}.nodeguard-{os.getpid()}.tmp"
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=dfd)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+            # Mode 0: until its own attributes are set, the new file grants nothing, whatever the
+            # folder's default ACL would hand down (the inherited ACL is replaced just below).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
                          dir_fd=dfd)
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
                 os.fchown(fd, *owner)
+                _copy_attributes(fd, xattrs)
                 os.fchmod(fd, mode)
                 os.fsync(fd)
             except BaseException as exc:
@@ -439,6 +452,57 @@ class HostRoot:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+ACL_ACCESS = "system.posix_acl_access"
+ACL_DEFAULT = "system.posix_acl_default"  # folders only: never on a file
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA)
+
+
+def _read_xattrs(path_fd: int) -> dict[str, bytes]:
+    """Every extended attribute of the file behind an O_PATH descriptor: ACL, SELinux label, user.*..."""
+    path = f"/proc/self/fd/{path_fd}"
+    try:
+        names = os.listxattr(path)
+    except OSError as exc:
+        if exc.errno in _NO_XATTRS:
+            return {}
+        raise
+    out = {}
+    for attr in names:
+        try:
+            out[attr] = os.getxattr(path, attr)
+        except OSError as exc:
+            if exc.errno not in _NO_XATTRS:
+                raise
+    return out
+
+
+def _copy_attributes(fd: int, xattrs: dict[str, bytes]) -> None:
+    """Give the new file the old one's extended attributes, as shadow-utils' commonio does.
+
+    The access ACL always: the old one copied, or the one inherited from the folder's default ACL
+    removed, so that a default ACL on /etc never widens a rewritten gshadow. A failure there stops
+    the write. Any other attribute (the SELinux label, user.*, security.*) is copied where the
+    kernel lets us; one it refuses (EPERM for trusted.*, ENOTSUP on a filesystem without them) is
+    left out rather than failing the revert.
+    """
+    if ACL_ACCESS in xattrs:
+        os.setxattr(fd, ACL_ACCESS, xattrs[ACL_ACCESS])
+    else:
+        try:
+            os.removexattr(fd, ACL_ACCESS)
+        except OSError as exc:
+            if exc.errno not in _NO_XATTRS:
+                raise
+    for attr, value in xattrs.items():
+        if attr in (ACL_ACCESS, ACL_DEFAULT):
+            continue
+        try:
+            os.setxattr(fd, attr, value)
+        except OSError as exc:
+            if exc.errno not in (*_NO_XATTRS, errno.EPERM, errno.EACCES, errno.EINVAL):
+                raise
 
 
 def expand_glob(pattern: str, list_dir: Callable[[str], list[str]]) -> list[str]:

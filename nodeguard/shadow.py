@@ -2,9 +2,15 @@
 
 shadow-utils takes `lckpwdf()` (a POSIX fcntl lock on /etc/.pwd.lock; `lockf`, because flock
 does not exclude it), then `<file>.lock` made by link() of a file holding its pid, then writes
-and renames. We take the same locks in the same order. A `.lock` left by a process we cannot
-prove dead is never stolen: across pid namespaces a live holder looks dead, so we give up and
-retry on the next pass instead.
+and renames. We take the same locks in the same order.
+
+A `.lock` is released as stale the way shadow-utils' commonio does it (the pid it holds no longer
+exists), but only when nodeguard sees the host's own pid namespace (the initial one: the chart runs
+with hostPID). Anywhere else a live holder in another namespace looks dead, so the lock is never
+stolen and the pass retries later. The fcntl lock on .pwd.lock dies with its process by itself.
+
+Lines are found the way glibc finds them (nodeguard.nss_files): a member is removed from every line
+that gives the group's gid, including a commented or blank-led line initgroups still reads.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
 
+from nodeguard import nss_files
 from nodeguard.host import HostRoot, NotRegularFile, file_kind
-from nodeguard.locking import acquire_by
+from nodeguard.locking import acquire_by, pid_is_gone, started_after
 
 PWD_LOCK = "/etc/.pwd.lock"
 LOCK_TIMEOUT_S = 15.0  # what lckpwdf() waits
@@ -65,8 +73,9 @@ def lckpwdf(host: HostRoot, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def file_lock(host: HostRoot, host_path: str) -> Iterator[None]:
-    """`<file>.lock`, created by link() like shadow-utils' commonio_lock_nowait()."""
+def file_lock(host: HostRoot, host_path: str, proc: Path = Path("/proc")) -> Iterator[None]:
+    """`<file>.lock`, created by link() like shadow-utils' commonio_lock_nowait(); a lock whose
+    pid is provably gone (see `_release_if_stale`) is removed first, as commonio does."""
     with host.open_parent(host_path, follow_last=False) as (dfd, name):
         tmp = f"{name}.{os.getpid()}"
         lock = f"{name}.lock"
@@ -81,9 +90,15 @@ def file_lock(host: HostRoot, host_path: str) -> Iterator[None]:
         finally:
             os.close(fd)
         try:
-            os.link(tmp, lock, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
-        except FileExistsError:
-            raise LockBusy(errno.EBUSY, f"{lock_path} exists; not stealing it") from None
+            try:
+                os.link(tmp, lock, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+            except FileExistsError:
+                if not _release_if_stale(dfd, lock, proc):
+                    raise LockBusy(errno.EBUSY, f"{lock_path} exists; not stealing it") from None
+                try:
+                    os.link(tmp, lock, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+                except FileExistsError:  # someone else took it in between: theirs now
+                    raise LockBusy(errno.EBUSY, f"{lock_path} exists; not stealing it") from None
         finally:
             os.unlink(tmp, dir_fd=dfd)
         try:
@@ -92,27 +107,125 @@ def file_lock(host: HostRoot, host_path: str) -> Iterator[None]:
             os.unlink(lock, dir_fd=dfd)
 
 
+# A lock file holds a decimal pid; anything longer is not shadow-utils' and is never judged.
+_LOCK_READ_LIMIT = 32
+
+
+def _release_if_stale(dfd: int, lock: str, proc: Path) -> bool:
+    """Unlink `lock` when the pid it names provably no longer exists; True if it was removed.
+
+    shadow-utils' rule (commonio.c, do_lock_file): read the pid, kill(pid, 0), ESRCH means stale.
+    Also stale: a live pid whose process started after the lock file was written (recycled).
+    Proof needs the host's pid namespace (locking.pid_is_gone); an unreadable, empty or odd lock
+    file is never stale. The file is checked by inode before the unlink so that a lock taken by
+    someone else in between is not the one removed.
+    """
+    try:
+        # O_PATH first: a device planted as the lock is never open()ed (no driver code runs).
+        pfd = os.open(lock, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(pfd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, _LOCK_READ_LIMIT).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(pfd)
+    pid = nss_files.strtoul_id(text) if text.isdigit() else None
+    if pid is None or pid <= 0:
+        return False
+    # Gone (commonio's own rule), or alive but started after the lock was written: a recycled pid,
+    # e.g. nodeguard's own SIGKILLed instance whose pid went to some later process.
+    if not (pid_is_gone(pid, proc) or started_after(pid, st.st_mtime, proc)):
+        return False
+    try:
+        now = os.stat(lock, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        return False
+    os.unlink(lock, dir_fd=dfd)
+    return True
+
+
 def remove_member_line(line: str, group: str, member: str, members_field: int) -> str:
-    """Drop `member` from one group/gshadow line; other lines and spacing stay as they were."""
-    return _drop_members(line, group, frozenset({member}), members_field)
-
-
-def _drop_members(line: str, group: str, gone: frozenset[str], members_field: int) -> str:
-    parts = line.split(":")
-    if parts[0] != group or len(parts) <= members_field:
+    """Drop `member` from one line of `group` (gshadow-style: by name); other bytes stay as they were."""
+    entries, _ = nss_files.gshadow_lines(line)
+    if not entries or entries[0].name != group:
         return line
-    members = parts[members_field].split(",")
-    if not any(m.strip() in gone for m in members):
-        return line
-    parts[members_field] = ",".join(m for m in members if m.strip() and m.strip() not in gone)
-    return ":".join(parts)
+    return nss_files.drop_members(line, frozenset({member}), members_field)
 
 
-def _rewrite(text: str, group: str, gone: frozenset[str], members_fields: tuple[int, ...]) -> str:
+def rewrite_group(text: str, group: str, gone: frozenset[str]) -> str:
+    """/etc/group without `gone` in any line that grants the group's gid, as initgroups reads them."""
+    entries, _ = nss_files.group_lines(text)
+    gids = nss_files.docker_gids(entries, group)
+    hit = {e.line for e in entries if e.init_gid in gids and gone.intersection(e.init_members)}
+    if not hit:
+        return text
     lines = text.split("\n")
-    for members_field in members_fields:
-        lines = [_drop_members(ln, group, gone, members_field) for ln in lines]
+    for number in hit:
+        lines[number - 1] = nss_files.drop_members(lines[number - 1], gone, 3, limit=3)
     return "\n".join(lines)
+
+
+def rewrite_gshadow(text: str, group: str, gone: frozenset[str]) -> str:
+    """/etc/gshadow without `gone` among the admins (field 2) or members (field 3) of every `group` line."""
+    entries, _ = nss_files.gshadow_lines(text)
+    hit = {e.line for e in entries if e.name == group and gone.intersection(e.admins + e.members)}
+    if not hit:
+        return text
+    lines = text.split("\n")
+    for number in hit:
+        lines[number - 1] = nss_files.drop_members(nss_files.drop_members(lines[number - 1], gone, 2), gone, 3)
+    return "\n".join(lines)
+
+
+def lock_passwords(text: str, group: str, gshadow: bool) -> str:
+    """Every usable password of `group` replaced by `!` (locked), in gshadow or group format."""
+    if gshadow:
+        hit = {e.line for e in nss_files.gshadow_lines(text)[0]
+               if e.name == group and nss_files.is_usable_password(e.password)}
+    else:
+        hit = {e.line for e in nss_files.group_lines(text)[0]
+               if e.listed and e.name == group and nss_files.is_usable_password(e.password)}
+    if not hit:
+        return text
+    lines = text.split("\n")
+    for number in hit:
+        # The blank-led form keeps its blanks: set_password edits fields, not the name.
+        lines[number - 1] = nss_files.set_password(lines[number - 1], "!")
+    return "\n".join(lines)
+
+
+Edit = Callable[[str, bool], str]  # (file text, is gshadow) -> new text
+
+
+def edit_group_files(host: HostRoot, edit: Edit, *, lock_timeout: float = LOCK_TIMEOUT_S,
+                     proc: Path = Path("/proc")) -> list[str]:
+    """Apply `edit` to /etc/group and /etc/gshadow under shadow-utils' locks; returns the files changed."""
+    changed = []
+    files = [path for path in ("/etc/group", "/etc/gshadow") if host.stat(path) is not None]
+    with lckpwdf(host, lock_timeout), contextlib.ExitStack() as locks:
+        # Both .lock files before either write, as gpasswd does: a busy gshadow.lock must not
+        # leave the member removed from group but still listed in gshadow.
+        for path in files:
+            locks.enter_context(file_lock(host, path, proc))
+        for path in files:
+            # surrogateescape: bytes that are not UTF-8 go back out exactly as they came in.
+            before = host.read_bytes(path).decode("utf-8", "surrogateescape")
+            after = edit(before, path == "/etc/gshadow")
+            if after != before:
+                host.write_atomic(path, after.encode("utf-8", "surrogateescape"), expect=host.lstat(path))
+                changed.append(path)
+    return changed
 
 
 def remove_group_member(host: HostRoot, group: str, member: str, *,
@@ -122,26 +235,21 @@ def remove_group_member(host: HostRoot, group: str, member: str, *,
 
 
 def remove_group_members(host: HostRoot, group: str, members: Collection[str], *,
-                         lock_timeout: float = LOCK_TIMEOUT_S) -> list[str]:
+                         lock_timeout: float = LOCK_TIMEOUT_S, proc: Path = Path("/proc")) -> list[str]:
     """Remove every one of `members` from `group` under one lock and one rewrite per file.
 
     A member at a time would rewrite a 1 MB /etc/group 100,000 times for a group of 100,000.
     """
     gone = frozenset(members)
-    changed = []
-    # gshadow: field 2 lists the group's admins (who may add members), field 3 its members.
-    files = [(path, fields) for path, fields in (("/etc/group", (3,)), ("/etc/gshadow", (2, 3)))
-             if host.stat(path) is not None]
-    with lckpwdf(host, lock_timeout), contextlib.ExitStack() as locks:
-        # Both .lock files before either write, as gpasswd does: a busy gshadow.lock must not
-        # leave the member removed from group but still listed in gshadow.
-        for path, _ in files:
-            locks.enter_context(file_lock(host, path))
-        for path, members_fields in files:
-            # surrogateescape: bytes that are not UTF-8 go back out exactly as they came in.
-            before = host.read_bytes(path).decode("utf-8", "surrogateescape")
-            after = _rewrite(before, group, gone, members_fields)
-            if after != before:
-                host.write_atomic(path, after.encode("utf-8", "surrogateescape"), expect=host.lstat(path))
-                changed.append(path)
-    return changed
+
+    def edit(text: str, is_gshadow: bool) -> str:
+        return rewrite_gshadow(text, group, gone) if is_gshadow else rewrite_group(text, group, gone)
+
+    return edit_group_files(host, edit, lock_timeout=lock_timeout, proc=proc)
+
+
+def lock_group_password(host: HostRoot, group: str, *, lock_timeout: float = LOCK_TIMEOUT_S,
+                        proc: Path = Path("/proc")) -> list[str]:
+    """Lock (`!`) every usable password of `group` in gshadow and group; returns the files changed."""
+    return edit_group_files(host, lambda text, is_gshadow: lock_passwords(text, group, is_gshadow),
+                            lock_timeout=lock_timeout, proc=proc)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for pair in dockerd:docker.io iptables:iptables nft:nftables busybox:busybox-static setfacl:acl \
+  for pair in dockerd:docker.io iptables:iptables nft:nftables busybox:busybox-static setfacl:acl setfattr:attr \
               usermod:passwd nsenter:util-linux ip:iproute2 cgroupfs-mount:cgroupfs-mount auditd:auditd; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
   done

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from nodeguard import gojson
 from nodeguard.controls.base import Context, Control, Outcome
 from nodeguard.host import FileStat
 from nodeguard.policy import DaemonConfigPolicy, Policy
@@ -85,24 +86,39 @@ _JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number"
                     type(None): "null"}
 
 
+# Deeper than this, a value is kept as a marker: dockerd accepts 10,000 levels (a deep array under
+# `runtimes`), but nothing nodeguard audits is nested more than a few levels, and findings, events
+# and comparisons must never recurse that deep.
+AUDIT_DEPTH = 64
+TOO_DEEP = f"<nested deeper than {AUDIT_DEPTH} levels: not audited>"
+
+
 def parse_daemon_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """(object, None) or (None, why): never raises on hostile input."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 (byte {exc.start})"
-    if not text.strip():
+    """(object, None) or (None, why), reading the file as dockerd does (nodeguard.gojson): bytes that
+    are not UTF-8 become U+FFFD, nesting up to dockerd's 10,000 levels, numbers of any length (out of
+    float64 range is dockerd's own refusal), the last of duplicate keys. Never raises."""
+    text = raw.decode("utf-8", "surrogateescape")
+    if not text.strip(" \t\n\r"):
         # dockerd treats an empty file as no configuration.
         return {}, None
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
+        value = gojson.loads(text)
+    except gojson.GoJSONError as exc:
         return None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-    except RecursionError:
-        return None, "invalid JSON: nested too deeply"
     if not isinstance(value, dict):
         return None, f"must be a JSON object, found a JSON {_JSON_TYPE_NAMES.get(type(value), 'value')}"
-    return value, None
+    limited: dict[str, Any] = gojson.depth_limited(value, AUDIT_DEPTH, TOO_DEEP)
+    return limited, None
+
+
+def oddities(raw: bytes) -> list[str]:
+    """What dockerd reads differently from a strict JSON reader, for the valid-json finding's details."""
+    out = []
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        out.append(f"bytes that are not UTF-8 (first at byte {exc.start}) are read as U+FFFD, as dockerd does")
+    return out
 
 
 @dataclass(frozen=True)
@@ -268,8 +284,11 @@ class DaemonConfigControl(Control):
             others = [r.id for r in self.rules if r.id != "valid-json"]
             return out + self.skip_all(f"{path} cannot be parsed; fix it first", others, path)
         else:
-            out.append(self.finding("valid-json", Status.PASS, "valid JSON object",
-                                    observed="valid", expected="valid JSON object", path=path))
+            odd = oddities(obs.raw or b"")
+            shown = "valid JSON object" + (f" ({'; '.join(odd)})" if odd else "")
+            out.append(self.finding("valid-json", Status.PASS, shown,
+                                    observed="valid", expected="valid JSON object", path=path,
+                                    details={"read_as_dockerd": list(odd)} if odd else None))
         cfg = obs.effective
 
         def src(key: str) -> dict[str, Any]:

@@ -10,14 +10,13 @@ and unbounded memory. Used by the atheris scripts (`fuzz_<target>.py`), by the s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodeguard import accounts, dockerd, policy, sshd_config
+from nodeguard import accounts, dockerd, gojson, nss_files, policy, shadow, sshd_config
 from nodeguard.controls import daemon_config, host_layout, socket
 from nodeguard.host import HostRoot
 from tests.fuzz.attribution_targets import audit_log
@@ -130,10 +129,33 @@ def daemon_json_patch(data: bytes) -> None:
     value, _ = daemon_config.parse_daemon_json(data)
     if not value:
         return
-    text = data.decode("utf-8")
+    # As the remediation does: bytes that are not UTF-8 survive the patch as they came.
+    text = data.decode("utf-8", "surrogateescape")
     patch = {"icc": False, "live-restore": True, next(iter(value)): None}
     out = apply_patch(text, patch)
-    assert json.loads(out) == {**value, **patch}
+    # Read back as dockerd reads it (json.loads would recurse on a 1500-deep value).
+    assert daemon_config.parse_daemon_json(out.encode("utf-8", "surrogateescape")) == ({**value, **patch}, None)
+
+
+def go_json(data: bytes) -> None:
+    """dockerd's JSON reader: a value or GoJSONError, whatever the depth, digits or bytes."""
+    with contextlib.suppress(gojson.GoJSONError):
+        _value, end = gojson.decode(_text(data))
+        assert 0 < end <= len(_text(data))
+
+
+def group_membership(data: bytes) -> None:
+    """glibc's view of /etc/group, then nodeguard's removal: afterwards nobody is granted docker's gid."""
+    text = _text(data)
+    entries, _rejected = nss_files.group_lines(text)
+    gids = nss_files.docker_gids(entries, "docker")
+    granted = {m for e in entries if e.init_gid in gids for m in e.init_members}
+    after = shadow.rewrite_group(text, "docker", frozenset(granted))
+    entries_after, _ = nss_files.group_lines(after)
+    gids_after = nss_files.docker_gids(entries_after, "docker")
+    assert not {m for e in entries_after if e.init_gid in gids_after for m in e.init_members}
+    # Only member lists changed: as many lines, the same names in the same order.
+    assert after.count("\n") == text.count("\n")
 
 
 def tls_material(data: bytes) -> None:
@@ -160,6 +182,8 @@ TARGETS: dict[str, Target] = {
     "daemon_json_patch": daemon_json_patch,
     "tls_material": tls_material,
     "audit_log": audit_log,
+    "go_json": go_json,
+    "group_membership": group_membership,
 }
 
 CORPUS = Path(__file__).resolve().parent / "corpus"

@@ -110,8 +110,12 @@ def running_dockerd(
     netns: str | None = None,
     hosts: list[str] | None = None,
     write_config: bool = True,
+    socket_flag: bool = True,
 ) -> Iterator[Dockerd]:
-    """Start dockerd against the sandbox; `hosts` adds -H flags beside the sandbox socket."""
+    """Start dockerd against the sandbox; `hosts` adds -H flags beside the sandbox socket.
+
+    socket_flag=False: no -H at all, for a daemon.json that names the sandbox socket in its own
+    `hosts` (dockerd refuses a directive given both as a flag and in the file)."""
     require_root()
     dockerd_bin = require_tool("dockerd")
     require_tool("docker")
@@ -129,7 +133,7 @@ def running_dockerd(
         "--data-root", str(sb.path("/var/lib/docker")),
         "--exec-root", str(sb.path("/run/docker-exec")),
         "--pidfile", str(sb.path("/run/docker.pid")),
-        "-H", f"unix://{socket}",
+        *(["-H", f"unix://{socket}"] if socket_flag else []),
         "-G", str(DOCKER_GID),
     ]
     for h in hosts or []:

@@ -271,9 +271,50 @@ def test_a_huge_file_is_not_read(sandbox: Sandbox) -> None:
 
 
 def test_deeply_nested_json_is_reported_not_a_crash(sandbox: Sandbox) -> None:
+    # Beyond dockerd's own limit (Go's encoding/json: 10,000 levels): dockerd refuses it too.
     write_json(sandbox, '{"a":' + "[" * 200_000 + "]" * 200_000 + "}")
     bad = _only_valid_json_fails(run(CTL, sandbox))
-    assert "nested too deeply" in bad.message
+    assert "exceeded max depth (10000)" in bad.message
+
+
+# Files a real dockerd 20.10 starts with, listening on [::]:2375 (tests/integration/
+# test_daemon_json_oracle.py starts one with each): nodeguard must read them as dockerd does and
+# judge the listener, not stop at "invalid JSON".
+PLAIN = b'"hosts": ["unix:///run/docker.sock", "tcp://0.0.0.0:2375"]'
+DOCKERD_ACCEPTS = {
+    "latin-1 byte in a label": b'{' + PLAIN + b', "labels": ["caf\xe9=1"]}',
+    "1500-deep array under runtimes": b'{' + PLAIN + b', "runtimes": {"r": {"path": "runc", "x": '
+                                      + b"[" * 1500 + b"]" * 1500 + b'}}}',
+    "5000-digit fraction": b'{' + PLAIN + b', "runtimes": {"r": {"path": "runc", "x": 0.' + b"0" * 4998 + b'1}}}',
+    "text after the object": b'{' + PLAIN + b'} trailing garbage',
+    "duplicate key, last wins": b'{"hosts": ["unix:///run/docker.sock"], ' + PLAIN + b'}',
+}
+
+
+@pytest.mark.parametrize("name", list(DOCKERD_ACCEPTS), ids=list(DOCKERD_ACCEPTS))
+def test_files_dockerd_accepts_are_audited_for_the_listener(sandbox: Sandbox, name: str) -> None:
+    write_json(sandbox, DOCKERD_ACCEPTS[name])
+    found = run(CTL, sandbox)
+    assert one(found, "valid-json").status is Status.PASS
+    assert one(found, "plaintext-2375").status is Status.FAIL
+    assert one(found, "tcp-host-tls").status is Status.FAIL
+    assert one(found, "plaintext-2375").observed == ["tcp://0.0.0.0:2375"]
+    # Every finding survives the event pipeline's JSON encoding (no 1500-level recursion, no surrogates).
+    json.dumps([f.to_json() for f in found], ensure_ascii=False).encode()
+
+
+def test_a_number_out_of_float64_range_is_refused_as_dockerd_refuses_it() -> None:
+    # dockerd: "cannot unmarshal number 1000...0 into Go value of type float64"; Python's int()
+    # would raise ValueError past 4,300 digits: the parser must answer, never raise.
+    value, why = parse_daemon_json(b'{"hosts": [], "x": {"y": 1' + b"0" * 4999 + b"}}")
+    assert value is None and why is not None and "out of range" in why
+    value, why = parse_daemon_json(b'{"x": -1e400}')
+    assert value is None and why is not None and "out of range" in why
+
+
+def test_a_latin_1_label_is_read_as_u_fffd_like_dockerd_shows_it() -> None:
+    value, why = parse_daemon_json(b'{"labels": ["caf\xe9=1", "\\ud800"]}')
+    assert why is None and value == {"labels": ["caf\ufffd=1", "\ufffd"]}
 
 
 def test_a_symlink_out_of_the_root_is_never_followed(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -299,10 +340,18 @@ def test_an_unreadable_daemon_json_is_a_finding(sandbox: Sandbox, kind: str) -> 
     assert ("dir" if kind == "folder" else "fifo") in bad.message
 
 
-def test_non_utf8_is_reported(sandbox: Sandbox) -> None:
+def test_non_utf8_is_read_like_dockerd_and_noted(sandbox: Sandbox) -> None:
+    # dockerd reads the stray bytes as U+FFFD and starts: the file is valid, the oddity is said.
     write_json(sandbox, b'{"log-level": "\xff\xfe"}')
-    bad = _only_valid_json_fails(run(CTL, sandbox))
-    assert "not UTF-8" in bad.message
+    found = run(CTL, sandbox)
+    ok = one(found, "valid-json")
+    assert ok.status is Status.PASS and "not UTF-8" in ok.message
+    assert one(found, "log-level").observed == "\ufffd\ufffd"
+    # Outside a string such a byte is a syntax error for dockerd and for nodeguard.
+    write_json(sandbox, b'{"log-level": "info"}\xff')  # after the value: never read
+    assert one(run(CTL, sandbox), "valid-json").status is Status.PASS
+    write_json(sandbox, b'{"log-level": \xff}')
+    assert "invalid character" in _only_valid_json_fails(run(CTL, sandbox)).message
 
 
 def test_dockerd_config_file_flag_chooses_the_file(sandbox: Sandbox) -> None:

@@ -26,7 +26,8 @@ def members(found: list[Finding]) -> dict[str, Status]:
 
 def test_an_empty_docker_group_passes(sandbox: Sandbox) -> None:
     found = run(CTL, sandbox)
-    assert [(f.rule, f.status) for f in found] == [("member-allowed", Status.PASS), ("primary-group", Status.PASS)]
+    assert [(f.rule, f.status) for f in found] == [("member-allowed", Status.PASS), ("primary-group", Status.PASS),
+                                                   ("single-entry", Status.PASS), ("group-password", Status.PASS)]
     assert one(found, "member-allowed").cis == "1.1.2"
 
 
@@ -76,7 +77,7 @@ def test_a_missing_group_is_skipped(sandbox: Sandbox) -> None:
     set_line(sandbox, "/etc/gshadow", "docker", None)
     found = run(CTL, sandbox)
     assert {f.status for f in found} == {Status.SKIP}
-    assert {f.rule for f in found} == {"member-allowed", "primary-group"}
+    assert {f.rule for f in found} == {"member-allowed", "primary-group", "single-entry", "group-password"}
     assert "no group 'docker'" in found[0].message
 
 
@@ -109,8 +110,11 @@ def test_malformed_lines_do_not_stop_the_audit(sandbox: Sandbox) -> None:
     obs = observe(CTL, sandbox)
     assert isinstance(obs, DockerGroupObservation)
     assert obs.problems  # reported, not fatal
-    # shadow-utils uses the first entry of a name; the duplicate docker line is ignored.
-    assert members(CTL.evaluate(obs, policy_from())) == {}
+    # glibc's initgroups reads the second docker line too: mallory is in the group, and the
+    # duplicate is a finding of its own.
+    found = CTL.evaluate(obs, policy_from())
+    assert members(found) == {"mallory": Status.FAIL}
+    assert one(found, "single-entry").status is Status.FAIL
 
 
 def test_the_real_usermod_is_seen(sandbox: Sandbox) -> None:

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from nodeguard import locking
 from nodeguard.accounts import load_accounts
+from nodeguard.controls.docker_group import DockerGroupControl
 from nodeguard.host import HostRoot
-from nodeguard.shadow import LockBusy, file_lock, remove_group_member
-from tests.support.sandbox import DOCKER_GID, Sandbox, require_root, require_tool, usermod_add
+from nodeguard.shadow import LockBusy, file_lock, remove_group_member, remove_group_members
+from tests.support.rules import context, policy_from
+from tests.support.sandbox import DOCKER_GID, Sandbox, require, require_root, require_tool, usermod_add
 
 # Other lines must come back byte for byte: odd spacing, a non-UTF-8 name, a look-alike group,
 # bob as a member of another group, no newline at the end.
@@ -75,18 +78,114 @@ def test_a_missing_gshadow_is_fine(sandbox: Sandbox, host: HostRoot) -> None:
     assert f"docker:x:{DOCKER_GID}:bob,bobby\n".encode() in sandbox.path("/etc/group").read_bytes()
 
 
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    """A process that is alive for the whole test: the holder of a lock that must not be stolen."""
+    proc = subprocess.Popen(["sleep", "300"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 @pytest.mark.parametrize("locked", ["group", "gshadow"])
-def test_an_existing_lock_file_is_never_stolen(sandbox: Sandbox, host: HostRoot, locked: str) -> None:
-    # A pid that does not exist here: shadow-utils would call it stale; across pid namespaces it
-    # may be a live usermod, so nodeguard refuses and retries later.
+@pytest.mark.parametrize("content", ["live", "garbage", "empty"])
+def test_a_lock_of_a_live_or_unknown_holder_is_never_stolen(sandbox: Sandbox, host: HostRoot, locked: str,
+                                                            content: str, live_pid: int) -> None:
     lock = sandbox.path(f"/etc/{locked}.lock")
-    lock.write_text("999999")
+    text = {"live": str(live_pid), "garbage": "not a pid 999999", "empty": ""}[content]
+    lock.write_text(text)
     before = etc(sandbox)
     with pytest.raises(LockBusy, match=re.escape(f"/etc/{locked}.lock exists")):
         remove_group_member(host, "docker", "bob")
-    assert lock.read_text() == "999999"
+    assert lock.read_text() == text
     # Neither file was edited, even when only gshadow's lock was taken.
     assert etc(sandbox) == before
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait(timeout=10)
+    return proc.pid  # reaped: no process has this pid until the kernel hands it out again
+
+
+@pytest.mark.parametrize("locked", ["group", "gshadow"])
+def test_a_lock_of_a_dead_pid_is_released_like_shadow_utils_does(sandbox: Sandbox, host: HostRoot,
+                                                                  locked: str) -> None:
+    require_root()
+    require(locking.sees_host_pids(), "runs outside the host's pid namespace: the rule rightly refuses there")
+    lock = sandbox.path(f"/etc/{locked}.lock")
+    lock.write_text(str(_dead_pid()))
+    assert remove_group_member(host, "docker", "bob") == ["/etc/group", "/etc/gshadow"]
+    assert not lock.exists()
+
+
+def test_a_recycled_pid_is_stale_a_lock_written_after_the_holder_started_is_not(
+        sandbox: Sandbox, host: HostRoot, live_pid: int) -> None:
+    # The pid lives, but its process started an hour after the lock was written: it cannot be the
+    # writer (nodeguard SIGKILLed, its pid later handed to someone else).
+    require(locking.sees_host_pids(), "outside the host's pid namespace a recycled pid cannot be proven")
+    lock = sandbox.path("/etc/group.lock")
+    lock.write_text(str(live_pid))
+    an_hour_ago = time.time() - 3600
+    os.utime(lock, (an_hour_ago, an_hour_ago))
+    assert remove_group_member(host, "docker", "bob") == ["/etc/group", "/etc/gshadow"]
+    assert not lock.exists()
+
+
+def test_a_dead_pid_is_not_proof_outside_the_host_pid_namespace(sandbox: Sandbox, host: HostRoot,
+                                                                 tmp_path: Path) -> None:
+    # A /proc whose pid namespace is not the initial one: a pid missing here may live elsewhere.
+    fake_proc = tmp_path / "proc"
+    (fake_proc / "self/ns").mkdir(parents=True)
+    os.symlink("pid:[4026532999]", fake_proc / "self/ns/pid")
+    sandbox.path("/etc/group.lock").write_text(str(_dead_pid()))
+    with pytest.raises(LockBusy, match="not stealing"):
+        remove_group_members(host, "docker", ["bob"], proc=fake_proc)
+    assert sandbox.path("/etc/group.lock").exists()
+
+
+CRASHER = """
+import sys, time
+from nodeguard.host import HostRoot
+from nodeguard.shadow import edit_group_files
+
+def edit(text, is_gshadow):
+    print("holding", flush=True)   # both .lock files and lckpwdf are held now
+    time.sleep(300)
+    return text
+
+edit_group_files(HostRoot(sys.argv[1]), edit)
+"""
+
+
+def test_a_sigkill_in_the_middle_of_a_rewrite_does_not_stop_the_next_one(sandbox: Sandbox, host: HostRoot) -> None:
+    """Issue 17.2: an OOM kill or an eviction while nodeguard holds group.lock must not disable the
+    group control for good. A real process runs nodeguard's own rewrite and is SIGKILLed inside it."""
+    require_root()
+    require(locking.sees_host_pids(), "outside the host's pid namespace a dead holder cannot be proven dead")
+    proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(sandbox.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "holding"
+        assert sandbox.path("/etc/group.lock").read_text() == str(proc.pid)
+    finally:
+        proc.kill()  # SIGKILL: no finally block, no unlink
+        proc.wait(timeout=10)
+    assert sandbox.path("/etc/group.lock").exists() and sandbox.path("/etc/gshadow.lock").exists()
+    # The next remediation, as the agent runs it: the docker-group control in enforce mode.
+    ctl = DockerGroupControl()
+    pol = policy_from("spec: {mode: enforce, controls: {dockerGroup: {allowedMembers: [alice]}}}")
+    ctx = context(sandbox, pol)
+    obs = ctl.observe(ctx)
+    failing = [f for f in ctl.evaluate(obs, pol) if f.rule == "member-allowed" and f.status.value == "fail"]
+    assert {f.subject for f in failing} == {"bob", "bobby"}
+    assert all(o.ok and o.changed for o in ctl.remediate_many(ctx, failing, obs))
+    docker = next(ln for ln in sandbox.path("/etc/group").read_bytes().split(b"\n") if ln.startswith(b"docker:"))
+    assert docker.split(b":")[3].split(b",") == [b"alice"]
+    # The stale locks are gone; the ones nodeguard took were released.
+    assert not sandbox.path("/etc/group.lock").exists() and not sandbox.path("/etc/gshadow.lock").exists()
 
 
 HOLDER = """
@@ -184,3 +283,11 @@ def test_our_lock_files_stop_gpasswd(sandbox: Sandbox) -> None:
     assert not lock.exists()
     assert gpasswd(sandbox, "-a", "alice", "docker").returncode == 0
     assert Path(sandbox.path("/etc/group")).read_text().splitlines()[-1] == f"docker:x:{DOCKER_GID}:alice"
+
+
+def test_a_fifo_planted_as_the_lock_is_never_opened(sandbox: Sandbox, host: HostRoot) -> None:
+    # Judging staleness reads the lock: a FIFO (or a device) there must not block it or run a driver.
+    os.mkfifo(sandbox.path("/etc/group.lock"))
+    with pytest.raises(LockBusy, match="not stealing"):
+        remove_group_member(host, "docker", "bob", lock_timeout=0.5)
+    assert stat.S_ISFIFO(sandbox.path("/etc/group.lock").lstat().st_mode)
