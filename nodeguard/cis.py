@@ -15,9 +15,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from nodeguard.catalog import BENCHMARK, CATALOG, CisItem
+from nodeguard.catalog import BENCHMARK, CATALOG, RULES, CisItem
 from nodeguard.structs import Finding, Status
 
 if TYPE_CHECKING:
@@ -54,21 +54,47 @@ class Coverage:
 
 
 def coverage(controls: Iterable[type[Control]] | None = None) -> list[Coverage]:
-    """Per catalog id: the rules that check it and those that can put it back (from the code)."""
-    if controls is None:
-        from nodeguard.controls import ALL_CONTROLS
+    """Per catalog id: the rules that check it and those that can put it back.
 
-        controls = ALL_CONTROLS
+    From the rule catalog by default (which a test holds equal to the controls' rules), or from
+    the given control classes.
+    """
+    pairs = ([(e.control, e.id, e.cis, e.enforceable) for e in RULES] if controls is None
+             else [(cls.name, r.id, r.cis, r.enforceable) for cls in controls for r in cls.rules])
     rules: dict[str, list[str]] = {}
     enforced: dict[str, list[str]] = {}
-    for cls in controls:
-        for r in cls.rules:
-            if r.cis is None:
-                continue
-            rules.setdefault(r.cis, []).append(f"{cls.name}/{r.id}")
-            if r.enforceable:
-                enforced.setdefault(r.cis, []).append(f"{cls.name}/{r.id}")
+    for control, rule_id, cis, enforceable in pairs:
+        if cis is None:
+            continue
+        rules.setdefault(cis, []).append(f"{control}/{rule_id}")
+        if enforceable:
+            enforced.setdefault(cis, []).append(f"{control}/{rule_id}")
     return [Coverage(item, tuple(rules.get(item.id, ())), tuple(enforced.get(item.id, ()))) for item in CATALOG]
+
+
+def catalog_rows() -> list[dict[str, Any]]:
+    """`nodeguard cis list`: each CIS recommendation of sections 1-3, then the rules outside them
+    (CIS section 5 runtime checks and nodeguard's own), with what nodeguard does about each."""
+    rows: list[dict[str, Any]] = []
+    for row in coverage():
+        it = row.item
+        if row.enforced:
+            does, why = "enforce", None
+        elif row.checked:
+            does, why = "report", it.why_report_only
+        else:
+            does, why = "not checked", it.why_not or "not checked yet"
+        out: dict[str, Any] = {"id": it.id, "title": it.title, "nodeguard": does, "rules": list(row.rules)}
+        if why:
+            out["why"] = why
+        rows.append(out)
+    listed = {it.id for it in CATALOG}
+    for e in RULES:
+        if e.cis in listed:
+            continue
+        rows.append({"id": e.cis or "-", "title": e.title, "nodeguard": "enforce" if e.enforceable else "report",
+                     "rules": [e.key]})
+    return rows
 
 
 def summarize(findings: Sequence[Finding]) -> dict[str, dict[str, object]]:

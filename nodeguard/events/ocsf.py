@@ -38,6 +38,7 @@ _SEVERITY = {"info": (1, "Informational"), "low": (2, "Low"), "medium": (3, "Med
 _SEVERITY_BY_TEXT = {"INFO": (1, "Informational"), "WARN": (3, "Medium"), "ERROR": (4, "High"),
                      "CRITICAL": (5, "Critical"), "FATAL": (5, "Critical")}
 NODEGUARD_STANDARD = "nodeguard policy"
+AUDIT_EVENT_CODE = "nodeguard.check"
 DEVICE_TYPE_SERVER = 1  # OCSF device.type_id: 1 Server
 
 
@@ -96,11 +97,19 @@ def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def to_ocsf(event: Event, host: dict[str, str]) -> dict[str, Any]:
-    """The OCSF document of a drift event (call only when `is_finding(event)`); it holds no null."""
+def to_ocsf(event: Event, host: dict[str, str], *, audit_passed: bool | None = None) -> dict[str, Any]:
+    """The OCSF document of a drift event (call only when `is_finding(event)`); it holds no null.
+
+    `audit_passed` (True/False) makes it the finding of a one-shot audit (`check --format ocsf`):
+    activity Create, compliance status Pass or Fail, event code `nodeguard.check`.
+    """
     from nodeguard.catalog import cis_item, rule_entry
 
-    activity_id, activity, status_id, status, compliance_id, compliance = _ACTIVITY[event.name]
+    if audit_passed is None:
+        activity_id, activity, status_id, status, compliance_id, compliance = _ACTIVITY[event.name]
+    else:
+        activity_id, activity, status_id, status = 1, "Create", 1, "New"
+        compliance_id, compliance = (1, "Pass") if audit_passed else (3, "Fail")
     attrs = event.attributes
     control, rule = str(attrs.get("nodeguard.control", "")), str(attrs.get("nodeguard.rule", ""))
     subject = attrs.get("nodeguard.subject")
@@ -131,7 +140,7 @@ def to_ocsf(event: Event, host: dict[str, str]) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "version": OCSF_VERSION,
         "uid": event.id,
-        "event_code": event.name.value,
+        "event_code": event.name.value if audit_passed is None else AUDIT_EVENT_CODE,
         "product": {"name": "nodeguard", "vendor_name": "nodeguard", "version": __version__},
         "profiles": ["host"],
         "log_name": "nodeguard.events",
@@ -143,7 +152,7 @@ def to_ocsf(event: Event, host: dict[str, str]) -> dict[str, Any]:
         "uid": finding_uid,
         "title": f"{control}: {rule}" + (f" ({subject})" if subject else ""),
         "desc": event.body,
-        "types": [event.name.value],
+        "types": [event.name.value if audit_passed is None else AUDIT_EVENT_CODE],
         # Stable for every event of one finding (when the engine says when it opened); the
         # update itself is modified_time.
         "created_time": _ms(first_seen),
