@@ -36,3 +36,19 @@ def test_a_rotated_file_is_recreated(tmp_path: Path) -> None:
     exporter.shutdown()
     assert '"body":"two"' in target.read_text() and '"body":"one"' in (tmp_path / "events.jsonl.1").read_text()
     assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_agent_refuses_an_events_folder_others_can_write(tmp_path: Path) -> None:
+    from tests.support.cli import run_nodeguard
+    from tests.support.sandbox import make_sandbox
+
+    sb = make_sandbox(tmp_path / "root")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    for flag in ("--events-file", "--ocsf-file"):
+        proc = run_nodeguard("run", "--host-root", str(sb.root), "--state-dir", str(tmp_path / "state"),
+                             flag, str(shared / "events.jsonl"), timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert "refused" in proc.stderr and str(shared) in proc.stderr
+        assert not (shared / "events.jsonl").exists()
