@@ -12,17 +12,16 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-from rich import box
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from nodeguard._version import __version__
 from nodeguard.audit import AuditReport
 from nodeguard.catalog import BENCHMARK, BENCHMARK_NAME, BENCHMARK_VERSION, RuleEntry, cis_item, rule_entry
 from nodeguard.cis import summarize as cis_summary
 from nodeguard.structs import Finding, Severity, Status
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _STATUS_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.SKIP: "dim"}
 # The table fits an 80-column terminal: observed/expected stay in --format json.
@@ -101,6 +100,10 @@ def to_json(report: AuditReport, info: RunInfo | str, extra: dict[str, Any] | No
 
 def render_table(report: AuditReport, console: Console, *, show_passed: bool = True, verbose: bool = False,
                  remediation: bool = False) -> None:
+    # rich only for the table: the machine formats do not pay for importing it.
+    from rich import box
+    from rich.table import Table
+
     table = Table(show_lines=False, header_style="bold", expand=False, box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
     table.add_column("status", no_wrap=True)
