@@ -45,6 +45,8 @@ class _LazyGroup(TyperGroup):
             module, _, attr = self._LAZY[cmd_name].partition(":")
             sub = typer.main.get_command(getattr(importlib.import_module(module), attr))
             sub.name = cmd_name
+            # Built on its own, a Typer offers shell completion; as a subcommand it must not.
+            sub.params = [p for p in sub.params if p.name not in ("install_completion", "show_completion")]
             self.add_command(sub, cmd_name)
         return super().get_command(ctx, cmd_name)
 
@@ -180,8 +182,10 @@ def check(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Table: one row per skipped check, not one "
                                                                   "line per reason.")] = False,
 ) -> None:
-    """Audit the host once against the policy. Exit 0: nothing fails (at --fail-on); 1: a rule fails; 2: usage or
-    policy error. With no Docker engine under the host root (and no --only/--check), one line says so: exit 0."""
+    """Audit the host once. Exit 0: nothing fails (at --fail-on); 1: a rule fails; 2: usage or policy error.
+
+    With no Docker engine under the host root (and no --only/--check), one line says so, exit 0.
+    """
     from nodeguard.catalog import control_names
 
     pol = _load_policy_or_exit(policy)
