@@ -70,3 +70,13 @@ def test_the_heavy_imports_are_really_seen(tmp_path: Path) -> None:
     (tmp_path / "etc" / "docker" / "daemon.json").write_text("{}")
     top = loaded_after(_RUN_CLI, ["check", "--host-root", str(tmp_path), "--only", "runtime"])
     assert "docker" in top
+
+
+def test_version_is_answered_before_the_cli_is_built() -> None:
+    code = ("import json, runpy, sys; sys.argv = ['nodeguard', 'version']\n"
+            "runpy.run_module('nodeguard', run_name='__main__')\n"
+            "print(json.dumps(sorted(sys.modules)), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.stdout.strip() and proc.stdout.strip()[0].isdigit()
+    top = {m.split(".")[0] for m in json.loads(proc.stderr.strip().splitlines()[-1])}
+    assert sorted(top & {*HEAVY, "typer", "pydantic", "rich"}) == []
