@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -213,10 +214,7 @@ def check(
         # Docker's built-in defaults would "fail" and every file check would skip: say it once.
         message = (f"no Docker engine under {host.root} (no dockerd binary, socket, daemon.json or unit): "
                    "nothing to check")
-        report = AuditReport()
-        import time
-
-        report.started = report.ended = time.time()
+        report = AuditReport(started=time.time(), ended=time.time())
         if output_format is OutputFormat.table:
             _emit(output, message + "\n")
             raise typer.Exit(EXIT_OK)
@@ -229,8 +227,9 @@ def check(
         host_attrs["host.id"] = mid
     _emit(output, _render(report, info, output_format, host_attrs, extra, show_passed=not failed_only,
                           verbose=verbose, remediation=remediation))
-    raise typer.Exit(EXIT_FAILED if report.failed_at(Severity(fail_on.value)) or (
-        fail_on is FailOn.low and report.failed) else EXIT_OK)
+    # `low` keeps the first behaviour: any failing rule fails the run, an info-severity one included.
+    failing = report.failed if fail_on is FailOn.low else report.failed_at(Severity(fail_on.value))
+    raise typer.Exit(EXIT_FAILED if failing else EXIT_OK)
 
 
 def _emit(output: Path | None, text: str) -> None:
