@@ -21,8 +21,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from nodeguard.events.model import Event
-from nodeguard.events.ocsf import is_finding, to_ocsf
+from nodeguard.events.model import Event, EventName
+from nodeguard.events.ocsf import finding_uid, is_finding, to_ocsf
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,20 @@ def jsonl_exporter(target: str, resource: dict[str, str] | None = None) -> Lines
 
 
 def ocsf_exporter(target: str, host: dict[str, str]) -> LinesFileExporter:
+    """OCSF Compliance Findings, one JSON line each. When an event does not carry the engine's
+    first-seen time, the time this exporter saw the finding created stands in for it, so
+    `created_time` stays put across the finding's updates (at most one entry per open finding)."""
+    opened: dict[str, int] = {}
+
     def render(event: Event) -> str | None:
         if not is_finding(event):
             return None
-        return json.dumps(to_ocsf(event, host), separators=(",", ":"), ensure_ascii=False, default=str)
+        uid = finding_uid(event, host)
+        if event.name is EventName.DRIFT_DETECTED:
+            opened.setdefault(uid, event.time_unix_nano)
+        doc = to_ocsf(event, host, opened_unix_nano=opened.get(uid))
+        if event.name in (EventName.DRIFT_REVERTED, EventName.DRIFT_RESOLVED):
+            opened.pop(uid, None)
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str)
 
     return LinesFileExporter("ocsf-file", target, render)

@@ -97,11 +97,23 @@ def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def to_ocsf(event: Event, host: dict[str, str], *, audit_passed: bool | None = None) -> dict[str, Any]:
+def finding_uid(event: Event, host: dict[str, str]) -> str:
+    """One id per (host, control, rule, subject): the same from Create to Close."""
+    attrs = event.attributes
+    host_key = host.get("host.id") or host.get("host.name", "")
+    key = f"{host_key}/{attrs.get('nodeguard.control', '')}/{attrs.get('nodeguard.rule', '')}/" \
+          f"{attrs.get('nodeguard.subject') or ''}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def to_ocsf(event: Event, host: dict[str, str], *, audit_passed: bool | None = None,
+            opened_unix_nano: int | None = None) -> dict[str, Any]:
     """The OCSF document of a drift event (call only when `is_finding(event)`); it holds no null.
 
     `audit_passed` (True/False) makes it the finding of a one-shot audit (`check --format ocsf`):
     activity Create, compliance status Pass or Fail, event code `nodeguard.check`.
+    `opened_unix_nano`: when the exporter saw this finding created, used when the event does not
+    carry the engine's first-seen time.
     """
     from nodeguard.catalog import cis_item, rule_entry
 
@@ -118,10 +130,9 @@ def to_ocsf(event: Event, host: dict[str, str], *, audit_passed: bool | None = N
     item = cis_item(cis) if cis else None
     severity_id, severity = _SEVERITY.get(str(attrs.get("nodeguard.severity", "")),
                                           _SEVERITY_BY_TEXT.get(event.severity, (0, "Unknown")))
-    host_key = host.get("host.id") or host.get("host.name", "")
-    finding_uid = hashlib.sha256(f"{host_key}/{control}/{rule}/{subject or ''}".encode()).hexdigest()[:32]
+    uid = finding_uid(event, host)
     first_seen = _int(attrs.get(ATTR_FIRST_SEEN)) or _int(attrs.get("nodeguard.aggregate.first_seen_unix_nano")) \
-        or event.time_unix_nano
+        or opened_unix_nano or event.time_unix_nano
     last_seen = _int(attrs.get("nodeguard.aggregate.last_seen_unix_nano")) or event.time_unix_nano
     standards = [CIS_RULESET] if cis else [NODEGUARD_STANDARD]
     check: dict[str, Any] = {
@@ -149,7 +160,7 @@ def to_ocsf(event: Event, host: dict[str, str], *, audit_passed: bool | None = N
     if ATTR_SEQ in attrs:
         metadata["sequence"] = int(attrs[ATTR_SEQ])
     finding_info: dict[str, Any] = {
-        "uid": finding_uid,
+        "uid": uid,
         "title": f"{control}: {rule}" + (f" ({subject})" if subject else ""),
         "desc": event.body,
         "types": [event.name.value if audit_passed is None else AUDIT_EVENT_CODE],

@@ -153,3 +153,21 @@ def test_actor_attributes_map_to_ocsf_actor() -> None:
                                         "file": {"path": "/usr/bin/chmod", "name": "chmod"}},
                             "user": {"name": "mallory", "uid": "1001"}}
     assert "actor" not in to_ocsf(event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected"), HOST)
+
+
+def test_the_file_keeps_created_time_without_the_engines_first_seen(tmp_path: Path) -> None:
+    out = tmp_path / "ocsf.jsonl"
+    exporter = ocsf_exporter(str(out), HOST)
+    detected = event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected")
+    failed = event_for_finding(EventName.DRIFT_REVERT_FAILED, finding(), outcome="revert_failed")
+    resolved = event_for_finding(EventName.DRIFT_RESOLVED, finding(), outcome="resolved")
+    again = event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected")
+    for n, ev in enumerate((detected, failed, resolved, again)):
+        ev.time_unix_nano = detected.time_unix_nano + n * 7_000_000_000
+    assert exporter.export([detected, failed, resolved, again])
+    exporter.shutdown()
+    docs = [json.loads(line)["finding_info"] for line in out.read_text().splitlines()]
+    opened = detected.time_unix_nano // 1_000_000
+    assert [d["created_time"] for d in docs[:3]] == [opened] * 3
+    assert docs[2]["modified_time"] == resolved.time_unix_nano // 1_000_000
+    assert docs[3]["created_time"] == again.time_unix_nano // 1_000_000  # closed, then a new finding
