@@ -1,3 +1,24 @@
-from nodeguard.cli import main
+"""`python -m nodeguard` and the `nodeguard` command.
 
-main()
+`nodeguard version` is answered here, before the CLI is built: typer (and the pydantic it loads to
+coerce options) would triple its cost. Everything else goes to nodeguard.cli.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    if sys.argv[1:] == ["version"]:
+        from nodeguard._version import __version__
+
+        sys.stdout.write(__version__ + "\n")
+        return
+    from nodeguard.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

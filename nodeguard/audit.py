@@ -1,10 +1,18 @@
-"""One pass over the host: observe and evaluate every control, then apply the policy's modes."""
+"""One pass over the host: observe and evaluate every control, then apply the policy's modes.
+
+The runtime control talks to the Docker API (network I/O with timeouts); it runs on its own
+thread while the file-based controls run here, so a one-shot `check` pays for the slowest of the
+two, not their sum. A selection (`--check`/`--skip`, by CIS id or rule id) runs only the controls
+that own a selected rule and keeps only the selected rules' findings.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Collection, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +23,9 @@ from nodeguard.policy import Policy
 from nodeguard.structs import Finding, Mode, Severity, Status
 
 log = logging.getLogger(__name__)
+
+# Controls whose observation waits on the Docker API rather than on files.
+_API_CONTROLS = frozenset({"runtime"})
 
 
 @dataclass
@@ -28,6 +39,9 @@ class ControlResult:
 @dataclass
 class AuditReport:
     results: list[ControlResult] = field(default_factory=list)
+    # Wall-clock times of the pass (unix seconds), for the JSON metadata.
+    started: float = 0.0
+    ended: float = 0.0
 
     @property
     def findings(self) -> list[Finding]:
@@ -43,6 +57,18 @@ class AuditReport:
     @property
     def failed(self) -> bool:
         return any(f.status is Status.FAIL for f in self.findings)
+
+    def failed_at(self, threshold: Severity) -> bool:
+        """A failing finding of `threshold` severity or above (info counts as below low)."""
+        rank = severity_rank(threshold)
+        return any(f.status is Status.FAIL and severity_rank(f.severity) >= rank for f in self.findings)
+
+
+_ORDER = (Severity.INFO, Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL)
+
+
+def severity_rank(severity: Severity) -> int:
+    return _ORDER.index(severity)
 
 
 def apply_modes(control: Control, findings: Iterable[Finding], policy: Policy) -> list[Finding]:
@@ -69,22 +95,78 @@ def evaluate_control(control: Control, ctx: Context) -> ControlResult:
     return ControlResult(control, observed, apply_modes(control, findings, ctx.policy))
 
 
+def _selected(result: ControlResult, select: Collection[tuple[str, str]] | None,
+              skip: Collection[tuple[str, str]]) -> ControlResult:
+    name = result.control.name
+    # "evaluate" (the control itself failed) is kept whenever any rule of the control is wanted.
+    kept = [f for f in result.findings
+            if (f.rule == "evaluate" or select is None or (name, f.rule) in select) and (name, f.rule) not in skip]
+    return dataclasses.replace(result, findings=kept)
+
+
 def run_audit(
     host: HostRoot | str,
     policy: Policy,
     *,
     only: Iterable[str] | None = None,
+    select: Collection[tuple[str, str]] | None = None,
+    skip: Collection[tuple[str, str]] = (),
     proc: Path = Path("/proc"),
     controls: Iterable[Control] | None = None,
 ) -> AuditReport:
+    """Audit once. `only`: control names or policy keys; `select`/`skip`: (control, rule) pairs."""
     host = host if isinstance(host, HostRoot) else HostRoot(host)
     ctx = Context(host, policy, proc)
     wanted = set(only) if only else None
-    report = AuditReport()
+    report = AuditReport(started=time.time())
+    chosen: list[Control] = []
     for control in controls if controls is not None else all_controls():
         if wanted is not None and control.name not in wanted and control.policy_key not in wanted:
             continue
         if control.settings(policy).rule_mode("", policy.spec.mode) is Mode.OFF and wanted is None:
             continue
-        report.results.append(evaluate_control(control, ctx))
+        rule_ids = {r.id for r in control.rules}
+        if select is not None and not any((control.name, r) in select for r in rule_ids):
+            continue
+        if rule_ids and all((control.name, r) in skip for r in rule_ids):
+            continue
+        chosen.append(control)
+    api = [c for c in chosen if c.name in _API_CONTROLS]
+    if api:
+        # The Docker SDK is imported here, before the API thread starts: two threads importing at
+        # once (this one runs the netfilter worker, which imports python-iptables) can deadlock on
+        # the import locks. The shared observations are made once for the same reason.
+        import docker  # noqa: F401
+
+        try:
+            _ = ctx.daemon_config
+        except Exception:  # the daemon-config control reports it in its own finding
+            log.debug("daemon configuration not readable", exc_info=True)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-api") as pool:
+        pending: dict[str, Future[ControlResult]] = {c.name: pool.submit(evaluate_control, c, ctx) for c in api}
+        results = {c.name: evaluate_control(c, ctx) for c in chosen if c.name not in pending}
+        results.update({name: fut.result() for name, fut in pending.items()})
+    report.results = [_selected(results[c.name], select, skip) for c in chosen]
+    report.ended = time.time()
     return report
+
+
+_DOCKERD_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin")
+
+
+def docker_engine_evidence(host: HostRoot, policy: Policy) -> list[str]:
+    """Host paths that show a Docker engine is installed here: a dockerd binary, its socket or pid
+    file, daemon.json, or a docker unit. Empty: there is no engine to audit."""
+    spec = policy.spec
+    candidates = [f"{d}/dockerd" for d in _DOCKERD_DIRS]
+    candidates += [spec.controls.socket.path, spec.controls.daemon_config.path, spec.daemon.pid_file]
+    candidates += [f"{d}/{unit}" for d in spec.controls.daemon_files.unit_dirs
+                   for unit in ("docker.service", "docker.socket")]
+    found = []
+    for path in candidates:
+        try:
+            if host.stat(path) is not None:
+                found.append(path)
+        except OSError:  # unreadable or a loop: something is there
+            found.append(path)
+    return found

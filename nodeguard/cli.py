@@ -2,28 +2,55 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
+import os
 import sys
+import tempfile
+import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+from typer.core import TyperGroup
 
 from nodeguard._version import __version__
-from nodeguard.audit import run_audit
 from nodeguard.cli_events import events_app
-from nodeguard.cli_firewall import firewall_app
-from nodeguard.controls import control_names
 from nodeguard.events import options as ev_opts
-from nodeguard.host import HostPathError, HostRoot
-from nodeguard.policy import Policy, PolicyError, load_policy
-from nodeguard.report import render_table, to_json
-from nodeguard.structs import Mode
 
+if TYPE_CHECKING:
+    from typer._click import Command, Context  # typer vendors click; its group API takes these
+
+    from nodeguard.host import HostRoot
+    from nodeguard.policy import Policy
+
+# Each command imports what it needs when it runs: `version`, `health` (the pod's probe), `policy
+# validate` and `events verify` load none of docker, kubernetes, opentelemetry, pyroute2,
+# cryptography or iptc (tests/unit/test_cli_imports.py holds them to it).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _LazyGroup(TyperGroup):
+    """The `firewall` commands are built (and their netfilter modules imported) only when asked for."""
+
+    _LAZY = {"firewall": "nodeguard.cli_firewall:firewall_app"}
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._LAZY})
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        if cmd_name in self._LAZY and cmd_name not in self.commands:
+            import importlib
+
+            module, _, attr = self._LAZY[cmd_name].partition(":")
+            sub = typer.main.get_command(getattr(importlib.import_module(module), attr))
+            sub.name = cmd_name
+            # Built on its own, a Typer offers shell completion; as a subcommand it must not.
+            sub.params = [p for p in sub.params if p.name not in ("install_completion", "show_completion")]
+            self.add_command(sub, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
 
 app = typer.Typer(
     name="nodeguard",
@@ -31,19 +58,37 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_LazyGroup,
 )
 policy_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
-app.add_typer(firewall_app, name="firewall")
 app.add_typer(events_app, name="events")
+cis_app = typer.Typer(help="The CIS Docker Benchmark and what nodeguard does about each recommendation.",
+                      no_args_is_help=True)
+app.add_typer(cis_app, name="cis")
 
-# soft_wrap: one "file:line: field: why" per line, whatever the terminal width, so it can be grepped.
-err = Console(stderr=True, soft_wrap=True)
+
+def _err(markup: str) -> None:
+    """One message on stderr; rich (and its start-up cost) only when something goes wrong."""
+    from rich.console import Console
+
+    # soft_wrap: one "file:line: field: why" per line, whatever the terminal width, so it can be grepped.
+    Console(stderr=True, soft_wrap=True).print(markup, highlight=False)
 
 
 class OutputFormat(StrEnum):
     table = "table"
     json = "json"
+    sarif = "sarif"
+    junit = "junit"
+    ocsf = "ocsf"
+
+
+class FailOn(StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
 
 
 HostRootOpt = Annotated[
@@ -59,45 +104,198 @@ PolicyOpt = Annotated[
 
 
 def _load_policy_or_exit(path: Path | None) -> Policy:
+    from nodeguard.policy import PolicyError, load_policy
+
     try:
         return load_policy(path)
     except PolicyError as exc:
-        err.print(f"[red]policy rejected[/]\n{exc.render()}", highlight=False)
+        _err(f"[red]policy rejected[/]\n{exc.render()}")
         raise typer.Exit(EXIT_USAGE) from None
 
 
 def _host_or_exit(path: Path) -> HostRoot:
+    from nodeguard.host import HostPathError, HostRoot
+
     try:
         return HostRoot(path)
     except HostPathError as exc:
-        err.print(f"[red]{exc.strerror}[/]")
+        _err(f"[red]{exc.strerror}[/]")
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def _ids(values: list[str] | None) -> list[str]:
+    """`--check 2.2,2.14 --check icc` -> ["2.2", "2.14", "icc"]."""
+    return [part.strip() for v in values or [] for part in v.split(",") if part.strip()]
+
+
+def _rules_or_exit(flag: str, values: list[str] | None) -> set[tuple[str, str]] | None:
+    from nodeguard.catalog import rules_matching
+
+    ids = _ids(values)
+    if not ids:
+        return None
+    found, unknown = rules_matching(ids)
+    if unknown:
+        _err(f"[red]{flag}: unknown id {', '.join(repr(u) for u in unknown)}[/]; give a CIS id (2.2, 1.1), a rule "
+             "id (icc, daemon-config/icc) or a control name; `nodeguard cis list` shows them")
+        raise typer.Exit(EXIT_USAGE)
+    return found
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write the whole report or nothing: a temporary file in the same folder, fsynced, renamed over."""
+    folder = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @app.command()
 def check(
     host_root: HostRootOpt = Path("/"),
     policy: PolicyOpt = None,
-    output_format: Annotated[OutputFormat, typer.Option("--format", help="table for people, json for tools.")] = (
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--format", help="table for people; json, sarif (2.1.0), junit (XML) or ocsf (JSON lines) for tools.")] = (
         OutputFormat.table),
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the report to this file (whole or not at all) instead of stdout.")] = None,
+    fail_on: Annotated[FailOn, typer.Option(
+        "--fail-on", help="Exit 1 only for a failing rule of this severity or above (low: any failing rule).")] = (
+        FailOn.low),
+    select: Annotated[list[str] | None, typer.Option(
+        "--check", help="Run only these checks: CIS ids (2.2, or a section: 1.1), rule ids (icc, "
+        "daemon-config/icc) or control names; comma-separated or repeated.")] = None,
+    skip: Annotated[list[str] | None, typer.Option(
+        "--skip", help="Leave these checks out (same ids as --check).")] = None,
     only: Annotated[list[str] | None, typer.Option(
-        "--only", help=f"Run only this control (repeatable): {', '.join(control_names())}.")] = None,
+        "--only", help="Run only this control (repeatable); `nodeguard cis list` names them.")] = None,
     failed_only: Annotated[bool, typer.Option("--failed", help="Table: show failing rules only.")] = False,
+    remediation: Annotated[bool, typer.Option("--remediation", help="Table: how to fix each failing rule.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Table: one row per skipped check, not one "
+                                                                  "line per reason.")] = False,
 ) -> None:
-    """Audit the host once against the policy. Exit 0: nothing fails; 1: a rule fails; 2: usage or policy error."""
+    """Audit the host once. Exit 0: nothing fails (at --fail-on); 1: a rule fails; 2: usage or policy error.
+
+    With no Docker engine under the host root (and no --only/--check), one line says so, exit 0.
+    """
+    from nodeguard.catalog import control_names
+
     pol = _load_policy_or_exit(policy)
     known = set(control_names())
     for name in only or []:
         if name not in known:
-            err.print(f"[red]unknown control {name!r}[/]; known: {', '.join(sorted(known))}")
+            _err(f"[red]unknown control {name!r}[/]; known: {', '.join(sorted(known))}")
             raise typer.Exit(EXIT_USAGE)
+    selected = _rules_or_exit("--check", select)
+    skipped = _rules_or_exit("--skip", skip) or set()
     host = _host_or_exit(host_root)
-    report = run_audit(host, pol, only=only)
-    if output_format is OutputFormat.json:
-        sys.stdout.write(json.dumps(to_json(report, str(host.root)), indent=2, default=str) + "\n")
+    if output is not None and not output.parent.is_dir():
+        _err(f"[red]--output: {output.parent} is not a folder[/]")
+        raise typer.Exit(EXIT_USAGE)
+
+    from nodeguard.audit import AuditReport, docker_engine_evidence, run_audit
+    from nodeguard.events.resource import host_name, machine_id
+    from nodeguard.report import RunInfo
+    from nodeguard.structs import Severity
+
+    info = RunInfo(str(host.root), host_name(host.root))
+    explicit = bool(only or selected)
+    extra: dict[str, Any] = {}
+    if not explicit and not docker_engine_evidence(host, pol):
+        # Docker's built-in defaults would "fail" and every file check would skip: say it once.
+        message = (f"no Docker engine under {host.root} (no dockerd binary, socket, daemon.json or unit): "
+                   "nothing to check")
+        report = AuditReport(started=time.time(), ended=time.time())
+        if output_format is OutputFormat.table:
+            _emit(output, message + "\n")
+            raise typer.Exit(EXIT_OK)
+        extra = {"docker_engine": False, "message": message}
     else:
-        render_table(report, Console(), show_passed=not failed_only)
-    raise typer.Exit(EXIT_FAILED if report.failed else EXIT_OK)
+        report = run_audit(host, pol, only=only, select=selected, skip=skipped)
+    host_attrs = {"host.name": info.host_name}
+    mid = machine_id(host.root)
+    if mid:
+        host_attrs["host.id"] = mid
+    _emit(output, _render(report, info, output_format, host_attrs, extra, show_passed=not failed_only,
+                          verbose=verbose, remediation=remediation))
+    # `low` keeps the first behaviour: any failing rule fails the run, an info-severity one included.
+    failing = report.failed if fail_on is FailOn.low else report.failed_at(Severity(fail_on.value))
+    raise typer.Exit(EXIT_FAILED if failing else EXIT_OK)
+
+
+def _emit(output: Path | None, text: str) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        write_output(output, text)
+    except OSError as exc:
+        _err(f"[red]--output {output}: {exc.strerror or exc}[/]")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _render(report: Any, info: Any, fmt: OutputFormat, host_attrs: dict[str, str], extra: dict[str, Any], *,
+            show_passed: bool, verbose: bool, remediation: bool) -> str:
+    import json
+
+    from nodeguard import report as rep
+
+    if fmt is OutputFormat.json:
+        return json.dumps(rep.to_json(report, info, extra), indent=2, default=str) + "\n"
+    if fmt is OutputFormat.sarif:
+        return json.dumps(rep.to_sarif(report, info), indent=2, default=str) + "\n"
+    if fmt is OutputFormat.junit:
+        return rep.to_junit(report, info)
+    if fmt is OutputFormat.ocsf:
+        return rep.to_ocsf_lines(report, host_attrs)
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    # Rendered to a string so --output gets the same table; the terminal's width when it is one.
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "0") or 0) or None
+    console = Console(file=buf, width=width, force_terminal=sys.stdout.isatty())
+    rep.render_table(report, console, show_passed=show_passed, verbose=verbose, remediation=remediation)
+    return buf.getvalue()
+
+
+class CisListFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@cis_app.command("list")
+def cis_list(
+    output_format: Annotated[CisListFormat, typer.Option("--format", help="table or json.")] = CisListFormat.table,
+) -> None:
+    """Every CIS Docker Benchmark v1.6.0 recommendation (sections 1-3) and every other nodeguard rule:
+    its title, and whether nodeguard enforces it, reports it, or does not check it (and why)."""
+    import json
+
+    from nodeguard.cis import catalog_rows
+
+    rows = catalog_rows()
+    if output_format is CisListFormat.json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    # Plain lines, not a table: titles are long, and a line per fact greps well.
+    for row in rows:
+        typer.echo(f"{row['id']:<8} {row['nodeguard']:<12} {row['title']}")
+        detail = ", ".join(row["rules"]) or "-"
+        typer.echo(f"{'':<8} {'':<12} by {detail}" + (f" ({row['why']})" if row.get("why") else ""))
+    counts = {k: sum(1 for r in rows if r["nodeguard"] == k) for k in ("enforce", "report", "not checked")}
+    typer.echo(f"{len(rows)} checks: {counts['enforce']} enforced, {counts['report']} reported, "
+               f"{counts['not checked']} not checked")
 
 
 @policy_app.command("validate")
@@ -140,7 +338,7 @@ def _least_privilege_or_exit(host_root: Path, policy: Path | None, state_dir: Pa
         try:
             check_not_writable_by_others(path)
         except UnsafePath as exc:
-            err.print(f"[red]refused:[/] {exc}")
+            _err(f"[red]refused:[/] {exc}")
             raise typer.Exit(EXIT_USAGE) from None
     try:
         after = drop_capabilities(AGENT_CAPABILITIES)
@@ -152,6 +350,21 @@ def _least_privilege_or_exit(host_root: Path, policy: Path | None, state_dir: Pa
     if missing:
         log.warning("capabilities the agent needs but was not given: %s (their remediations will fail)",
                     ", ".join(missing))
+
+
+def _event_folders_safe_or_exit(*targets: str | None) -> None:
+    """Refuse an events or OCSF file in a folder others can write to: they could plant a link or a FIFO there."""
+    from nodeguard.privileges import UnsafePath, check_not_writable_by_others
+
+    for target in targets:
+        if not target or target == "-":
+            continue
+        folder = Path(os.path.abspath(target)).parent
+        try:
+            check_not_writable_by_others(folder)
+        except UnsafePath as exc:
+            _err(f"[red]refused:[/] {exc}")
+            raise typer.Exit(EXIT_USAGE) from None
 
 
 @app.command()
@@ -193,6 +406,8 @@ def run(
     from nodeguard.engine import EngineOptions
     from nodeguard.events.pipeline import build_pipeline
     from nodeguard.events.spool import SpoolBusy
+    from nodeguard.policy import PolicyError
+    from nodeguard.structs import Mode
 
     logging.getLogger().setLevel(log_level.upper())
     from nodeguard.events.prometheus import PrometheusEndpoint, parse_bind_address
@@ -200,7 +415,7 @@ def run(
     try:
         endpoint = PrometheusEndpoint(parse_bind_address(metrics_bind_address)) if metrics_bind_address else None
     except ValueError as exc:
-        err.print(f"[red]--metrics-bind-address: {exc}[/]")
+        _err(f"[red]--metrics-bind-address: {exc}[/]")
         raise typer.Exit(EXIT_USAGE) from None
     host = _host_or_exit(host_root)
     _least_privilege_or_exit(host_root, policy, state_dir)
@@ -212,20 +427,21 @@ def run(
             otlp_client_certificate=otlp_client_certificate, otlp_insecure=otlp_insecure, otlp_timeout=otlp_timeout,
             ocsf_file=ocsf_file, spool_max_bytes=spool_max_bytes, aggregate_seconds=aggregate_seconds, metrics=metrics)
     except ValueError as exc:  # an OTEL_*/NODEGUARD_* variable that does not parse
-        err.print(f"[red]event export settings: {exc}[/]")
+        _err(f"[red]event export settings: {exc}[/]")
         raise typer.Exit(EXIT_USAGE) from None
+    _event_folders_safe_or_exit(export.events_file, export.ocsf_file)
     try:
         # Events are spooled durably under the state dir, then exported (OTLP, --events-file, --ocsf-file).
         sink = build_pipeline(export, state_dir, metric_readers=[endpoint.reader] if endpoint else ())
     except SpoolBusy as exc:
-        err.print(f"[red]{exc}[/]")
+        _err(f"[red]{exc}[/]")
         raise typer.Exit(EXIT_USAGE) from None
     try:
         if endpoint is not None:
             endpoint.start()
     except OSError as exc:
         sink.close()
-        err.print(f"[red]--metrics-bind-address {endpoint.address if endpoint else ''}: {exc.strerror or exc}[/]")
+        _err(f"[red]--metrics-bind-address {endpoint.address if endpoint else ''}: {exc.strerror or exc}[/]")
         raise typer.Exit(EXIT_USAGE) from None
     from nodeguard.kube import kube_sink_from_env
 
@@ -234,7 +450,7 @@ def run(
     try:
         run_agent(options, [sink] if kube is None else [sink, kube])
     except PolicyError as exc:
-        err.print(f"[red]policy rejected and no last good policy to fall back to[/]\n{exc.render()}", highlight=False)
+        _err(f"[red]policy rejected and no last good policy to fall back to[/]\n{exc.render()}")
         raise typer.Exit(EXIT_USAGE) from None
     finally:
         if endpoint is not None:

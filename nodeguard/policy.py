@@ -491,8 +491,8 @@ def _dotted(loc: Sequence[int | str]) -> str:
 
 def _check_rule_ids(merged: Mapping[str, Any], node: yaml.Node | None) -> list[tuple[int | None, str, str]]:
     """Unknown rule ids, read from the merged document so they are reported beside schema errors."""
-    # Imported late: the catalog lives beside the controls, which import this module.
-    from nodeguard.controls import rule_ids_by_policy_key
+    # The rule catalog is data below the policy: validating a rule id imports no control.
+    from nodeguard.catalog import rule_ids_by_policy_key
 
     problems = []
     known = rule_ids_by_policy_key()

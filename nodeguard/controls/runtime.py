@@ -218,11 +218,6 @@ class RuntimeControl(Control):
             obs.error = str(exc)
             return obs
         try:
-            obs.version = dict(client.version(api_version=False))
-            obs.info = dict(client.info())
-            # all=True: a created or stopped container is one `docker start` away from running.
-            ids = [str(c["Id"]) for c in client.containers(all=True)]
-
             def inspect(cid: str) -> dict[str, Any] | None:
                 try:
                     return dict(client.inspect_container(cid))
@@ -231,9 +226,16 @@ class RuntimeControl(Control):
                         return None
                     raise
 
-            # The list has no HostConfig (privileged, caps, pid mode): one inspect per container,
-            # a few at a time — the client's connection pool holds 10.
+            # Every call at once, a few at a time (the client's connection pool holds 10): version
+            # and info beside the list, then one inspect per container, since the list has no
+            # HostConfig (privileged, caps, pid mode).
             with ThreadPoolExecutor(max_workers=INSPECT_WORKERS) as pool:
+                version = pool.submit(client.version, api_version=False)
+                info = pool.submit(client.info)
+                # all=True: a created or stopped container is one `docker start` away from running.
+                ids = [str(c["Id"]) for c in client.containers(all=True)]
+                obs.version = dict(version.result())
+                obs.info = dict(info.result())
                 for raw in pool.map(inspect, ids):
                     if raw is not None:
                         obs.containers.append(_container_view(host, raw))

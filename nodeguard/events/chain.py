@@ -29,7 +29,8 @@ def canonical_bytes(
 ) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the same bytes whoever re-serializes the event."""
     doc = {
-        "attributes": {k: v for k, v in attributes.items() if k != ATTR_HASH},
+        # log.record.uid repeats the id (the JSON line's and OTLP's de-duplication key): not hashed twice.
+        "attributes": {k: v for k, v in attributes.items() if k not in (ATTR_HASH, "log.record.uid")},
         "body": body,
         "id": event_id,
         "name": name,

@@ -1,7 +1,10 @@
 """The event: one shape for every exporter, modelled on an OpenTelemetry log record.
 
-`to_record()` is the JSON-lines form: {"time", "severity", "event.name", "body", "attributes"}.
-Event names and attribute keys are a contract with the SIEM: add beside them, never rename.
+`to_record()` is the JSON-lines form: {"time", "severity", "event.name", "event.id", "body",
+"attributes"}. Event names and attribute keys are a contract with the SIEM: add beside them, never
+rename. A finding's event carries the OpenTelemetry semantic conventions' `security_rule.*` keys
+beside the `nodeguard.*` ones, so a SIEM that knows the conventions needs no nodeguard mapping.
+An attribute whose value is None is left out, never sent as an empty value.
 """
 
 from __future__ import annotations
@@ -33,12 +36,30 @@ class EventName(enum.StrEnum):
     SPOOL_DROPPED = "nodeguard.spool.dropped"
 
 
-# OpenTelemetry severity numbers (logs data model): INFO=9, WARN=13, ERROR=17, FATAL=21.
-SEVERITY_NUMBER = {"INFO": 9, "WARN": 13, "ERROR": 17, "FATAL": 21}
+# OpenTelemetry severity numbers (logs data model): INFO=9, WARN=13, ERROR=17..20, FATAL=21.
+# FATAL means the emitter itself died, so a critical finding sits at the top of the ERROR range
+# (ERROR4 = 20) with its own text. "FATAL" stays readable for events spooled by older versions
+# (the chain hash covers the severity text, so a spooled event is never rewritten).
+SEVERITY_NUMBER = {"INFO": 9, "WARN": 13, "ERROR": 17, "CRITICAL": 20, "FATAL": 21}
 _FINDING_SEVERITY = {
     Severity.INFO: "INFO", Severity.LOW: "WARN", Severity.MEDIUM: "WARN",
-    Severity.HIGH: "ERROR", Severity.CRITICAL: "FATAL",
+    Severity.HIGH: "ERROR", Severity.CRITICAL: "CRITICAL",
 }
+# The semantic conventions' unique id of a log record: the one de-duplication key of both outputs
+# (an attribute over OTLP, and in each JSON line's attributes beside the historical `event.id`).
+ATTR_RECORD_UID = "log.record.uid"
+# When the engine first saw this finding open (unix nanoseconds): OCSF's `created_time`, stable
+# across every update of the finding. Optional: the engine sets it where it keeps that state.
+ATTR_FIRST_SEEN = "nodeguard.finding.first_seen_unix_nano"
+CIS_RULESET = "CIS Docker Benchmark v1.6.0"
+CIS_REFERENCE = "https://www.cisecurity.org/benchmark/docker"
+NODEGUARD_RULESET = "nodeguard"
+NODEGUARD_REFERENCE = "https://github.com/nodeguard/nodeguard#reading-an-audit"
+
+
+def drop_nulls(attributes: dict[str, JSONValue]) -> dict[str, JSONValue]:
+    """The attributes without None values: OTLP has no null, and an empty value misleads a SIEM."""
+    return {k: v for k, v in attributes.items() if v is not None}
 
 
 @dataclass
@@ -64,7 +85,11 @@ class Event:
             "event.name": self.name.value,
             "event.id": self.id,
             "body": self.body,
-            "attributes": self.attributes,
+            # log.record.uid is not part of the chain hash (chain.canonical_bytes leaves it out):
+            # it is the same value as event.id, written under the key OTLP receivers know.
+            # Nulls are dropped where events are made (event_for_finding, lifecycle_event), not here:
+            # the chain hash covers the attributes as they were spooled.
+            "attributes": {**self.attributes, ATTR_RECORD_UID: self.id},
             # Exact time: `time` is rounded to microseconds, the chain hash covers nanoseconds.
             "time_unix_nano": self.time_unix_nano,
         }
@@ -76,13 +101,17 @@ class Event:
             name=EventName(record["event.name"]),
             severity=record["severity"],
             body=record["body"],
-            attributes=dict(record.get("attributes") or {}),
+            attributes={k: v for k, v in (record.get("attributes") or {}).items() if k != ATTR_RECORD_UID},
             time_unix_nano=int(record["time_unix_nano"]),
             id=record["event.id"],
         )
 
-    def to_json_line(self) -> str:
-        return json.dumps(self.to_record(), sort_keys=False, default=str, separators=(",", ":"))
+    def to_json_line(self, resource: dict[str, str] | None = None) -> str:
+        """One JSON line; `resource` (service.*, host.*, k8s.*) says who is speaking, as OTLP's resource does."""
+        record = self.to_record()
+        if resource:
+            record["resource"] = resource
+        return json.dumps(record, sort_keys=False, default=str, separators=(",", ":"))
 
 
 class EventSink(Protocol):
@@ -100,7 +129,9 @@ def event_for_finding(
     outcome: str,
     body: str | None = None,
     extra: dict[str, JSONValue] | None = None,
+    first_seen_unix_nano: int | None = None,
 ) -> Event:
+    """The event of one finding's state change; `first_seen_unix_nano`: when the finding opened."""
     attrs: dict[str, JSONValue] = {
         "nodeguard.control": finding.control,
         "nodeguard.rule": finding.rule,
@@ -116,16 +147,37 @@ def event_for_finding(
         attrs["file.path"] = finding.path
     if finding.subject:
         attrs["nodeguard.subject"] = finding.subject
+    attrs.update(security_rule_attributes(finding.control, finding.rule, finding.cis))
+    if first_seen_unix_nano is not None:
+        attrs[ATTR_FIRST_SEEN] = first_seen_unix_nano
     if extra:
         attrs.update(extra)
+    attrs = drop_nulls(attrs)
     severity = "INFO" if name in (EventName.DRIFT_RESOLVED, EventName.DRIFT_REVERTED) else \
         _FINDING_SEVERITY[finding.severity]
     return Event(name, severity, body or finding.message, attrs)
 
 
+def security_rule_attributes(control: str, rule: str, cis: str | None) -> dict[str, JSONValue]:
+    """The semantic conventions' security_rule.* keys of one rule (`name` is the rule id, as in nodeguard.rule)."""
+    from nodeguard.catalog import rule_entry
+
+    entry = rule_entry(control, rule)
+    attrs: dict[str, JSONValue] = {
+        "security_rule.name": rule,
+        "security_rule.uid": f"{control}/{rule}",
+        "security_rule.ruleset.name": CIS_RULESET if cis else NODEGUARD_RULESET,
+        "security_rule.reference": CIS_REFERENCE if cis else NODEGUARD_REFERENCE,
+        "security_rule.category": control,
+    }
+    if entry is not None:
+        attrs["security_rule.description"] = entry.title
+    return attrs
+
+
 def lifecycle_event(name: EventName, body: str, **attributes: JSONValue) -> Event:
     attrs: dict[str, JSONValue] = {"host.name": socket.gethostname()}
-    attrs.update({f"nodeguard.{k}": v for k, v in attributes.items()})
+    attrs.update({f"nodeguard.{k}": v for k, v in attributes.items() if v is not None})
     severity = "ERROR" if name is EventName.POLICY_REJECTED else "INFO"
     return Event(name, severity, body, attrs)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from opentelemetry.util.re import parse_env_headers
 
 from nodeguard.events.spool import DEFAULT_MAX_BYTES
 
@@ -33,6 +32,10 @@ def _bool(value: str) -> bool:
 
 def parse_headers(value: str) -> dict[str, str]:
     """`k1=v1,k2=v2` (W3C baggage style, URL-encoded values), as OTEL_EXPORTER_OTLP_HEADERS."""
+    # Imported here: the CLI imports this module for its flags, and `version` or `health` must not
+    # load opentelemetry.
+    from opentelemetry.util.re import parse_env_headers
+
     return dict(parse_env_headers(value, liberal=True))
 
 

@@ -27,12 +27,12 @@ from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 
 from nodeguard._version import __version__
-from nodeguard.events.model import Event
+from nodeguard.events.model import ATTR_RECORD_UID, Event, drop_nulls
 from nodeguard.events.options import ExportOptions, OtlpProtocol
 from nodeguard.events.resource import SCHEMA_URL
 
-# The semantic conventions' attribute for a log record's unique id: the receiver de-duplicates by it.
-ATTR_RECORD_UID = "log.record.uid"
+# ATTR_RECORD_UID (log.record.uid), the semantic conventions' unique id of a log record, is the one
+# de-duplication key: the JSON lines carry it too (nodeguard/events/model.py).
 SCOPE_NAME = "nodeguard"
 
 
@@ -169,7 +169,9 @@ class OtlpExporter:
         self._collect.take()
         observed = time.time_ns()
         for event in events:
-            attributes = dict(event.attributes)
+            # OTLP has no null: an attribute without a value is left out (events spooled by older
+            # versions may hold some).
+            attributes = drop_nulls(dict(event.attributes))
             attributes[ATTR_RECORD_UID] = event.id
             self._logger.emit(
                 timestamp=event.time_unix_nano,

@@ -119,7 +119,9 @@ def build_pipeline(options: ExportOptions, state_dir: Path,
     if options.otlp_enabled:
         exporters.append(OtlpExporter(options, resource))
     if options.events_file:
-        exporters.append(jsonl_exporter(options.events_file))
+        # Each JSON line says who is speaking (host.name, host.id, k8s.node.name), as OTLP's resource does.
+        who = {k: str(v) for k, v in resource.attributes.items() if not k.startswith("telemetry.")}
+        exporters.append(jsonl_exporter(options.events_file, who))
     if options.ocsf_file:
         exporters.append(ocsf_exporter(options.ocsf_file, host))
 

@@ -6,9 +6,11 @@ Needs root, dockerd and busybox-static (a real daemon on a sandbox host root, in
 namespace, like the tests). Every run is a fresh `python -m nodeguard check` subprocess, started
 inside the daemon's network namespace (so the firewall and listener controls read the daemon's
 network, not this machine's) and reaped with wait4(), whose rusage gives that one child's peak
-RSS. Prints the median, min and max of `--runs` runs per command line; `nodeguard version` is the
-floor (interpreter start and imports). A second table splits one audit pass by control (in one
-process, after the imports, a fresh Context per pass as the agent makes).
+RSS. Prints the median, min and max of `--runs` runs per command line. Two floors are measured in
+the same run: `python -c pass` (the interpreter alone) and `nodeguard version` (the CLI's own
+imports); the pod's probe (`python -m nodeguard.health`) is timed beside them. A second table
+splits one audit pass by control (in one process, after the imports, a fresh Context per pass as
+the agent makes). docker-bench-security is not run: it is no Debian, PyPI or npm package here.
 """
 
 from __future__ import annotations
@@ -93,9 +95,16 @@ def main() -> None:
             in_netns = ["nsenter", f"--net=/var/run/netns/{d.netns}"]
             base = [*in_netns, sys.executable, "-m", "nodeguard"]
             host = ["--host-root", str(sb.root)]
+            state = root / "state"
+            state.mkdir(mode=0o700)
             cases = {
-                "nodeguard version (floor)": [*base, "version"],
+                "python -c pass (floor)": [*in_netns, sys.executable, "-c", "pass"],
+                "nodeguard version": [*base, "version"],
+                "python -m nodeguard.health": [*in_netns, sys.executable, "-m", "nodeguard.health", "--state-dir",
+                                               str(state)],
                 "check --format json": [*base, "check", *host, "--format", "json"],
+                "check --format sarif": [*base, "check", *host, "--format", "sarif"],
+                "check --format junit": [*base, "check", *host, "--format", "junit"],
                 "check (table)": [*base, "check", *host],
                 "check --only daemon-config": [*base, "check", *host, "--only", "daemon-config", "--format", "json"],
                 "check --only daemon-files": [*base, "check", *host, "--only", "daemon-files", "--format", "json"],
@@ -123,12 +132,12 @@ def main() -> None:
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print()
     head = f"{'median':>8} {'min':>8} {'max':>8}"
-    print(f"{'command':<27} {'exit':>4} | {'wall ms':^26} | {'CPU ms (user+sys)':^26} | {'peak RSS MiB':^26}")
-    print(f"{'':<27} {'':>4} | {head} | {head} | {head}")
+    print(f"{'command':<28} {'exit':>4} | {'wall ms':^26} | {'CPU ms (user+sys)':^26} | {'peak RSS MiB':^26}")
+    print(f"{'':<28} {'':>4} | {head} | {head} | {head}")
     print("-" * 120)
     for name, runs in results.items():
         codes = sorted({r.exit_code for r in runs})
-        print(f"{name:<27} {','.join(map(str, codes)):>4} | {stats([r.wall_s * 1000 for r in runs])} | "
+        print(f"{name:<28} {','.join(map(str, codes)):>4} | {stats([r.wall_s * 1000 for r in runs])} | "
               f"{stats([r.cpu_s * 1000 for r in runs])} | {stats([r.maxrss_mib for r in runs])}")
     print()
     print(f"one audit pass by control, wall ms (median/min/max of {args.runs} passes in one process; "

