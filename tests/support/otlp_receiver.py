@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import signal
 import socket
 import ssl
@@ -124,6 +125,7 @@ class OtlpReceiver:
         self.attempts: list[Attempt] = []
         self.flood_sent = 0  # bytes of flood body written before the client hung up
         self.on_log: Callable[[ReceivedLog], None] | None = None
+        self.on_attempt: Callable[[Attempt], None] | None = None
         self._stopping = threading.Event()
         self.requests = 0
         self.logs: list[ReceivedLog] = []
@@ -147,8 +149,11 @@ class OtlpReceiver:
     def _attempt(self, req: logs_service_pb2.ExportLogsServiceRequest, mode: str) -> None:
         uids = [str(any_value(kv.value)) for rl in req.resource_logs for sl in rl.scope_logs for lr in sl.log_records
                 for kv in lr.attributes if kv.key == "log.record.uid"]
+        attempt = Attempt(time.monotonic(), mode, uids)
         with self._lock:
-            self.attempts.append(Attempt(time.monotonic(), mode, uids))
+            self.attempts.append(attempt)
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
 
     def _take_logs(self, req: logs_service_pb2.ExportLogsServiceRequest, headers: dict[str, str]) -> None:
         now = time.monotonic()
@@ -233,7 +238,9 @@ class OtlpReceiver:
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
             def Export(self, request: Any, context: Any) -> Any:
-                if receiver.failing:
+                if receiver.mode == "hang":
+                    receiver._stopping.wait()
+                if receiver.failing or receiver.mode != "ok":
                     context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
                 receiver._take_metrics(request)
                 return metrics_service_pb2.ExportMetricsServiceResponse()
@@ -266,11 +273,12 @@ class OtlpReceiver:
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
+                mode = receiver.mode
                 if self.path == "/v1/logs":
-                    req = logs_service_pb2.ExportLogsServiceRequest.FromString(body)
-                    receiver._attempt(req, receiver.mode)
-                    if receiver.mode != "ok" and self._hostile(receiver.mode):
-                        return
+                    receiver._attempt(logs_service_pb2.ExportLogsServiceRequest.FromString(body), mode)
+                # Metrics meet the same collector: a flood or a hang answers both signals.
+                if mode != "ok" and self._hostile(mode):
+                    return
                 if receiver.failing:
                     self._reply(503, b"")
                     return
@@ -389,17 +397,20 @@ def main() -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--mode", choices=MODES, default="ok")
     ap.add_argument("--retry-after")
-    ap.add_argument("--out", required=True, help="append each received record's log.record.uid here")
+    ap.add_argument("--out", required=True, help="JSON lines: each request ({'attempt': mode, 'uids': [...]}) and "
+                                                 "each record taken ({'received': uid})")
     args = ap.parse_args()
     out = open(args.out, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
     lock = threading.Lock()
 
-    def on_log(rec: ReceivedLog) -> None:
+    def write(line: dict[str, Any]) -> None:
         with lock:
-            out.write(f"{rec.attributes['log.record.uid']}\n")
+            out.write(json.dumps(line) + "\n")
 
     receiver = OtlpReceiver(args.protocol, args.port)
-    receiver.mode, receiver.retry_after, receiver.on_log = args.mode, args.retry_after, on_log
+    receiver.mode, receiver.retry_after = args.mode, args.retry_after
+    receiver.on_log = lambda rec: write({"received": rec.attributes["log.record.uid"]})
+    receiver.on_attempt = lambda a: write({"attempt": a.mode, "uids": a.uids})
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     receiver.start()
