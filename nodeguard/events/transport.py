@@ -278,6 +278,7 @@ class HttpSender:
             if not piece:
                 if response.length:  # Content-Length promised more: the collector hung up mid-body
                     return b"", False, f"connection closed {response.length} bytes short of the body"
+                response.close()  # done with this body: the connection may carry the next request
                 return b"".join(chunks), True, ""
             chunks.append(piece)
             size += len(piece)

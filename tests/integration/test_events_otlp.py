@@ -346,3 +346,43 @@ def test_close_never_waits_on_a_hostile_collector_and_the_spool_keeps_the_rest(
             assert [s.event.id for s in spool.read("otlp", 100)] == [e.id for e in sent]
         finally:
             spool.close()
+
+
+def test_http_reuses_its_connection_and_survives_the_collector_closing_it_when_idle() -> None:
+    rx = OtlpReceiver("http")
+    rx.keepalive_idle = 0.5  # HTTP/1.1; an idle connection is closed after 0.5 s, as collectors do
+    rx.start()
+    try:
+        exporter = one_exporter(rx, timeout=2.0)
+        try:
+            sent = [lifecycle_event(EventName.AGENT_STARTED, f"keep-alive #{i}") for i in range(4)]
+            for ev in sent[:3]:
+                assert exporter.export([ev]).ok
+            assert len(set(rx.client_ports)) == 1, "one connection for requests in a row"
+            time.sleep(1.0)  # the collector closes the idle connection; the exporter finds out on its next send
+            delivery = exporter.export([sent[3]])
+            assert delivery.ok, delivery.reason
+        finally:
+            exporter.shutdown()
+        assert len(set(rx.client_ports)) == 2
+        assert [r.attributes["log.record.uid"] for r in rx.snapshot()] == [e.id for e in sent]
+    finally:
+        rx.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_compressed_requests_from_the_otel_variable(protocol: str) -> None:
+    with otlp_receiver(protocol) as rx:
+        opts = ExportOptions.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint,
+                                       "OTEL_EXPORTER_OTLP_PROTOCOL": rx.otel_protocol,
+                                       "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip", "OTEL_EXPORTER_OTLP_TIMEOUT": "2"})
+        assert opts.otlp_compression == "gzip" and opts.otlp_timeout == 2.0
+        exporter = OtlpExporter(opts, make_resource({}))
+        try:
+            ev = lifecycle_event(EventName.AGENT_STARTED, "gzip " * 200)
+            assert exporter.export([ev]).ok
+        finally:
+            exporter.shutdown()
+        assert [r.body for r in rx.snapshot()] == [ev.body]
+        if protocol == "http":  # (grpcio hides the grpc-encoding header from the servicer)
+            assert rx.headers[0].get("content-encoding") == "gzip"

@@ -126,6 +126,9 @@ class OtlpReceiver:
         self.flood_sent = 0  # bytes of flood body written before the client hung up
         self.on_log: Callable[[ReceivedLog], None] | None = None
         self.on_attempt: Callable[[Attempt], None] | None = None
+        # HTTP/1.1 keep-alive, the server closing a connection idle this long (as collectors do); None: HTTP/1.0.
+        self.keepalive_idle: float | None = None
+        self.client_ports: list[int] = []  # the client's source port of each HTTP request
         self._stopping = threading.Event()
         self.requests = 0
         self.logs: list[ReceivedLog] = []
@@ -263,6 +266,10 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            if receiver.keepalive_idle is not None:
+                protocol_version = "HTTP/1.1"
+                timeout = receiver.keepalive_idle  # an idle kept-alive connection is closed after this
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -274,6 +281,8 @@ class OtlpReceiver:
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
                 mode = receiver.mode
+                with receiver._lock:
+                    receiver.client_ports.append(self.client_address[1])
                 if self.path == "/v1/logs":
                     receiver._attempt(logs_service_pb2.ExportLogsServiceRequest.FromString(body), mode)
                 # Metrics meet the same collector: a flood or a hang answers both signals.
