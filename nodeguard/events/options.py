@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from opentelemetry.util.re import parse_env_headers
@@ -70,6 +71,14 @@ class ExportOptions:
     # leaves room for the engine's stop and the metrics' last export inside the 5 s SIGTERM budget;
     # what is not delivered by then stays spooled for the next start.
     close_timeout_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        # Refused here, at the edge, with the setting's name: the exporter would only fail at every send.
+        if self.otlp_protocol is OtlpProtocol.HTTP_PROTOBUF:
+            for name in ("otlp_endpoint", "otlp_logs_endpoint", "otlp_metrics_endpoint"):
+                value = getattr(self, name)
+                if value and urlsplit(value).scheme not in ("http", "https"):
+                    raise ValueError(f"{name}: an OTLP/HTTP endpoint is an http:// or https:// URL, not {value!r}")
 
     @property
     def otlp_enabled(self) -> bool:

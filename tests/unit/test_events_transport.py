@@ -65,3 +65,11 @@ def test_timeout_and_compression_from_the_otel_variables() -> None:
     assert ExportOptions.from_env({}, otlp_timeout=4.0).otlp_timeout == 4.0
     with pytest.raises(ValueError, match="gzip, deflate or none"):
         ExportOptions.from_env({"OTEL_EXPORTER_OTLP_COMPRESSION": "brotli"})
+
+
+def test_an_http_endpoint_without_a_scheme_is_refused_with_its_name() -> None:
+    with pytest.raises(ValueError, match="otlp_endpoint: an OTLP/HTTP endpoint is an http:// or https:// URL"):
+        ExportOptions.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"})
+    # gRPC targets may be host:port.
+    assert ExportOptions.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317",
+                                   "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}).otlp_endpoint == "collector:4317"
