@@ -6,10 +6,11 @@
    its collector (tests/support/otlp_receiver.py, a separate process) beside it in that namespace,
    answering in one hostile way: hang, trickle (200, `Content-Length: 100 MB`, then 1 byte every
    2 s), flood (200 with a 1.5 GiB body generated as it is sent), close mid-body, 429/500/503 with
-   `Retry-After: 30`, partial_success. Defaults everywhere (10 s request deadline, metrics every
-   second so both signals meet the collector). Once the agent has made its first requests, SIGTERM;
-   the time is from the signal to the process's exit. Peak RSS is the agent's VmHWM just before the
-   signal. The floor of both: the same agent with a good collector, in the same run.
+   `Retry-After: 30`, partial_success; over gRPC: hang, UNAVAILABLE, a 16 MiB response. Defaults
+   everywhere (10 s request deadline), metrics every second so both signals meet the collector.
+   Once the agent has made its first requests, SIGTERM; the time is from the signal to the
+   process's exit. Peak RSS is the agent's VmHWM just before the signal. The floor of both: the
+   same agent with a good collector, in the same run.
 2. Exports per minute against a trickling collector: the pipeline of `nodeguard run` (default
    deadline and back-off) with events waiting, for `--minute` seconds; beside it the bound the
    deadline alone sets (60 / deadline) and the same pipeline against a good collector.
@@ -40,7 +41,8 @@ from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.sandbox import make_sandbox
 
 CASES = [("http", "ok"), ("http", "hang"), ("http", "trickle"), ("http", "flood"), ("http", "close"),
-         ("http", "429"), ("http", "500"), ("http", "partial"), ("grpc", "ok"), ("grpc", "hang"), ("grpc", "503")]
+         ("http", "429"), ("http", "500"), ("http", "partial"), ("grpc", "ok"), ("grpc", "hang"), ("grpc", "503"),
+         ("grpc", "flood")]
 
 
 def vm_hwm_mib(pid: int) -> float:

@@ -219,7 +219,8 @@ HTTP_HOSTILE = {
     "500": "HTTP 500",
     "partial": "rejected 1 logs items",
 }
-GRPC_HOSTILE = {"hang": "DEADLINE_EXCEEDED", "503": "UNAVAILABLE", "partial": "rejected 1 logs items"}
+GRPC_HOSTILE = {"hang": "DEADLINE_EXCEEDED", "503": "UNAVAILABLE", "partial": "rejected 1 logs items",
+                "flood": "RESOURCE_EXHAUSTED"}
 
 
 def one_exporter(rx: OtlpReceiver, timeout: float = 1.0) -> OtlpExporter:
@@ -249,15 +250,18 @@ def test_a_hostile_collector_is_a_failure_within_the_deadline_in_bounded_memory(
         expected = (HTTP_HOSTILE if protocol == "http" else GRPC_HOSTILE)[mode]
         assert expected in delivery.reason, delivery.reason
         assert elapsed < 1.0 + SLACK, f"{mode}: export took {elapsed:.1f}s with a 1 s deadline"
-        # Whatever the collector sends (1.5 GiB for flood), the exporter holds a few buffers of it.
-        assert peak < 1 << 20, f"{mode}: {peak} bytes allocated during one export"
+        # Whatever the collector sends (1.5 GiB for flood), the exporter holds a few buffers of it. (The gRPC
+        # flood is made by the receiver in this process, 16 MiB counted here: the agent's own RSS with it is
+        # checked in test_events_outage.py, its collector being another process there.)
+        if (protocol, mode) != ("grpc", "flood"):
+            assert peak < 1 << 20, f"{mode}: {peak} bytes allocated during one export"
         if mode in ("429", "503", "500"):
             assert delivery.retry_after == 7.0
         if mode == "partial":
             assert delivery.rejected == 1
         # The collector did get the real OTLP request, every record in it.
         assert [a.uids for a in rx.attempts] == [[e.id for e in sent]]
-        if mode == "flood":
+        if mode == "flood" and protocol == "http":
             assert rx.wait_for(lambda r: r.flood_sent > 0, 5)
             assert rx.flood_sent < 256 << 20, f"the exporter kept reading: {rx.flood_sent} bytes of flood sent"
 

@@ -227,7 +227,7 @@ def test_nodeguard_run_delivers_what_it_spooled_while_the_collector_was_down(san
 # -- the real agent against hostile collectors (issue 18) -----------------------------------------------------
 
 HOSTILE = [("http", "hang"), ("http", "trickle"), ("http", "flood"), ("http", "close"), ("http", "429"),
-           ("http", "500"), ("http", "partial"), ("grpc", "hang"), ("grpc", "503")]
+           ("http", "500"), ("http", "partial"), ("grpc", "hang"), ("grpc", "503"), ("grpc", "flood")]
 SIGTERM_BUDGET = 5.0
 
 

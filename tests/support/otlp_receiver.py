@@ -12,7 +12,7 @@ then `start()` on the same port is an outage and a recovery.
 | `ok` | 200, an empty ExportLogsServiceResponse | OK |
 | `hang` | reads the request, never answers | the call never returns |
 | `trickle` | 200, `Content-Length: 100000000`, then 1 byte every `trickle_interval` s | |
-| `flood` | 200 with a 1.5 GiB body, generated as it is sent (never held in memory) | |
+| `flood` | 200 with a 1.5 GiB body, generated as it is sent (never held in memory) | a 16 MiB response |
 | `close` | 200, `Content-Length: 1000`, 10 bytes, then the connection is closed | |
 | `429`, `503`, `500` | that status, with `Retry-After: retry_after` when set | `503`: UNAVAILABLE + RetryInfo |
 | `partial` | 200, partial_success rejecting 1 record | the same |
@@ -236,6 +236,10 @@ class OtlpReceiver:
                     context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
                 if mode == "partial":
                     return partial_response()
+                if mode == "flood":  # a 16 MiB response message (gRPC's own limit is 4 MiB by default)
+                    reply = logs_service_pb2.ExportLogsServiceResponse()
+                    reply.partial_success.error_message = "x" * (16 << 20)
+                    return reply
                 receiver._take_logs(request, dict(context.invocation_metadata()))
                 return logs_service_pb2.ExportLogsServiceResponse()
 
@@ -248,7 +252,8 @@ class OtlpReceiver:
                 receiver._take_metrics(request)
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                             options=[("grpc.max_send_message_length", -1)])
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
         if self.tls is None:
