@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 
@@ -56,8 +57,10 @@ class ExportOptions:
     otlp_client_certificate: Path | None = None
     # gRPC only: None lets the endpoint's scheme decide (http:// -> plaintext).
     otlp_insecure: bool | None = None
-    # Per export attempt, seconds; None: the SDK's OTEL_EXPORTER_OTLP_TIMEOUT or 10 s.
+    # Total deadline of one export request, seconds (connect, send, the whole response); None: 10 s.
     otlp_timeout: float | None = None
+    # Request body compression: "gzip", "deflate" (HTTP only) or None.
+    otlp_compression: str | None = None
     metrics: bool = True
     metrics_interval: float = 60.0
     spool_max_bytes: int = DEFAULT_MAX_BYTES
@@ -65,7 +68,20 @@ class ExportOptions:
     aggregate_seconds: float = 60.0
     retry_initial_seconds: float = 0.5
     retry_max_seconds: float = 30.0
-    close_timeout_seconds: float = 5.0
+    # A collector's Retry-After (HTTP) or RetryInfo (gRPC) is obeyed up to this many seconds.
+    retry_after_max_seconds: float = 60.0
+    # What close() (SIGTERM) gives the exporters to deliver; an export in flight is cut at the end. 2 s
+    # leaves room for the engine's stop and the metrics' last export inside the 5 s SIGTERM budget;
+    # what is not delivered by then stays spooled for the next start.
+    close_timeout_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        # Refused here, at the edge, with the setting's name: the exporter would only fail at every send.
+        if self.otlp_protocol is OtlpProtocol.HTTP_PROTOBUF:
+            for name in ("otlp_endpoint", "otlp_logs_endpoint", "otlp_metrics_endpoint"):
+                value = getattr(self, name)
+                if value and urlsplit(value).scheme not in ("http", "https"):
+                    raise ValueError(f"{name}: an OTLP/HTTP endpoint is an http:// or https:// URL, not {value!r}")
 
     @property
     def otlp_enabled(self) -> bool:
@@ -92,6 +108,14 @@ class ExportOptions:
                          ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "otlp_client_certificate")):
             if env.get(var):
                 values[key] = Path(env[var])
+        timeout = env.get("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT")
+        if timeout:  # seconds, as the Python SDK has always read it
+            values["otlp_timeout"] = float(timeout)
+        compression = env.get("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION") or env.get("OTEL_EXPORTER_OTLP_COMPRESSION")
+        if compression and compression.strip().lower() != "none":
+            if compression.strip().lower() not in ("gzip", "deflate"):
+                raise ValueError(f"OTEL_EXPORTER_OTLP_COMPRESSION must be gzip, deflate or none, not {compression!r}")
+            values["otlp_compression"] = compression.strip().lower()
         if env.get("OTEL_EXPORTER_OTLP_INSECURE"):
             values["otlp_insecure"] = _bool(env["OTEL_EXPORTER_OTLP_INSECURE"])
         if env.get("OTEL_METRICS_EXPORTER", "").strip() == "none":
@@ -107,6 +131,7 @@ class ExportOptions:
         numeric = {"NODEGUARD_SPOOL_MAX_BYTES": ("spool_max_bytes", int),
                    "NODEGUARD_AGGREGATE_SECONDS": ("aggregate_seconds", float),
                    "NODEGUARD_EXPORT_RETRY_MAX_SECONDS": ("retry_max_seconds", float),
+                   "NODEGUARD_EXPORT_RETRY_AFTER_MAX_SECONDS": ("retry_after_max_seconds", float),
                    "NODEGUARD_EXPORT_CLOSE_TIMEOUT_SECONDS": ("close_timeout_seconds", float)}
         for var, (key, kind) in numeric.items():
             if env.get(var):
@@ -150,7 +175,8 @@ OtlpInsecureOpt = Annotated[bool | None, typer.Option(
     help="gRPC: plaintext even without an http:// endpoint / TLS even with one. Default: the scheme decides.")]
 OtlpTimeoutOpt = Annotated[float | None, typer.Option(
     "--otlp-timeout", min=0.1, rich_help_panel="Event export",
-    help="Seconds per export attempt (default: OTEL_EXPORTER_OTLP_TIMEOUT or 10).")]
+    help="Total seconds one export request may take, response included (default: OTEL_EXPORTER_OTLP_TIMEOUT "
+         "or 10).")]
 OcsfFileOpt = Annotated[str | None, typer.Option(
     "--ocsf-file", envvar="NODEGUARD_OCSF_FILE", rich_help_panel="Event export",
     help="Also write each event as an OCSF Compliance Finding (class 2003) JSON line here ('-': stdout).")]

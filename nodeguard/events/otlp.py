@@ -2,38 +2,60 @@
 
 The SDK's BatchLogRecordProcessor forgets a batch whose export failed; the spool cannot allow
 that. So the records are made the SDK's way (`Logger.emit(event_name=...)` on a LoggerProvider
-carrying our resource) but collected by a processor of ours, and this module calls the SDK's
-OTLP exporter `export()` itself: LogRecordExportResult.SUCCESS is the receiver's confirmation
-the spool waits for before it lets an event go.
+carrying our resource) but collected by a processor of ours, encoded by the SDK's own OTLP
+encoder (`encode_logs`), and sent by transport.py, which bounds each request in time and memory
+(the SDK's exporters do neither): an ok Delivery is the receiver's confirmation the spool waits
+for before it lets an event go.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import OTLPMetricExporterMixin
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk._logs import (
     LoggerProvider,
     LogRecordProcessor,
     ReadableLogRecord,
     ReadWriteLogRecord,
 )
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
-from opentelemetry.sdk.metrics.export import MetricExporter
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.resources import Resource
 
 from nodeguard._version import __version__
 from nodeguard.events.model import ATTR_RECORD_UID, Event, drop_nulls
 from nodeguard.events.options import ExportOptions, OtlpProtocol
 from nodeguard.events.resource import SCHEMA_URL
+from nodeguard.events.transport import (
+    LOGS,
+    METRICS,
+    GrpcSender,
+    HttpSender,
+    Sender,
+    Signal,
+    TlsFiles,
+    client_ssl_context,
+)
+from nodeguard.events.worker import Delivery
+
+log = logging.getLogger(__name__)
 
 # ATTR_RECORD_UID (log.record.uid), the semantic conventions' unique id of a log record, is the one
 # de-duplication key: the JSON lines carry it too (nodeguard/events/model.py).
 SCOPE_NAME = "nodeguard"
+# Seconds one export request may take in all, when neither --otlp-timeout nor OTEL_EXPORTER_OTLP_TIMEOUT says.
+DEFAULT_TIMEOUT = 10.0
 
 
 def make_resource(attributes: dict[str, str]) -> Resource:
@@ -52,11 +74,19 @@ def _signal_endpoint(options: ExportOptions, signal: str) -> str | None:
     return options.otlp_endpoint.rstrip("/") + f"/v1/{signal}"
 
 
-def _grpc_credentials(options: ExportOptions) -> Any:
-    """grpc.ChannelCredentials from our TLS files; None: plaintext, or the system's CAs (the SDK's default)."""
-    if options.otlp_insecure or not (options.otlp_certificate or options.otlp_client_certificate):
-        return None
+def _grpc_credentials(options: ExportOptions, endpoint: str) -> Any:
+    """grpc.ChannelCredentials from our TLS files (or the system's CAs); None: plaintext.
+
+    Plaintext as the SDK decides it: never for https://; else --otlp-insecure (or
+    OTEL_EXPORTER_OTLP_INSECURE) when given; else when the endpoint says http://.
+    """
     import grpc  # type: ignore[import-untyped]  # only with gRPC: HTTP-only agents skip loading it
+
+    scheme = urlsplit(endpoint).scheme
+    insecure = False if scheme == "https" else (
+        options.otlp_insecure if options.otlp_insecure is not None else scheme == "http")
+    if insecure:
+        return None
 
     def read(path: Path | None) -> bytes | None:
         return path.read_bytes() if path is not None else None
@@ -66,62 +96,49 @@ def _grpc_credentials(options: ExportOptions) -> Any:
                                         certificate_chain=read(options.otlp_client_certificate))
 
 
-def _str(path: Path | None) -> str | None:
-    return None if path is None else str(path)
-
-
-def _http_session() -> Any:
-    """A requests session that keeps the CA file it was given.
-
-    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set in many images) override a session's
-    `verify`, which silently replaces OTEL_EXPORTER_OTLP_CERTIFICATE with the system bundle and
-    fails the handshake with a private CA. An explicit CA file wins here; without one the
-    environment still applies.
-    """
-    import requests  # the SDK's HTTP exporter already depends on it
-
-    class KeepCaFile(requests.Session):
-        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
-            settings = super().merge_environment_settings(*args, **kwargs)
-            if isinstance(self.verify, str):
-                settings["verify"] = self.verify
-            return settings
-
-    return KeepCaFile()
-
-
-def _grpc_kwargs(options: ExportOptions, signal: str) -> dict[str, Any]:
-    return {"endpoint": _signal_endpoint(options, signal), "insecure": options.otlp_insecure,
-            "credentials": _grpc_credentials(options), "headers": options.otlp_headers or None,
-            "timeout": options.otlp_timeout}
-
-
-def _http_kwargs(options: ExportOptions, signal: str) -> dict[str, Any]:
-    return {"endpoint": _signal_endpoint(options, signal), "certificate_file": _str(options.otlp_certificate),
-            "client_key_file": _str(options.otlp_client_key),
-            "client_certificate_file": _str(options.otlp_client_certificate),
-            "headers": options.otlp_headers or None, "timeout": options.otlp_timeout, "session": _http_session()}
-
-
-def make_log_exporter(options: ExportOptions) -> LogRecordExporter:
-    # Imported per protocol: an HTTP-only agent never loads grpc (about 12 MiB).
+def make_sender(options: ExportOptions, signal: Signal) -> Sender:
+    """The transport of one signal: a total deadline per request, a capped response (transport.py)."""
+    endpoint = _signal_endpoint(options, signal.name)
+    if not endpoint:
+        raise ValueError("no OTLP endpoint configured")
+    timeout = options.otlp_timeout or DEFAULT_TIMEOUT
     if options.otlp_protocol is OtlpProtocol.GRPC:
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
+        target = urlsplit(endpoint).netloc or endpoint  # grpc wants host:port
+        return GrpcSender(target, signal, timeout=timeout, credentials=_grpc_credentials(options, endpoint),
+                          headers=options.otlp_headers, compression=options.otlp_compression)
+    tls = TlsFiles(options.otlp_certificate, options.otlp_client_certificate, options.otlp_client_key)
+    context = client_ssl_context(tls, os.environ) if urlsplit(endpoint).scheme == "https" else None
+    return HttpSender(endpoint, signal, timeout=timeout, headers=options.otlp_headers, ssl_context=context,
+                      compression=options.otlp_compression)
 
-        return GrpcLogExporter(**_grpc_kwargs(options, "logs"))
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
 
-    return HttpLogExporter(**_http_kwargs(options, "logs"))
+class OtlpMetricExporter(MetricExporter, OTLPMetricExporterMixin):
+    """The agent's metrics over the same bounded transport (a flooding collector floods both signals).
+
+    Temporality and histogram aggregation follow OTEL_EXPORTER_OTLP_METRICS_* as the SDK's own
+    exporters do (the SDK's mixin reads them).
+    """
+
+    def __init__(self, options: ExportOptions, sender: Sender | None = None) -> None:
+        self._common_configuration()
+        self._sender = sender or make_sender(options, METRICS)
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        delivery = self._sender.send(encode_metrics(metrics_data).SerializeToString(), timeout_millis / 1000)
+        if not delivery.ok:
+            log.warning("OTLP metrics export failed: %s", delivery.reason)
+            return MetricExportResult.FAILURE
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._sender.close()
 
 
 def make_metric_exporter(options: ExportOptions) -> MetricExporter:
-    if options.otlp_protocol is OtlpProtocol.GRPC:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
-
-        return GrpcMetricExporter(**_grpc_kwargs(options, "metrics"))
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
-
-    return HttpMetricExporter(**_http_kwargs(options, "metrics"))
+    return OtlpMetricExporter(options)
 
 
 class _Collect(LogRecordProcessor):
@@ -157,13 +174,13 @@ class OtlpExporter:
 
     name = "otlp"
 
-    def __init__(self, options: ExportOptions, resource: Resource,
-                 exporter: LogRecordExporter | None = None) -> None:
+    def __init__(self, options: ExportOptions, resource: Resource, sender: Sender | None = None) -> None:
         self._collect = _Collect()
         self._provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         self._provider.add_log_record_processor(self._collect)
         self._logger = self._provider.get_logger(SCOPE_NAME, __version__, schema_url=SCHEMA_URL)
-        self._exporter = exporter or make_log_exporter(options)
+        self._sender = sender or make_sender(options, LOGS)
+        self._retry_after_max = options.retry_after_max_seconds
 
     def records(self, events: Sequence[Event]) -> list[ReadableLogRecord]:
         self._collect.take()
@@ -184,10 +201,14 @@ class OtlpExporter:
             )
         return self._collect.take()
 
-    def export(self, events: Sequence[Event]) -> bool:
-        result = self._exporter.export(self.records(events))
-        return result is LogRecordExportResult.SUCCESS
+    def export(self, events: Sequence[Event]) -> Delivery:
+        """One request with a total deadline; ok only on the collector's complete, unrejecting answer."""
+        delivery = self._sender.send(encode_logs(self.records(events)).SerializeToString())
+        if delivery.retry_after is not None and delivery.retry_after > self._retry_after_max:
+            # A collector may ask for a pause, not for a day of silence.
+            delivery = replace(delivery, retry_after=self._retry_after_max)
+        return delivery
 
     def shutdown(self) -> None:
-        self._exporter.shutdown()  # type: ignore[no-untyped-call]
+        self._sender.close()  # cuts a request in flight: close() never waits on a collector
         self._provider.shutdown()

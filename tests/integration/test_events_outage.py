@@ -8,19 +8,22 @@ The exporting process is real: `tests/support/events_driver.py` builds the same 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_events_otlp import verify_received_chain
+from tests.support.agent import AgentProcess, running_agent
 from tests.support.cli import REPO, run_nodeguard
+from tests.support.netns import netns, ns_process, wait_listening
 from tests.support.otlp_receiver import OtlpReceiver, free_port
 from tests.support.sandbox import Sandbox
 from tests.unit.test_events_ocsf import assert_valid
@@ -219,3 +222,95 @@ def test_nodeguard_run_delivers_what_it_spooled_while_the_collector_was_down(san
     assert drift_ids and {d["metadata"]["uid"] for d in docs} == drift_ids
     for doc in docs:
         assert_valid(doc)
+
+
+# -- the real agent against hostile collectors (issue 18) -----------------------------------------------------
+
+HOSTILE = [("http", "hang"), ("http", "trickle"), ("http", "flood"), ("http", "close"), ("http", "429"),
+           ("http", "500"), ("http", "partial"), ("grpc", "hang"), ("grpc", "503"), ("grpc", "flood")]
+SIGTERM_BUDGET = 5.0
+
+
+def collector_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_lines(path: Path, pred: Callable[[list[dict[str, object]]], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred(collector_lines(path)):
+        assert time.monotonic() < deadline, f"{what}; the collector saw: {collector_lines(path)[-5:]}"
+        time.sleep(0.1)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def timed_sigterm(agent: AgentProcess) -> tuple[float, int]:
+    t0 = time.monotonic()
+    agent.proc.send_signal(signal.SIGTERM)
+    try:
+        code = agent.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        agent.proc.kill()
+        raise AssertionError(f"the agent ignored SIGTERM for 30 s\n{agent.stderr()[-3000:]}") from None
+    return time.monotonic() - t0, code
+
+
+@pytest.mark.root
+@pytest.mark.netns
+@pytest.mark.parametrize(("protocol", "mode"), HOSTILE)
+def test_nodeguard_run_stops_within_5s_against_a_hostile_collector_and_loses_nothing(
+        protocol: str, mode: str, sandbox: Sandbox, tmp_path: Path) -> None:
+    """`nodeguard run` in its own network namespace, its collector beside it: SIGTERM while an export hangs,
+    trickles, floods or is refused; then a good collector on the same address gets every event after restart."""
+    port = 4317 if protocol == "grpc" else 4318
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "NODEGUARD_"))}
+    env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc" if protocol == "grpc" else "http/protobuf",
+                # The default deadline (10 s) is longer than SIGTERM's budget: close() must cut the export.
+                "OTEL_METRIC_EXPORT_INTERVAL": "1000", "NODEGUARD_AGGREGATE_SECONDS": "0"})
+    state, events_file = tmp_path / "state", tmp_path / "events.jsonl"
+    seen_hostile, seen_good = tmp_path / "hostile.jsonl", tmp_path / "good.jsonl"
+
+    def collector(which: str, out: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+        argv = [sys.executable, "-m", "tests.support.otlp_receiver", "--protocol", protocol, "--port", str(port),
+                "--mode", which, "--retry-after", "30", "--out", str(out)]
+        return ns_process(ns, argv)
+
+    with netns("otlp") as ns:
+        with collector(mode, seen_hostile):
+            wait_listening(ns, port)
+            with running_agent(sandbox.root, state, "--mode", "observe", events_file=events_file, env=env,
+                               netns=ns) as agent:
+                # The exporter is stuck (hang, trickle), in the collector's Retry-After pause (30 s), or has
+                # retried a refused request (flood, close, partial: a second request proves the first failed).
+                wanted = 2 if mode in ("flood", "close", "partial") else 1
+                wait_lines(seen_hostile, lambda lines: len(lines) >= wanted, 30,
+                           f"the agent never exported to the {mode} collector")
+                peak = peak_rss_mib(agent.proc.pid)
+                elapsed, code = timed_sigterm(agent)
+                assert code == 0, agent.stderr()[-3000:]
+                assert elapsed < SIGTERM_BUDGET, f"SIGTERM took {elapsed:.1f}s against a {mode} collector"
+                # The chart's memory limit is 256 Mi; the 1.5 GiB flood must not come near it.
+                assert peak < 200, f"peak RSS {peak:.0f} MiB against a {mode} collector"
+                print(f"{protocol} {mode}: SIGTERM {elapsed:.2f}s, peak RSS {peak:.0f} MiB")
+        assert not [x for x in collector_lines(seen_hostile) if "received" in x]
+        first_run = {str(e["event.id"]) for e in agent.events()}
+        assert any(e["event.name"] == "nodeguard.agent.stopped" for e in agent.events())
+
+        # Restart against a good collector on the same address: the backlog goes first.
+        with collector("ok", seen_good):
+            wait_listening(ns, port)
+            # Its own events file: running_agent waits for *its* agent.started, after the signal handlers are set.
+            with running_agent(sandbox.root, state, "--mode", "observe", events_file=tmp_path / "events2.jsonl",
+                               env=env, netns=ns) as again:
+                wait_lines(seen_good, lambda lines: first_run <= {str(x.get("received")) for x in lines}, 60,
+                           f"events the {mode} collector never confirmed were lost")
+                elapsed, code = timed_sigterm(again)
+                assert code == 0 and elapsed < SIGTERM_BUDGET, (code, elapsed)
+    received = {str(x["received"]) for x in collector_lines(seen_good) if "received" in x}
+    assert received == first_run | {str(e["event.id"]) for e in again.events()}, "every event of both runs"

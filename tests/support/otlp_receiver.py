@@ -4,24 +4,45 @@ certificate). It decodes what the agent really sends.
 
 `failing = True` makes it answer UNAVAILABLE / 503 (a collector that is up but refuses); `stop()`
 then `start()` on the same port is an outage and a recovery.
+
+`mode` makes it a hostile collector (it still decodes every request it gets, into `attempts`):
+
+| mode | HTTP | gRPC |
+|---|---|---|
+| `ok` | 200, an empty ExportLogsServiceResponse | OK |
+| `hang` | reads the request, never answers | the call never returns |
+| `trickle` | 200, `Content-Length: 100000000`, then 1 byte every `trickle_interval` s | |
+| `flood` | 200 with a 1.5 GiB body, generated as it is sent (never held in memory) | a 16 MiB response |
+| `close` | 200, `Content-Length: 1000`, 10 bytes, then the connection is closed | |
+| `429`, `503`, `500` | that status, with `Retry-After: retry_after` when set | `503`: UNAVAILABLE + RetryInfo |
+| `partial` | 200, partial_success rejecting 1 record | the same |
+
+`python -m tests.support.otlp_receiver --mode M --port P --out FILE` runs one as a process (inside
+a test's network namespace, beside the agent): each record an `ok` receiver takes is appended to
+FILE as its `log.record.uid`.
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
+import json
+import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
+from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -68,6 +89,20 @@ class ReceivedMetric:
     points: list[tuple[dict[str, Any], Any]]  # (attributes, value or (count, sum) for histograms)
 
 
+MODES = ("ok", "hang", "trickle", "flood", "close", "429", "503", "500", "partial")
+FLOOD_BYTES = 3 * 512 * 1024 * 1024  # 1.5 GiB
+_FLOOD_CHUNK = b"\0" * 65536
+
+
+@dataclass
+class Attempt:
+    """One request a receiver got, whatever it answered: when, in which mode, and the records' ids."""
+
+    at: float
+    mode: str
+    uids: list[str] = field(default_factory=list)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,6 +119,17 @@ class OtlpReceiver:
         self.tls = tls
         self.require_client_cert = require_client_cert
         self.failing = False
+        self.mode = "ok"
+        self.retry_after: str | None = None
+        self.trickle_interval = 2.0
+        self.attempts: list[Attempt] = []
+        self.flood_sent = 0  # bytes of flood body written before the client hung up
+        self.on_log: Callable[[ReceivedLog], None] | None = None
+        self.on_attempt: Callable[[Attempt], None] | None = None
+        # HTTP/1.1 keep-alive, the server closing a connection idle this long (as collectors do); None: HTTP/1.0.
+        self.keepalive_idle: float | None = None
+        self.client_ports: list[int] = []  # the client's source port of each HTTP request
+        self._stopping = threading.Event()
         self.requests = 0
         self.logs: list[ReceivedLog] = []
         self.metrics: list[ReceivedMetric] = []
@@ -103,6 +149,15 @@ class OtlpReceiver:
 
     # -- decoding ----------------------------------------------------------------------------
 
+    def _attempt(self, req: logs_service_pb2.ExportLogsServiceRequest, mode: str) -> None:
+        uids = [str(any_value(kv.value)) for rl in req.resource_logs for sl in rl.scope_logs for lr in sl.log_records
+                for kv in lr.attributes if kv.key == "log.record.uid"]
+        attempt = Attempt(time.monotonic(), mode, uids)
+        with self._lock:
+            self.attempts.append(attempt)
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
+
     def _take_logs(self, req: logs_service_pb2.ExportLogsServiceRequest, headers: dict[str, str]) -> None:
         now = time.monotonic()
         out = []
@@ -118,6 +173,9 @@ class OtlpReceiver:
             self.requests += 1
             self.logs.extend(out)
             self.headers.append(headers)
+        if self.on_log is not None:
+            for rec in out:
+                self.on_log(rec)
 
     def _take_metrics(self, req: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
         out = []
@@ -141,6 +199,7 @@ class OtlpReceiver:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> OtlpReceiver:
+        self._stopping.clear()
         if self.protocol == "grpc":
             self._start_grpc()
         else:
@@ -148,6 +207,7 @@ class OtlpReceiver:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # releases handlers that hang or trickle
         if self._grpc is not None:
             self._grpc.stop(grace=None).wait(5)
             self._grpc = None
@@ -163,19 +223,37 @@ class OtlpReceiver:
 
         class Logs(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
             def Export(self, request: Any, context: Any) -> Any:
-                if receiver.failing:
+                mode = receiver.mode
+                receiver._attempt(request, mode)
+                if mode == "hang":
+                    receiver._stopping.wait()
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "receiver stopped")
+                if receiver.failing or mode == "503":
+                    if receiver.retry_after is not None:
+                        info = RetryInfo()
+                        info.retry_delay.seconds = int(float(receiver.retry_after))
+                        context.set_trailing_metadata((("google.rpc.retryinfo-bin", info.SerializeToString()),))
                     context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
+                if mode == "partial":
+                    return partial_response()
+                if mode == "flood":  # a 16 MiB response message (gRPC's own limit is 4 MiB by default)
+                    reply = logs_service_pb2.ExportLogsServiceResponse()
+                    reply.partial_success.error_message = "x" * (16 << 20)
+                    return reply
                 receiver._take_logs(request, dict(context.invocation_metadata()))
                 return logs_service_pb2.ExportLogsServiceResponse()
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
             def Export(self, request: Any, context: Any) -> Any:
-                if receiver.failing:
+                if receiver.mode == "hang":
+                    receiver._stopping.wait()
+                if receiver.failing or receiver.mode != "ok":
                     context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
                 receiver._take_metrics(request)
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                             options=[("grpc.max_send_message_length", -1)])
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
         if self.tls is None:
@@ -193,6 +271,10 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            if receiver.keepalive_idle is not None:
+                protocol_version = "HTTP/1.1"
+                timeout = receiver.keepalive_idle  # an idle kept-alive connection is closed after this
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -203,6 +285,14 @@ class OtlpReceiver:
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
+                mode = receiver.mode
+                with receiver._lock:
+                    receiver.client_ports.append(self.client_address[1])
+                if self.path == "/v1/logs":
+                    receiver._attempt(logs_service_pb2.ExportLogsServiceRequest.FromString(body), mode)
+                # Metrics meet the same collector: a flood or a hang answers both signals.
+                if mode != "ok" and self._hostile(mode):
+                    return
                 if receiver.failing:
                     self._reply(503, b"")
                     return
@@ -220,8 +310,50 @@ class OtlpReceiver:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(payload)))
+                if receiver.retry_after is not None and status >= 400:
+                    self.send_header("Retry-After", receiver.retry_after)
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _hostile(self, mode: str) -> bool:
+                """Misbehave as `mode` says; False: answer normally after all."""
+                try:
+                    if mode == "hang":
+                        receiver._stopping.wait()
+                    elif mode in ("429", "503", "500"):
+                        self._reply(int(mode), b"collector says no")
+                    elif mode == "partial":
+                        self._reply(200, partial_response().SerializeToString())
+                    elif mode in ("trickle", "flood", "close"):
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/x-protobuf")
+                        self.send_header("Content-Length", str({"trickle": 100_000_000, "flood": FLOOD_BYTES,
+                                                                "close": 1000}[mode]))
+                        self.end_headers()
+                        self.wfile.flush()
+                        if mode == "trickle":
+                            while not receiver._stopping.wait(receiver.trickle_interval):
+                                self.wfile.write(b"\0")
+                                self.wfile.flush()
+                        elif mode == "flood":
+                            sent = 0
+                            try:
+                                while sent < FLOOD_BYTES and not receiver._stopping.is_set():
+                                    self.wfile.write(_FLOOD_CHUNK)
+                                    sent += len(_FLOOD_CHUNK)
+                            finally:
+                                with receiver._lock:
+                                    receiver.flood_sent += sent
+                        else:
+                            self.wfile.write(b"\0" * 10)
+                            self.wfile.flush()
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                    else:
+                        return False
+                except OSError:
+                    pass  # the client hung up: what a client with a deadline does
+                self.close_connection = True
+                return True
 
         server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
@@ -255,6 +387,13 @@ class OtlpReceiver:
         return predicate(self)
 
 
+def partial_response() -> logs_service_pb2.ExportLogsServiceResponse:
+    reply = logs_service_pb2.ExportLogsServiceResponse()
+    reply.partial_success.rejected_log_records = 1
+    reply.partial_success.error_message = "1 record rejected: attribute value too long"
+    return reply
+
+
 @contextmanager
 def otlp_receiver(protocol: str = "grpc", port: int | None = None, *, tls: TlsFiles | None = None,
                   require_client_cert: bool = False) -> Iterator[OtlpReceiver]:
@@ -264,3 +403,38 @@ def otlp_receiver(protocol: str = "grpc", port: int | None = None, *, tls: TlsFi
     finally:
         receiver.stop()
 
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--mode", choices=MODES, default="ok")
+    ap.add_argument("--retry-after")
+    ap.add_argument("--out", required=True, help="JSON lines: each request ({'attempt': mode, 'uids': [...]}) and "
+                                                 "each record taken ({'received': uid})")
+    args = ap.parse_args()
+    out = open(args.out, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
+    lock = threading.Lock()
+
+    def write(line: dict[str, Any]) -> None:
+        with lock:
+            out.write(json.dumps(line) + "\n")
+
+    receiver = OtlpReceiver(args.protocol, args.port)
+    receiver.mode, receiver.retry_after = args.mode, args.retry_after
+    receiver.on_log = lambda rec: write({"received": rec.attributes["log.record.uid"]})
+    receiver.on_attempt = lambda a: write({"attempt": a.mode, "uids": a.uids})
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    receiver.start()
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    done.wait()
+    receiver.stop()
+    out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

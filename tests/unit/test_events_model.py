@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.sdk.resources import Resource
 
 from nodeguard.events.files import jsonl_exporter
@@ -55,13 +55,18 @@ def test_no_null_attribute_is_made() -> None:
 
 
 def test_otlp_records_carry_the_same_id_key_severity_and_no_nulls() -> None:
-    memory = InMemoryLogRecordExporter()
-    exporter = OtlpExporter(ExportOptions(host_root=Path("/")), Resource.create({"host.name": "n1"}), memory)
+    # `records` is what goes on the wire: the transport encodes exactly these (encode_logs).
+    exporter = OtlpExporter(ExportOptions(host_root=Path("/"), otlp_endpoint="http://127.0.0.1:9/v1/logs"),
+                            Resource.create({"host.name": "n1"}))
     # An event spooled by an older version may still hold a null: it is left out on the wire.
     old = Event(EventName.DRIFT_DETECTED, "ERROR", "b", {"nodeguard.observed": None, "nodeguard.rule": "r"})
     ev = event_for_finding(EventName.DRIFT_DETECTED, finding(), outcome="detected")
-    assert exporter.export([ev, old])
-    recs = memory.get_finished_logs()
+    try:
+        recs = exporter.records([ev, old])
+        wire = encode_logs(recs)
+    finally:
+        exporter.shutdown()
+    assert len(wire.resource_logs[0].scope_logs[0].log_records) == 2
     attrs = [dict(r.log_record.attributes or {}) for r in recs]
     assert attrs[0][ATTR_RECORD_UID] == ev.id and attrs[1][ATTR_RECORD_UID] == old.id
     assert "nodeguard.observed" not in attrs[1]
