@@ -18,11 +18,21 @@ or nothing, so there is no moment without the rules, and we never touch another 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
+from nodeguard.netfilter import nftnl
 from nodeguard.netfilter.backend import Backend
 from nodeguard.netfilter.libnft import Nft, NftError, nft_via, shared_nft
-from nodeguard.netfilter.model import ChainState, Desired, FirewallState, RuleSpec, normalise_cidr, rules_for
+from nodeguard.netfilter.model import (
+    ChainState,
+    Desired,
+    FirewallState,
+    RuleSpec,
+    TableOwner,
+    normalise_cidr,
+    rules_for,
+)
 
 TABLE = "nodeguard"
 CHAIN = "input"
@@ -50,8 +60,20 @@ def _source(right: Any) -> str | None:
     return None
 
 
-def parse_rule(exprs: list[dict[str, Any]]) -> RuleSpec:
-    """A rule's JSON expressions -> RuleSpec; anything but our own shapes is kept as raw."""
+def parse_rule(exprs: Any) -> RuleSpec:
+    """A rule's JSON expressions -> RuleSpec; anything but our own shapes is foreign, kept as raw.
+
+    Never raises: an inverted match (`ip saddr != 10.0.0.0/8`), a masked address
+    (`ip saddr & 255.0.0.1 == 198.0.0.0`) or an expression this nft does not know is a rule
+    nodeguard did not write, and the chain gets rewritten.
+    """
+    try:
+        return _parse_exprs(exprs)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return RuleSpec(None, None, raw=json.dumps(exprs, separators=(",", ":"), default=str))
+
+
+def _parse_exprs(exprs: list[dict[str, Any]]) -> RuleSpec:
     raw = RuleSpec(None, None, raw=json.dumps(exprs, separators=(",", ":")))
     port: int | None = None
     source: str | None = None
@@ -90,6 +112,15 @@ def render_rule(rule: RuleSpec) -> str:
     return text + {"pass": " accept", "drop": " drop", "reject": " reject with tcp reset"}[rule.verdict or "drop"]
 
 
+def table_owner(info: nftnl.TableInfo) -> TableOwner | None:
+    """Who holds `flags owner` on our table: its portid, the pid(s) behind it, their names."""
+    if not info.owned or info.owner_portid is None:
+        return None
+    pids = tuple(nftnl.owner_pids(info.owner_portid))
+    names = tuple(nftnl.process_name(p) or "?" for p in pids)
+    return TableOwner(info.owner_portid, pids, names, mine=os.getpid() in pids)
+
+
 class NftablesBackend(Backend):
     name = "nftables"
 
@@ -111,46 +142,55 @@ class NftablesBackend(Backend):
         return (ChainState(f"inet {TABLE} {CHAIN}", True, True, "base chain on the input hook",
                            rules_for(desired, None)),)
 
-    def _table_exists(self) -> bool:
-        listing = json.loads(self.nft.run("list tables inet", json=True) or '{"nftables": []}')
-        return any(item.get("table", {}).get("name") == TABLE for item in listing.get("nftables", []))
+    @staticmethod
+    def _table() -> nftnl.TableInfo | None:
+        return nftnl.find_table(TABLE)
 
     def read_state(self) -> FirewallState:
+        """Our table from netlink (exists? flags? owner?), its chains and rules from nft's JSON.
+
+        Never `nft -j list table`: nft 1.0.6 prints garbage as the flags of an owner table. The
+        chain listings it prints for the same table are sound.
+        """
         where = f"inet {TABLE} {CHAIN}"
         if not self.nft.available:
             return FirewallState(self.name, error="neither libnftables nor the nft binary is installed")
+        absent = FirewallState(self.name, (ChainState(where, False, False, f"table inet {TABLE} is absent"),))
         try:
-            if not self._table_exists():
-                return FirewallState(self.name, (ChainState(where, False, False, f"table inet {TABLE} is absent"),))
-            listing = json.loads(self.nft.run(f"list table inet {TABLE}", json=True))
+            info = self._table()
+            if info is None:
+                return absent
+            owner = table_owner(info)
+            chains = json.loads(self.nft.run("list chains inet", json=True) or '{"nftables": []}')
+            names = [c["chain"].get("name") for c in chains.get("nftables", [])
+                     if "chain" in c and c["chain"].get("table") == TABLE]
+            listing = json.loads(self.nft.run(f"list chain inet {TABLE} {CHAIN}", json=True)) \
+                if CHAIN in names else {"nftables": []}
         except NftError as exc:
-            if "No such file or directory" in exc.message:  # deleted between the two reads
-                return FirewallState(self.name, (ChainState(where, False, False, f"table inet {TABLE} is absent"),))
+            if "No such file or directory" in exc.message:  # deleted between the reads
+                return absent
             return FirewallState(self.name, error=str(exc))
-        except ValueError as exc:
-            return FirewallState(self.name, error=str(exc))
+        except (nftnl.NetlinkError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return FirewallState(self.name, error=f"{type(exc).__name__}: {exc}")
+        flags = tuple(info.flag_names())
+        others = [RuleSpec(None, None, raw=f"foreign chain {n}") for n in names if n != CHAIN]
         chain: dict[str, Any] | None = None
         rules: list[RuleSpec] = []
-        others: list[RuleSpec] = []
         for item in listing.get("nftables", []):
-            if "chain" in item:
-                if item["chain"].get("name") == CHAIN:
-                    chain = item["chain"]
-                else:
-                    others.append(RuleSpec(None, None, raw=f"foreign chain {item['chain'].get('name')}"))
+            if "chain" in item and item["chain"].get("name") == CHAIN:
+                chain = item["chain"]
             elif "rule" in item:
-                r = item["rule"]
-                spec = parse_rule(r.get("expr", []))
-                (rules if r.get("chain") == CHAIN else others).append(spec)
+                rules.append(parse_rule(item["rule"].get("expr", [])))
         if chain is None:
             return FirewallState(self.name, (ChainState(where, False, False, f"chain {CHAIN} is absent",
-                                                         tuple(others)),))
+                                                         tuple(others)),), owner=owner, table_flags=flags)
         hook = (chain.get("type"), chain.get("hook"), chain.get("prio"), chain.get("policy"))
         hooked = hook == ("filter", "input", PRIORITY, "accept")
         detail = ("base chain on the input hook" if hooked else
                   f"chain is type={hook[0]} hook={hook[1]} prio={hook[2]} policy={hook[3]}, "
                   f"want filter/input/{PRIORITY}/accept")
-        return FirewallState(self.name, (ChainState(where, True, hooked, detail, tuple(rules + others)),))
+        return FirewallState(self.name, (ChainState(where, True, hooked, detail, tuple(rules + others)),),
+                             owner=owner, table_flags=flags)
 
     def ruleset_text(self, desired: Desired) -> str:
         body = "\n".join(f"    {render_rule(r)}" for r in rules_for(desired, None))
@@ -168,7 +208,7 @@ class NftablesBackend(Backend):
         self.nft.run(self.ruleset_text(desired))
 
     def _delete(self, state: FirewallState) -> bool:
-        if not state.chains or (not state.chains[0].exists and not self._table_exists()):
+        if not state.chains or (not state.chains[0].exists and self._table() is None):
             return False
         self.nft.run(f"delete table inet {TABLE}")
         return True

@@ -22,7 +22,18 @@ _TARGETS = {"RETURN": "pass", "DROP": "drop", "REJECT": "reject"}
 
 
 def parse_rule_line(args: list[str]) -> RuleSpec:
-    """`-s X -p tcp -m tcp --dport P -j T [--reject-with tcp-reset]` (after `-A CHAIN`) -> RuleSpec."""
+    """`-s X -p tcp -m tcp --dport P -j T [--reject-with tcp-reset]` (after `-A CHAIN`) -> RuleSpec.
+
+    Never raises: whatever is not one of nodeguard's own shapes (`! -s 10.0.0.0/8`, a
+    non-contiguous mask, a match or target we never write) is a foreign rule, kept as its text.
+    """
+    try:
+        return _parse_words(args)
+    except ValueError:
+        return RuleSpec(None, None, raw=" ".join(args))
+
+
+def _parse_words(args: list[str]) -> RuleSpec:
     raw = RuleSpec(None, None, raw=" ".join(args))
     opts: dict[str, str] = {}
     i = 0
@@ -85,13 +96,20 @@ class XtablesNftBackend(Backend):
             if line.startswith(f":{CHAIN} "):
                 exists = True
             elif line.startswith("-A INPUT "):
-                words = shlex.split(line)[2:]
+                try:
+                    words = shlex.split(line)[2:]
+                except ValueError:
+                    words = line.split()[2:]
                 if words[-2:] == ["-j", CHAIN]:
                     jumps.append(input_index if words == ["-j", CHAIN] else -1)
                     jump_specs.append(shlex.join(words))
                 input_index += 1
             elif line.startswith(f"-A {CHAIN} "):
-                rules.append(parse_rule_line(shlex.split(line)[2:]))
+                try:
+                    words = shlex.split(line)[2:]
+                except ValueError:  # unbalanced quotes in a comment: still a rule, not ours
+                    words = line.split()[2:]
+                rules.append(parse_rule_line(words))
         if not exists:
             return ChainState(where, False, False, f"no chain {CHAIN}")
         hooked = jumps == [0]

@@ -25,7 +25,7 @@ from nodeguard.controls.base import Context
 from nodeguard.controls.firewall import FirewallControl
 from nodeguard.host import HostRoot
 from nodeguard.netfilter.model import Desired
-from nodeguard.netfilter.monitor import NftablesWatcher, PollWatcher
+from nodeguard.netfilter.monitor import firewall_watchers
 from nodeguard.netfilter.select import backend_for, select_backend
 from nodeguard.policy import load_policy
 from nodeguard.structs import Mode, Status
@@ -89,7 +89,7 @@ def main() -> None:
     first = one_pass(ctx, control)
     backend = control.observe(ctx).selection.backend
     assert backend is not None
-    watcher = NftablesWatcher() if backend.name != "iptables-legacy" else PollWatcher(args.poll)
+    watcher = firewall_watchers(backend, args.poll)[0]
     watcher.start(lambda _control, reason: triggers.put(reason))
     print(json.dumps({"t": time.time(), "reason": "start", "ready": True, "backend": backend.name,
                       "changed": any(o["changed"] for o in first["outcomes"])}), flush=True)
