@@ -453,7 +453,7 @@ class Watch:
 
 
 @contextlib.contextmanager
-def watching(arena: Arena, backend: str, poll: float = 0.5) -> Iterator[Watch]:
+def watching(arena: Arena, backend: str, poll: float = 0.5, expect: str | None = None) -> Iterator[Watch]:
     proc = subprocess.Popen([*nsenter(arena.topo.node), sys.executable, "-m", "tests.support.fwpass", "watch",
                              "--host-root", str(arena.root), "--policy", str(arena.policy(backend)),
                              "--poll", str(poll)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -461,7 +461,7 @@ def watching(arena: Arena, backend: str, poll: float = 0.5) -> Iterator[Watch]:
     try:
         watch = Watch(proc)
         ready = watch.next(timeout=60)
-        assert ready.get("ready") and ready["backend"] == backend, ready
+        assert ready.get("ready") and ready["backend"] == (expect or backend), ready
         yield watch
     finally:
         proc.terminate()
@@ -552,5 +552,61 @@ def test_a_competing_unparseable_rule_is_gone_within_a_second(arena: Arena, back
         assert line["t"] - t0 < 3.0  # target 1 s; slack for the loaded CI machine (figures: the bench)
         assert opened <= line["t"] - t0 + 0.1
         assert failing(arena.fwpass(backend, "observe")["findings"]) == set()
+    finally:
+        arena.remove()
+
+
+def test_auto_keeps_the_backend_chosen_at_start_and_reports_a_move(arena: Arena) -> None:
+    """A writer plants a legacy NODEGUARD chain and deletes table inet nodeguard, then flushes that chain."""
+    arena.remove()
+    try:
+        with watching(arena, "auto", expect="nftables") as watch, \
+                reach_monitor(arena.topo.denied, arena.targets()) as result:
+            time.sleep(0.5)
+            ns_run(arena.topo.node, ["iptables-legacy", "-N", "NODEGUARD"])
+            t0 = _write(arena, [["nft", "delete", "table", "inet", "nodeguard"]])
+            line = watch.until_changed()
+            # Woken by nf_tables, restored in nf_tables: no silent move to legacy xtables.
+            assert "nf_tables generation" in line["reason"], line
+            assert "backend-unchanged" in line["failing"], line
+            moved = next(f for f in line["findings"] if f["rule"] == "backend-unchanged")
+            assert moved["observed"] == "iptables-legacy" and moved["expected"] == "nftables"
+            assert all(o["message"].endswith("via libnftables") or "inet nodeguard" in o["message"]
+                       for o in line["outcomes"] if o["changed"])
+            t1 = _write(arena, [["iptables-legacy", "-F", "NODEGUARD"]])
+            time.sleep(1.0)
+        reach = result[0]
+        opened, after_flush = reach.open_after(t0), reach.open_after(t1)
+        print(f"auto: 2375 reachable {opened:.3f}s after the table was deleted (restored after "
+              f"{line['t'] - t0:.3f}s), {after_flush:.3f}s after the legacy chain was flushed")
+        assert line["t"] - t0 < 3.0 and opened <= line["t"] - t0 + 0.1
+        assert after_flush == 0.0
+        assert arena.denied_reach() == [False, False]
+        # The legacy chain is someone else's now; nodeguard's rules are only in its own table.
+        assert "NODEGUARD" in ns_run(arena.topo.node, ["iptables-legacy-save"]).stdout
+        assert "dport 2375 drop" in ns_run(arena.topo.node, ["nft", "list", "table", "inet", "nodeguard"]).stdout
+    finally:
+        ns_run(arena.topo.node, ["iptables-legacy", "-X", "NODEGUARD"], check=False)
+        arena.remove()
+
+
+def test_the_watcher_fits_the_backend_auto_chose_legacy_poll_included(arena: Arena) -> None:
+    arena.remove()
+    policy = str(arena.policy("auto"))
+    try:
+        assert in_netns(arena.topo.node, fwpass.watcher_kinds, str(arena.root), policy) == ["NftablesWatcher"]
+        # nodeguard's chain already in legacy xtables: auto chooses legacy, and its poll with it.
+        in_netns(arena.topo.node, fwpass.apply_policy, str(arena.root), str(arena.policy("iptables-legacy")))
+        assert in_netns(arena.topo.node, fwpass.watcher_kinds, str(arena.root), policy) == ["PollWatcher"]
+        with watching(arena, "auto", expect="iptables-legacy") as watch, \
+                reach_monitor(arena.topo.denied, arena.targets()) as result:
+            time.sleep(0.5)
+            t0 = _write(arena, [["iptables-legacy", "-F", "NODEGUARD"]])
+            line = watch.until_changed()
+            assert "legacy xtables poll" in line["reason"], line
+            time.sleep(0.5)
+        opened = result[0].open_after(t0)
+        print(f"auto on legacy: 2375 reachable {opened:.3f}s after a flush, restored after {line['t'] - t0:.3f}s")
+        assert line["t"] - t0 < 3.0
     finally:
         arena.remove()

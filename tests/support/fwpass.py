@@ -25,7 +25,7 @@ from nodeguard.controls.base import Context
 from nodeguard.controls.firewall import FirewallControl
 from nodeguard.host import HostRoot
 from nodeguard.netfilter.model import Desired
-from nodeguard.netfilter.monitor import firewall_watchers
+from nodeguard.netfilter.monitor import firewall_watchers, watchers_for
 from nodeguard.netfilter.select import backend_for, select_backend
 from nodeguard.policy import load_policy
 from nodeguard.structs import Mode, Status
@@ -62,6 +62,11 @@ def apply_policy(host_root: str, policy_path: str | None) -> bool:
     selection = select_backend(fw.backend, HostRoot(host_root))
     assert selection.backend is not None, selection.reason
     return selection.backend.apply(Desired.from_policy(fw))
+
+
+def watcher_kinds(host_root: str, policy_path: str | None) -> list[str]:
+    """What `nodeguard run` would start for the firewall here (the agent's factory, as it calls it)."""
+    return [type(w).__name__ for w in watchers_for(HostRoot(host_root), load_policy(policy_path))]
 
 
 def remove_all(host_root: str) -> dict[str, bool]:
@@ -105,6 +110,8 @@ def main() -> None:
             out = one_pass(ctx, control)
             print(json.dumps({"t": time.time(), "reason": reason,
                               "changed": any(o["changed"] for o in out["outcomes"]),
+                              "failing": sorted({f["rule"] for f in out["findings"] if f["status"] == "fail"}),
+                              "findings": [f for f in out["findings"] if f["status"] == "fail"],
                               "outcomes": out["outcomes"]}), flush=True)
     finally:
         watcher.stop()
