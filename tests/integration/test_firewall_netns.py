@@ -610,3 +610,56 @@ def test_the_watcher_fits_the_backend_auto_chose_legacy_poll_included(arena: Are
         assert line["t"] - t0 < 3.0
     finally:
         arena.remove()
+
+
+SQUAT = ("delete table inet nodeguard; add table inet nodeguard { flags owner; }; "
+         "add chain inet nodeguard input { type filter hook input priority -10; policy accept; }\n")
+
+
+def test_a_foreign_table_owner_is_named_and_its_exit_restores_the_table_at_once(arena: Arena) -> None:
+    """`nft -i` replaces nodeguard's table with one it owns (flags owner), holds it, then exits."""
+    arena.remove()
+    squatter: subprocess.Popen[str] | None = None
+    try:
+        with watching(arena, "nftables") as watch, reach_monitor(arena.topo.denied, arena.targets()) as result:
+            time.sleep(0.5)
+            # nsenter joins the namespace and execs nft: the pid is nft's own.
+            squatter = subprocess.Popen([*nsenter(arena.topo.node), "nft", "-i"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+            assert squatter.stdin is not None
+            t_squat = time.time()
+            squatter.stdin.write(SQUAT)
+            squatter.stdin.flush()
+            while True:
+                line = watch.next()
+                if "table-owner" in line.get("failing", []):
+                    break
+            owner = next(f for f in line["findings"] if f["rule"] == "table-owner")
+            assert owner["severity"] == "critical"
+            assert owner["observed"]["pid"] == squatter.pid and owner["observed"]["process"] == ["nft"]
+            assert f"nft[{squatter.pid}]" in owner["message"]
+            # Nobody but the owner may write: nodeguard's restore fails, and says so.
+            assert any(not o["ok"] for o in line["outcomes"]), line["outcomes"]
+            time.sleep(1.0)
+            t_exit = time.time()
+            squatter.stdin.close()
+            squatter.wait(timeout=10)
+            restored = watch.until_changed()
+            assert "owner of nodeguard's table exited" in restored["reason"], restored
+            time.sleep(1.0)
+        reach = result[0]
+        during = [t for t, _ in reach.successes(t_squat) if t < t_exit]
+        after_exit = reach.open_after(t_exit)
+        print(f"owner squatter: reported {line['t'] - t_squat:.3f}s after it took the table; {len(during)} "
+              f"connections got in while it held it; 2375 reachable {after_exit:.3f}s after it exited "
+              f"(restored {restored['t'] - t_exit:.3f}s after)")
+        # The squatter's table really let the denied client in (nodeguard cannot write while it owns it).
+        assert during
+        assert restored["t"] - t_exit < 3.0 and after_exit <= restored["t"] - t_exit + 0.1
+        assert arena.denied_reach() == [False, False]
+        assert failing(arena.fwpass("nftables", "observe")["findings"]) == set()
+    finally:
+        if squatter is not None and squatter.poll() is None:
+            squatter.kill()
+            squatter.wait(timeout=10)
+        arena.remove()
