@@ -30,6 +30,8 @@ class FirewallObservation:
     state: FirewallState | None
     # `auto` only: what the host's netfilter would decide now, when that differs from `selection`.
     now: Selection | None = None
+    # The agent holds nodeguard's nf_tables table (flags owner) while it runs in enforce mode.
+    held: bool = False
 
     @property
     def where(self) -> str | None:
@@ -55,7 +57,7 @@ class FirewallControl(Control):
         Rule("backend-unchanged", "the host's netfilter still points to the backend chosen at start", Severity.HIGH,
              None, False),
         Rule("table-owner", "no other process owns nodeguard's nf_tables table (flags owner)", Severity.CRITICAL,
-             None, False),
+             None, True),
         Rule("jump-present", "nodeguard's chain is hooked first on the input path", Severity.CRITICAL, None, True),
         Rule("chain-intact", "nodeguard's chain holds exactly the policy's rules", Severity.HIGH, None, True),
         Rule("port-restricted", "a daemon port is reachable only from allowed networks", Severity.CRITICAL, "2.7",
@@ -73,7 +75,8 @@ class FirewallControl(Control):
             # Looked at again on every pass, acted on never: a changed answer is a finding.
             fresh = select_backend(requested, ctx.host)
             now = fresh if fresh.name != selection.name else None
-        return FirewallObservation(selection, state, now)
+        held = bool(getattr(selection.backend, "hold", False))
+        return FirewallObservation(selection, state, now, held)
 
     def evaluate(self, observed: FirewallObservation, policy: Policy) -> list[Finding]:
         sel, state = observed.selection, observed.state
@@ -93,7 +96,7 @@ class FirewallControl(Control):
                                    [r.id for r in self.rules if r.id != "backend-available"])]
         out = [self.finding("backend-available", Status.PASS, f"{sel.name} ({sel.reason}): {observed.where}",
                             observed=sel.name, expected=sel.requested, details=details),
-               self._unchanged(observed), self._owner(state)]
+               self._unchanged(observed), self._owner(state, observed.held)]
         desired = Desired.from_policy(_settings(policy))
         want = sel.backend.desired_chains(desired)
         have = state.chains
@@ -143,18 +146,25 @@ class FirewallControl(Control):
             f"{sel.name}, chosen at start ({sel.reason}), and does not follow a switch it did not make",
             observed=now.name, expected=sel.name, details={"now": now.reason, "at_start": sel.reason})
 
-    def _owner(self, state: FirewallState) -> Finding:
+    def _owner(self, state: FirewallState, held: bool) -> Finding:
         owner = state.owner
-        if owner is None or owner.mine:
-            held = "nodeguard" if owner is not None else "nobody"
-            return self.finding("table-owner", Status.PASS, f"{held} owns nodeguard's table",
+        present = any(c.exists for c in state.chains)
+        if held and owner is None and present:
+            return self.finding("table-owner", Status.FAIL,
+                                "nodeguard's table is owned by nobody: any process may change or delete it "
+                                "until this agent takes it (flags owner, persist)",
+                                observed=None, expected="this agent", details={"flags": list(state.table_flags)})
+        if owner is None or owner.mine or (owner.agent and not held):
+            who = "nobody" if owner is None else "this agent" if owner.mine else f"the nodeguard agent {owner.render()}"
+            return self.finding("table-owner", Status.PASS, f"{who} owns nodeguard's table",
                                 observed=owner.render() if owner else None, expected="nodeguard or nobody",
                                 details={"flags": list(state.table_flags)})
         pid = owner.pids[0] if owner.pids else None
+        who = f"another nodeguard agent, {owner.render()}," if owner.agent else owner.render()
         return self.finding(
             "table-owner", Status.FAIL,
-            f"{owner.render()} owns nodeguard's table (nf_tables flags owner): every write by anyone else fails "
-            f"with EPERM until it exits, and then the kernel drops the table",
+            f"{who} owns nodeguard's table (nf_tables flags owner): every write by anyone else fails "
+            f"with EPERM until it exits, and then the kernel drops the table unless it is persistent",
             observed={"pid": pid, "pids": list(owner.pids), "process": list(owner.names), "portid": owner.portid},
             expected="nodeguard or nobody", subject=str(pid) if pid is not None else f"portid {owner.portid}",
             details={"flags": list(state.table_flags)})

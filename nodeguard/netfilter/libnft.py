@@ -101,7 +101,7 @@ _shared: dict[tuple[int, int], Nft] = {}
 _shared_lock = threading.Lock()
 
 
-def _netns_id() -> int:
+def netns_id() -> int:
     try:
         return os.stat("/proc/self/ns/net").st_ino
     except OSError:
@@ -114,7 +114,7 @@ def shared_nft() -> Nft:
     One per (pid, netns): a context per call would leak (none is ever freed), and a context made
     before a fork or a setns may hold a netlink socket of the namespace it was made in.
     """
-    key = (os.getpid(), _netns_id())
+    key = (os.getpid(), netns_id())
     with _shared_lock:
         nft = _shared.get(key)
         if nft is None:

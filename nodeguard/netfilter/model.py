@@ -116,7 +116,8 @@ class TableOwner:
     portid: int
     pids: tuple[int, ...]
     names: tuple[str, ...]
-    mine: bool
+    mine: bool  # this process
+    agent: bool = False  # a `nodeguard run` (this one or another): the owner nodeguard expects
 
     def render(self) -> str:
         who = ", ".join(f"{n}[{p}]" for p, n in zip(self.pids, self.names, strict=True)) or "an unknown process"

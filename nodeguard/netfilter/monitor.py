@@ -31,6 +31,7 @@ from collections.abc import Callable
 from nodeguard.host import HostRoot
 from nodeguard.netfilter import nftnl
 from nodeguard.netfilter.backend import Backend
+from nodeguard.netfilter.nft import NftablesBackend
 from nodeguard.policy import Policy
 from nodeguard.structs import Mode
 
@@ -252,10 +253,17 @@ class PollWatcher(_ThreadWatcher):
             trigger(self.control, f"legacy xtables poll ({self.interval:g}s)")
 
 
-def firewall_watchers(backend: Backend | None, poll: float = LEGACY_POLL_SECONDS) -> list[_ThreadWatcher]:
-    """The watcher(s) that fit a backend: nf_tables notifications, or the legacy poll."""
+def firewall_watchers(backend: Backend | None, poll: float = LEGACY_POLL_SECONDS,
+                      hold: bool = True) -> list[_ThreadWatcher]:
+    """The watcher(s) that fit a backend: nf_tables notifications, or the legacy poll.
+
+    Asking for them means a long-running agent is starting: with `hold` (enforce mode) the
+    nftables backend keeps its table owned by this process for as long as it runs.
+    """
     if backend is None:
         return []
+    if isinstance(backend, NftablesBackend):
+        backend.keep_owned(hold)
     if backend.name in ("nftables", "iptables-nft"):
         return [NftablesWatcher()]
     return [PollWatcher(poll)]
@@ -272,4 +280,5 @@ def watchers_for(host: HostRoot, policy: Policy) -> list[_ThreadWatcher]:
         return []
     from nodeguard.netfilter.select import decided_backend
 
-    return firewall_watchers(decided_backend(fw.backend, host).backend)
+    hold = fw.rule_mode("table-owner", policy.spec.mode) is Mode.ENFORCE
+    return firewall_watchers(decided_backend(fw.backend, host).backend, hold=hold)

@@ -17,13 +17,16 @@ or nothing, so there is no moment without the rules, and we never touch another 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from nodeguard.netfilter import nftnl
-from nodeguard.netfilter.backend import Backend
-from nodeguard.netfilter.libnft import Nft, NftError, nft_via, shared_nft
+from nodeguard.netfilter.backend import Backend, BackendError
+from nodeguard.netfilter.libnft import Nft, NftError, netns_id, nft_via, shared_nft
 from nodeguard.netfilter.model import (
     ChainState,
     Desired,
@@ -33,6 +36,7 @@ from nodeguard.netfilter.model import (
     normalise_cidr,
     rules_for,
 )
+from nodeguard.netfilter.nftown import OwnedTable, persist_supported
 
 TABLE = "nodeguard"
 CHAIN = "input"
@@ -118,15 +122,51 @@ def table_owner(info: nftnl.TableInfo) -> TableOwner | None:
         return None
     pids = tuple(nftnl.owner_pids(info.owner_portid))
     names = tuple(nftnl.process_name(p) or "?" for p in pids)
-    return TableOwner(info.owner_portid, pids, names, mine=os.getpid() in pids)
+    return TableOwner(info.owner_portid, pids, names, mine=os.getpid() in pids,
+                      agent=bool(pids) and all(nftnl.is_nodeguard_agent(p) for p in pids))
+
+
+OWN_TABLE_ENV = "NODEGUARD_NFT_OWN_TABLE"
+_owned: dict[tuple[int, int], OwnedTable] = {}
+_owned_lock = threading.Lock()
+
+
+def owned_table() -> OwnedTable:
+    """This process's owning socket for its current network namespace (see shared_nft for why)."""
+    key = (os.getpid(), netns_id())
+    with _owned_lock:
+        table = _owned.get(key)
+        if table is None:
+            table = _owned[key] = OwnedTable(TABLE)
+        return table
+
+
+def own_table_default() -> bool:
+    """Own the table (flags owner, persist) where the kernel can keep it after we exit (6.9+).
+
+    NODEGUARD_NFT_OWN_TABLE=0 forces the older way (a plain table, watched and restored), =1
+    forces ownership (which on a kernel without `persist` fails every write: EOPNOTSUPP).
+    """
+    forced = os.environ.get(OWN_TABLE_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
+    return persist_supported()
 
 
 class NftablesBackend(Backend):
     name = "nftables"
 
-    def __init__(self, nft: Nft | None = None) -> None:
+    def __init__(self, nft: Nft | None = None, own_table: bool | None = None) -> None:
         super().__init__()
         self._nft = nft
+        # Writes go through a socket of ours that owns the table (flags owner, persist).
+        self.own_table = own_table_default() if own_table is None else own_table
+        # Set by the long-running agent in enforce mode: an orphan table (persisted by an agent
+        # that stopped, or written by a one-shot command) is not in place until we hold it.
+        self.hold = False
+
+    def keep_owned(self, hold: bool) -> None:
+        self.hold = hold and self.own_table
 
     @property
     def nft(self) -> Nft:
@@ -135,6 +175,9 @@ class NftablesBackend(Backend):
         return self._nft if self._nft is not None else shared_nft()
 
     def describe(self) -> str:
+        if self.own_table:
+            return (f"table inet {TABLE}, chain {CHAIN} (hook input, priority filter - 10), written over netlink "
+                    f"with flags owner, persist")
         via = self._nft.via if self._nft is not None else nft_via()
         return f"table inet {TABLE}, chain {CHAIN} (hook input, priority filter - 10), via {via}"
 
@@ -192,9 +235,17 @@ class NftablesBackend(Backend):
         return FirewallState(self.name, (ChainState(where, True, hooked, detail, tuple(rules + others)),),
                              owner=owner, table_flags=flags)
 
-    def ruleset_text(self, desired: Desired) -> str:
+    def in_place(self, desired: Desired, state: FirewallState | None = None) -> bool:
+        state = state or self.read_state()
+        if self.hold and (state.owner is None or not state.owner.mine):
+            return False
+        return super().in_place(desired, state)
+
+    def ruleset_text(self, desired: Desired, exists: bool = False) -> str:
         body = "\n".join(f"    {render_rule(r)}" for r in rules_for(desired, None))
-        return (f"add table inet {TABLE}\n"
+        # "add table" on an existing table is an update of its flags: refused (EOPNOTSUPP) for
+        # a `persist` table left by an owning nodeguard; it is only needed when there is none.
+        return ("" if exists else f"add table inet {TABLE}\n") + (
                 f"delete table inet {TABLE}\n"
                 f"table inet {TABLE} {{\n"
                 f'  comment "{COMMENT}"\n'
@@ -205,10 +256,26 @@ class NftablesBackend(Backend):
                 f"}}\n")
 
     def _write(self, desired: Desired, state: FirewallState) -> None:
-        self.nft.run(self.ruleset_text(desired))
+        if self.own_table:
+            self._owned_write(lambda t: t.replace(CHAIN, PRIORITY, rules_for(desired, None), COMMENT), state)
+        else:
+            self.nft.run(self.ruleset_text(desired, exists=self._table() is not None))
+
+    def _owned_write(self, write: Callable[[OwnedTable], None], state: FirewallState) -> None:
+        try:
+            write(owned_table())
+        except nftnl.NetlinkError as exc:
+            if exc.errno == errno.EPERM:
+                owner = state.owner.render() if state.owner else "another process"
+                raise BackendError(f"table inet {TABLE} is owned by {owner} (nf_tables flags owner): "
+                                   f"nobody else may change it until it exits") from exc
+            raise BackendError(str(exc)) from exc
 
     def _delete(self, state: FirewallState) -> bool:
         if not state.chains or (not state.chains[0].exists and self._table() is None):
             return False
-        self.nft.run(f"delete table inet {TABLE}")
+        if self.own_table:
+            self._owned_write(lambda t: t.delete(), state)
+        else:
+            self.nft.run(f"delete table inet {TABLE}")
         return True

@@ -164,3 +164,21 @@ def process_name(pid: int, proc: Path = Path("/proc")) -> str | None:
         return (proc / str(pid) / "comm").read_text().strip()
     except OSError:
         return None
+
+
+def is_nodeguard_agent(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Is `pid` a running `nodeguard run` (the entry point, or `python -m nodeguard run`)?
+
+    What a process says it is, not proof: a root process that lies about its command line can
+    do worse than hold a table. It tells a one-shot `nodeguard check` that the owner it sees is
+    the agent keeping the table, not a squatter.
+    """
+    try:
+        argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    words = [a.decode(errors="replace") for a in argv if a]
+    for i, word in enumerate(words):
+        if word == "nodeguard" or word.endswith("/nodeguard"):
+            return "run" in words[i + 1:]
+    return False

@@ -28,7 +28,7 @@ from pathlib import Path
 from nodeguard.host import HostRoot
 from nodeguard.netfilter import nftnl
 from nodeguard.netfilter.backend import Backend
-from nodeguard.netfilter.libnft import Nft, NftError, shared_nft
+from nodeguard.netfilter.libnft import Nft, NftError, netns_id, shared_nft
 from nodeguard.netfilter.nft import TABLE as NFT_TABLE
 from nodeguard.netfilter.nft import NftablesBackend
 from nodeguard.netfilter.xtables import XtablesLegacyBackend, legacy_chain_names, legacy_tables, on_worker
@@ -75,17 +75,30 @@ def backend_for(name: str, host: HostRoot) -> Backend:
 
 
 def _nft_chains(nft: Nft, table: str) -> set[str] | None:
-    """Chain names of an nf_tables table (`ip mangle`), None when the table does not exist."""
+    """Chain names of an nf_tables table (`ip mangle`), None when the table does not exist.
+
+    Never `nft -j list table(s)`: nft 1.0.6 prints a table's flags in JSON from the wrong
+    memory (garbage for `owner`, a heap corruption that killed the process for `persist`), and
+    firewalld and nodeguard itself set flags. Listing chains prints no table object.
+    """
+    family, name = table.split()
     try:
-        listing = json.loads(nft.run(f"list table {table}", json=True))
+        listing = json.loads(nft.run(f"list chains {family}", json=True) or '{"nftables": []}')
     except (NftError, ValueError):
         return None
-    return {item["chain"]["name"] for item in listing.get("nftables", []) if "chain" in item}
+    chains = {item["chain"]["name"] for item in listing.get("nftables", [])
+              if "chain" in item and item["chain"].get("table") == name}
+    if chains:
+        return chains
+    return set() if _nft_table_exists(name, _FAMILIES.get(family, nftnl.NFPROTO_INET)) else None
 
 
-def _nft_table_exists(name: str) -> bool:
+_FAMILIES = {"inet": nftnl.NFPROTO_INET, "ip": 2, "ip6": 10}
+
+
+def _nft_table_exists(name: str, family: int = nftnl.NFPROTO_INET) -> bool:
     try:
-        return nftnl.find_table(name) is not None
+        return nftnl.find_table(name, family) is not None
     except OSError:
         return False
 
@@ -94,9 +107,9 @@ def nft_usable(nft: Nft) -> tuple[bool, str]:
     if not nft.available:
         return False, "neither libnftables nor nft is installed"
     try:
-        nft.run("list tables", json=True)
-    except NftError as exc:
-        return False, f"nf_tables unusable: {exc.message.strip()}"
+        nftnl.list_tables()  # netlink: nft's own listing of tables breaks on table flags (above)
+    except OSError as exc:
+        return False, f"nf_tables unusable: {exc}"
     return True, f"nf_tables available via {nft.via}"
 
 
@@ -175,7 +188,7 @@ def decided_backend(requested: str, host: HostRoot) -> Selection:
     where nothing was usable is asked again (nothing was kept, so nothing switches). Keyed by
     pid and network namespace: a fork or a setns looks again.
     """
-    key = (requested, str(host.root), os.getpid(), _netns_id())
+    key = (requested, str(host.root), os.getpid(), netns_id())
     with _decided_lock:
         selection = _decided.get(key)
         if selection is None or selection.backend is None:
@@ -189,13 +202,6 @@ def forget_decisions() -> None:
     """Decide afresh at the next look (`nodeguard firewall` commands, tests)."""
     with _decided_lock:
         _decided.clear()
-
-
-def _netns_id() -> int:
-    try:
-        return os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        return 0
 
 
 ANY_ROOT_ENV = "NODEGUARD_FIREWALL_ANY_ROOT"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from nodeguard.netfilter.nft import OWN_TABLE_ENV
 from tests.support import fwpass
 from tests.support.dockerd import Dockerd, running_dockerd
 from tests.support.netns import (
@@ -298,9 +300,12 @@ def test_tamper_is_reported_in_observe_and_restored_in_enforce(lab: Lab, backend
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_watcher_restores_a_deleted_table_or_chain_live(lab: Lab, backend: str) -> None:
     lab.remove()
+    # The table unowned (the way for kernels < 6.9): an owned one cannot be deleted at all, see
+    # test_the_agent_holds_its_table_while_it_runs_and_leaves_it_persistent.
     proc = subprocess.Popen([*nsenter(lab.topo.node), sys.executable, "-m", "tests.support.fwpass", "watch",
                              "--host-root", str(lab.sb.root), "--policy", str(lab.policy(backend)),
-                             "--poll", "0.5"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--poll", "0.5"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, OWN_TABLE_ENV: "0"})
     try:
         assert proc.stdout is not None
         ready = json.loads(proc.stdout.readline())
@@ -345,8 +350,13 @@ def test_listeners_report_what_dockerd_really_listens_on(lab: Lab) -> None:
         lab.remove()
 
 
-def test_the_agent_keeps_the_rules_and_leaves_them_when_it_stops(lab: Lab, tmp_path: Path) -> None:
-    """`nodeguard run` (the real agent) in the node namespace: firewall enforced, the rest observed."""
+@pytest.mark.parametrize("own_table", [True, False], ids=["owned", "unowned"])
+def test_the_agent_keeps_the_rules_and_leaves_them_when_it_stops(lab: Lab, tmp_path: Path, own_table: bool) -> None:
+    """`nodeguard run` (the real agent) in the node namespace: firewall enforced, the rest observed.
+
+    owned (Linux 6.9+): the agent holds its table (flags owner, persist), a delete is refused by
+    the kernel; unowned (the way for older kernels): the delete happens and is reverted at once.
+    """
     from tests.support.agent import is_event, running_agent
 
     lab.remove()
@@ -357,11 +367,15 @@ def test_the_agent_keeps_the_rules_and_leaves_them_when_it_stops(lab: Lab, tmp_p
             {"port": 2376, "allow": list(lab.topo.allowed_cidrs)}, {"port": 2375, "allow": []}]}}}}))
     # --aggregate-seconds 0: the second drift of the same rule is an event of its own, not a summary.
     with running_agent(lab.sb.root, tmp_path / "state", "--policy", str(policy), "--aggregate-seconds", "0",
-                       netns=lab.topo.node) as agent:
+                       netns=lab.topo.node, env={OWN_TABLE_ENV: "1" if own_table else "0"}) as agent:
         agent.wait_for(is_event("nodeguard.drift.reverted", "port-restricted", subject="2376"), timeout=30)
         mark = agent.mark()
-        ns_run(lab.topo.node, ["nft", "delete", "table", "inet", "nodeguard"])
-        agent.wait_for(is_event("nodeguard.drift.reverted", "jump-present"), timeout=30, after=mark)
+        deleted = ns_run(lab.topo.node, ["nft", "delete", "table", "inet", "nodeguard"], check=False)
+        if own_table:
+            assert deleted.returncode != 0 and "Operation not permitted" in deleted.stderr, deleted
+        else:
+            assert deleted.returncode == 0, deleted.stderr
+            agent.wait_for(is_event("nodeguard.drift.reverted", "jump-present"), timeout=30, after=mark)
         assert failing(lab.check("nftables")) == set()
     # Stopped: the rules stay (a restart or an upgrade opens no window).
     assert failing(lab.check("nftables")) == set()
@@ -431,6 +445,7 @@ class Watch:
         import threading
 
         self.proc = proc
+        self.ready: dict[str, Any] = {}
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -453,14 +468,17 @@ class Watch:
 
 
 @contextlib.contextmanager
-def watching(arena: Arena, backend: str, poll: float = 0.5, expect: str | None = None) -> Iterator[Watch]:
+def watching(arena: Arena, backend: str, poll: float = 0.5, expect: str | None = None,
+             own_table: bool = True) -> Iterator[Watch]:
+    """own_table=False: the way nodeguard keeps its table on kernels without `persist` (< 6.9)."""
+    env = {**os.environ, OWN_TABLE_ENV: "1" if own_table else "0"}
     proc = subprocess.Popen([*nsenter(arena.topo.node), sys.executable, "-m", "tests.support.fwpass", "watch",
                              "--host-root", str(arena.root), "--policy", str(arena.policy(backend)),
                              "--poll", str(poll)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     try:
         watch = Watch(proc)
-        ready = watch.next(timeout=60)
+        ready = watch.ready = watch.next(timeout=60)
         assert ready.get("ready") and ready["backend"] == (expect or backend), ready
         yield watch
     finally:
@@ -535,9 +553,11 @@ def test_a_rule_nodeguard_cannot_parse_is_foreign_and_the_port_is_still_judged(a
 
 @pytest.mark.parametrize("backend", list(UNPARSEABLE))
 def test_a_competing_unparseable_rule_is_gone_within_a_second(arena: Arena, backend: str) -> None:
+    """nftables here without ownership (kernels < 6.9): with it, the write is refused (next test)."""
     arena.remove()
     try:
-        with watching(arena, backend) as watch, reach_monitor(arena.topo.denied, arena.targets()) as result:
+        with watching(arena, backend, own_table=False) as watch, \
+                reach_monitor(arena.topo.denied, arena.targets()) as result:
             time.sleep(0.5)
             t0 = _write(arena, UNPARSEABLE[backend])
             line = watch.until_changed()
@@ -560,7 +580,7 @@ def test_auto_keeps_the_backend_chosen_at_start_and_reports_a_move(arena: Arena)
     """A writer plants a legacy NODEGUARD chain and deletes table inet nodeguard, then flushes that chain."""
     arena.remove()
     try:
-        with watching(arena, "auto", expect="nftables") as watch, \
+        with watching(arena, "auto", expect="nftables", own_table=False) as watch, \
                 reach_monitor(arena.topo.denied, arena.targets()) as result:
             time.sleep(0.5)
             ns_run(arena.topo.node, ["iptables-legacy", "-N", "NODEGUARD"])
@@ -617,11 +637,16 @@ SQUAT = ("delete table inet nodeguard; add table inet nodeguard { flags owner; }
 
 
 def test_a_foreign_table_owner_is_named_and_its_exit_restores_the_table_at_once(arena: Arena) -> None:
-    """`nft -i` replaces nodeguard's table with one it owns (flags owner), holds it, then exits."""
+    """`nft -i` replaces nodeguard's table with one it owns (flags owner), holds it, then exits.
+
+    With nodeguard not owning its table (kernels < 6.9): the next test shows the squatter refused
+    while the agent holds it, and named when it got in while no agent ran.
+    """
     arena.remove()
     squatter: subprocess.Popen[str] | None = None
     try:
-        with watching(arena, "nftables") as watch, reach_monitor(arena.topo.denied, arena.targets()) as result:
+        with watching(arena, "nftables", own_table=False) as watch, \
+                reach_monitor(arena.topo.denied, arena.targets()) as result:
             time.sleep(0.5)
             # nsenter joins the namespace and execs nft: the pid is nft's own.
             squatter = subprocess.Popen([*nsenter(arena.topo.node), "nft", "-i"], stdin=subprocess.PIPE,
@@ -642,8 +667,7 @@ def test_a_foreign_table_owner_is_named_and_its_exit_restores_the_table_at_once(
             assert any(not o["ok"] for o in line["outcomes"]), line["outcomes"]
             time.sleep(1.0)
             t_exit = time.time()
-            squatter.stdin.close()
-            squatter.wait(timeout=10)
+            _leave(squatter)
             restored = watch.until_changed()
             assert "owner of nodeguard's table exited" in restored["reason"], restored
             time.sleep(1.0)
@@ -658,6 +682,102 @@ def test_a_foreign_table_owner_is_named_and_its_exit_restores_the_table_at_once(
         assert restored["t"] - t_exit < 3.0 and after_exit <= restored["t"] - t_exit + 0.1
         assert arena.denied_reach() == [False, False]
         assert failing(arena.fwpass("nftables", "observe")["findings"]) == set()
+    finally:
+        if squatter is not None and squatter.poll() is None:
+            squatter.kill()
+            squatter.wait(timeout=10)
+        arena.remove()
+
+
+def _leave(squatter: subprocess.Popen[str]) -> None:
+    """`quit` ends nft -i even when a forked helper (the reach monitor) holds a copy of its stdin."""
+    assert squatter.stdin is not None
+    squatter.stdin.write("quit\n")
+    squatter.stdin.close()
+    squatter.wait(timeout=10)
+
+
+def _squat(arena: Arena) -> subprocess.Popen[str]:
+    squatter = subprocess.Popen([*nsenter(arena.topo.node), "nft", "-i"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    assert squatter.stdin is not None
+    squatter.stdin.write(SQUAT)
+    squatter.stdin.flush()
+    return squatter
+
+
+def _table_flags(arena: Arena) -> dict[str, Any]:
+    def read() -> dict[str, Any]:
+        from nodeguard.netfilter import nftnl
+
+        info = nftnl.find_table("nodeguard")
+        return {"exists": info is not None, "flags": info.flag_names() if info else [],
+                "portid": info.owner_portid if info else None}
+
+    return in_netns(arena.topo.node, read)
+
+
+def test_the_agent_holds_its_table_while_it_runs_and_leaves_it_persistent(arena: Arena) -> None:
+    """Linux 6.9+: `flags owner, persist` — nobody else can change the table while the agent runs."""
+    arena.remove()
+    squatter: subprocess.Popen[str] | None = None
+    try:
+        with watching(arena, "nftables") as watch, reach_monitor(arena.topo.denied, arena.targets()) as result:
+            held = _table_flags(arena)
+            assert held["exists"] and held["flags"] == ["owner", "persist"], held
+            t0 = time.time()
+            # Every competing write is refused by the kernel, root or not.
+            for command in (UNPARSEABLE["nftables"][0], ["nft", "delete", "table", "inet", "nodeguard"],
+                            ["nft", "flush", "chain", "inet", "nodeguard", "input"]):
+                refused = ns_run(arena.topo.node, command, check=False)
+                assert refused.returncode != 0 and "Operation not permitted" in refused.stderr, refused
+            squatter = _squat(arena)
+            _leave(squatter)
+            time.sleep(0.5)
+            assert watch.lines.empty() or not any(line.get("changed") for line in list(watch.lines.queue))
+        assert result[0].attempts(t0) > 5 and result[0].successes(t0) == []
+        # The agent stopped: the table stays, with its rules, owned by nobody until the next agent.
+        after = _table_flags(arena)
+        assert after["exists"] and after["flags"] == ["persist"] and after["portid"] is None, after
+        assert arena.denied_reach() == [False, False]
+        assert failing(arena.fwpass("nftables", "observe")["findings"]) == set()
+        # The next agent takes it over (no window: the rules were there all along).
+        with watching(arena, "nftables") as watch:
+            assert watch.ready["changed"], watch.ready  # its first pass took the orphan table
+            assert _table_flags(arena)["flags"] == ["owner", "persist"]
+    finally:
+        if squatter is not None and squatter.poll() is None:
+            squatter.kill()
+            squatter.wait(timeout=10)
+        arena.remove()
+
+
+def test_a_squatter_that_got_in_while_no_agent_ran_is_named_and_its_exit_restores_at_once(arena: Arena) -> None:
+    arena.remove()
+    squatter: subprocess.Popen[str] | None = None
+    try:
+        arena.fwpass("nftables", "enforce")  # a one-shot write: the table persists, owned by nobody
+        squatter = _squat(arena)
+        assert squatter.stdin is not None
+        deadline = time.monotonic() + 10
+        while _table_flags(arena)["flags"] != ["owner"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with watching(arena, "nftables") as watch, reach_monitor(arena.topo.denied, arena.targets()) as result:
+            line = watch.ready  # the agent's first pass
+            assert "table-owner" in line["failing"], line
+            owner = next(f for f in line["findings"] if f["rule"] == "table-owner")
+            assert owner["observed"]["pid"] == squatter.pid and f"nft[{squatter.pid}]" in owner["message"]
+            assert any("owned by nft[" in o["message"] for o in line["outcomes"] if not o["ok"]), line["outcomes"]
+            t_exit = time.time()
+            _leave(squatter)
+            restored = watch.until_changed()
+            assert "owner of nodeguard's table exited" in restored["reason"], restored
+            time.sleep(1.0)
+        after_exit = result[0].open_after(t_exit)
+        print(f"owner squatter (agent holds its table): 2375 reachable {after_exit:.3f}s after the squatter exited "
+              f"(restored {restored['t'] - t_exit:.3f}s after)")
+        assert restored["t"] - t_exit < 3.0
+        assert arena.denied_reach() == [False, False]
     finally:
         if squatter is not None and squatter.poll() is None:
             squatter.kill()

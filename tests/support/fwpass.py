@@ -75,6 +75,13 @@ def remove_all(host_root: str) -> dict[str, bool]:
     return {name: backend_for(name, host).remove() for name in ("nftables", "iptables-nft", "iptables-legacy")}
 
 
+def _summary(out: dict[str, Any]) -> dict[str, Any]:
+    return {"changed": any(o["changed"] for o in out["outcomes"]),
+            "failing": sorted({f["rule"] for f in out["findings"] if f["status"] == "fail"}),
+            "findings": [f for f in out["findings"] if f["status"] == "fail"],
+            "outcomes": out["outcomes"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("command", choices=["pass", "watch"])
@@ -91,13 +98,14 @@ def main() -> None:
         return
     triggers: queue.Queue[str] = queue.Queue()
     signal.signal(signal.SIGTERM, lambda *_: triggers.put("__stop__"))
-    first = one_pass(ctx, control)
+    # As the agent does: the watchers (and with them the table's holding) before the first pass.
     backend = control.observe(ctx).selection.backend
     assert backend is not None
-    watcher = firewall_watchers(backend, args.poll)[0]
+    watcher = firewall_watchers(backend, args.poll, hold=args.mode == "enforce")[0]
     watcher.start(lambda _control, reason: triggers.put(reason))
+    first = one_pass(ctx, control)
     print(json.dumps({"t": time.time(), "reason": "start", "ready": True, "backend": backend.name,
-                      "changed": any(o["changed"] for o in first["outcomes"])}), flush=True)
+                      **_summary(first)}), flush=True)
     try:
         while True:
             reason = triggers.get()
@@ -108,11 +116,7 @@ def main() -> None:
                 if triggers.get_nowait() == "__stop__":
                     return
             out = one_pass(ctx, control)
-            print(json.dumps({"t": time.time(), "reason": reason,
-                              "changed": any(o["changed"] for o in out["outcomes"]),
-                              "failing": sorted({f["rule"] for f in out["findings"] if f["status"] == "fail"}),
-                              "findings": [f for f in out["findings"] if f["status"] == "fail"],
-                              "outcomes": out["outcomes"]}), flush=True)
+            print(json.dumps({"t": time.time(), "reason": reason, **_summary(out)}), flush=True)
     finally:
         watcher.stop()
 

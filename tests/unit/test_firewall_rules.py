@@ -309,3 +309,18 @@ def test_a_netlink_portid_is_mapped_to_its_process(tmp_path: Path) -> None:
     assert nftnl.netlink_inode(8795, tmp_path / "self" / "net") == 11168
     assert nftnl.owner_pids(8795, tmp_path) == [8795]
     assert nftnl.owner_pids(1, tmp_path) == []
+
+
+def test_the_agent_holding_the_table_is_not_a_squatter(tmp_path: Path) -> None:
+    for pid, argv in ((10, [b"/usr/bin/python3", b"-m", b"nodeguard", b"run", b"--host-root", b"/host"]),
+                      (11, [b"/usr/local/bin/nodeguard", b"run"]),
+                      (12, [b"/usr/local/bin/nodeguard", b"check"]),
+                      (13, [b"nft", b"-i"])):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
+    assert [nftnl.is_nodeguard_agent(p, tmp_path) for p in (10, 11, 12, 13, 14)] == [True, True, False, False, False]
+    p = policy()
+    rules = rules_for(Desired.from_policy(fw(p)), None)
+    agent = TableOwner(77, (77,), ("nodeguard",), mine=False, agent=True)
+    findings = FirewallControl().evaluate(nft_observation(rules, owner=agent), p)
+    assert next(f for f in findings if f.rule == "table-owner").status.value == "pass"
