@@ -120,6 +120,12 @@ def table_owner(info: nftnl.TableInfo) -> TableOwner | None:
     """Who holds `flags owner` on our table: its portid, the pid(s) behind it, their names."""
     if not info.owned or info.owner_portid is None:
         return None
+    with _owned_lock:
+        ours = _owned.get((os.getpid(), netns_id()))
+    if ours is not None and ours.portid == info.owner_portid:
+        # Our own socket: no walk over every process's descriptors (a few ms on a busy node).
+        return TableOwner(info.owner_portid, (os.getpid(),), (nftnl.process_name(os.getpid()) or "?",), mine=True,
+                          agent=nftnl.is_nodeguard_agent(os.getpid()))
     pids = tuple(nftnl.owner_pids(info.owner_portid))
     names = tuple(nftnl.process_name(p) or "?" for p in pids)
     return TableOwner(info.owner_portid, pids, names, mine=os.getpid() in pids,

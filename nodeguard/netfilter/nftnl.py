@@ -154,9 +154,18 @@ def pids_holding(inode: int, proc: Path = Path("/proc")) -> list[int]:
 
 
 def owner_pids(portid: int, proc: Path = Path("/proc")) -> list[int]:
-    """The pid(s) behind an owner portid; empty when the socket or its holder cannot be found."""
+    """The pid(s) behind an owner portid; empty when the socket or its holder cannot be found.
+
+    The agent runs without CAP_SYS_PTRACE, and the kernel hides /proc/PID/fd of a process whose
+    capabilities exceed its own (any root shell). Then the portid itself is the answer when it
+    names a live process: the kernel gives a process's first netlink socket its pid as portid,
+    which is what nft and every libmnl tool get.
+    """
     inode = netlink_inode(portid, proc / "self" / "net")
-    return pids_holding(inode, proc) if inode is not None else []
+    found = pids_holding(inode, proc) if inode is not None else []
+    if not found and inode is not None and portid > 0 and (proc / str(portid)).is_dir():
+        return [portid]
+    return found
 
 
 def process_name(pid: int, proc: Path = Path("/proc")) -> str | None:

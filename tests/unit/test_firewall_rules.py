@@ -309,6 +309,9 @@ def test_a_netlink_portid_is_mapped_to_its_process(tmp_path: Path) -> None:
     assert nftnl.netlink_inode(8795, tmp_path / "self" / "net") == 11168
     assert nftnl.owner_pids(8795, tmp_path) == [8795]
     assert nftnl.owner_pids(1, tmp_path) == []
+    # A holder whose descriptors we may not read (no CAP_SYS_PTRACE): the portid names the process.
+    (tmp_path / "8795" / "fd" / "3").unlink()
+    assert nftnl.owner_pids(8795, tmp_path) == [8795]
 
 
 def test_the_agent_holding_the_table_is_not_a_squatter(tmp_path: Path) -> None:
