@@ -138,6 +138,9 @@ class FirewallState:
 
     def render(self) -> list[str]:
         lines = []
+        if self.table_flags or self.owner is not None:
+            owner = self.owner.render() if self.owner is not None else "nobody"
+            lines.append(f"table flags: {', '.join(self.table_flags) or 'none'}; owned by {owner}")
         for c in self.chains:
             lines.append(f"{c.where}: " + ("present" if c.exists else "absent") + f"; {c.hook_detail}")
             lines.extend(f"  {r.render()}" for r in c.rules)

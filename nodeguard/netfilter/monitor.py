@@ -13,7 +13,7 @@ catches the rest).
   namespace we cannot see, looks at the table's owner every quarter second until it changes).
 - Legacy xtables announces nothing; its watcher asks for a reconcile pass every 0.75 s, so a
   competing write stays in place under a second (a pass that finds everything in place costs
-  about 9 ms: ~1 % of a core; tests/bench/bench_firewall.py).
+  5-9 ms: ~1 % of a core; tests/bench/bench_firewall.py).
 
 A watcher is any object with `start(trigger)` / `stop()`; `trigger(control, reason)` is the
 engine's and must be cheap, thread-safe and never block.
@@ -211,7 +211,9 @@ class NftablesWatcher(_ThreadWatcher):
             ready, _, _ = select.select(fds, [], [], OWNER_POLL_SECONDS if owner.blind else None)
             if self._wake_r in ready:
                 return
-            gone = [owner.pidfds[fd] for fd in ready if fd in owner.pidfds]
+            gone = [owner.pidfds.pop(fd) for fd in ready if fd in owner.pidfds]
+            for fd in [fd for fd in ready if fd not in fds[:2]]:
+                os.close(fd)  # an exited process's pidfd stays readable: never select it again
             if gone:
                 owner.refresh()
                 trigger(self.control, f"the owner of nodeguard's table exited (pid {', '.join(map(str, gone))})")

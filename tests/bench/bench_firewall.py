@@ -44,7 +44,7 @@ from nodeguard.controls.base import Context
 from nodeguard.controls.firewall import FirewallControl
 from nodeguard.host import HostRoot
 from nodeguard.netfilter.model import Desired
-from nodeguard.netfilter.monitor import NftablesWatcher, PollWatcher
+from nodeguard.netfilter.monitor import LEGACY_POLL_SECONDS, NftablesWatcher, PollWatcher
 from nodeguard.netfilter.select import backend_for
 from nodeguard.policy import parse_policy
 from nodeguard.structs import Mode, Status
@@ -203,7 +203,7 @@ SQUAT = ("delete table inet nodeguard; add table inet nodeguard { flags owner; }
          "add chain inet nodeguard input { type filter hook input priority -10; policy accept; }\n")
 WRITERS: dict[str, tuple[str, bool, list[list[str]]]] = {
     # name: (policy backend, nodeguard owns its nf_tables table, commands)
-    "unparseable rule, iptables-legacy (poll 0.5 s)": ("iptables-legacy", False, [
+    f"unparseable rule, iptables-legacy (poll {LEGACY_POLL_SECONDS:g} s)": ("iptables-legacy", False, [
         ["iptables-legacy", "-I", "NODEGUARD", "1", "-s", "198.0.0.0/255.0.0.1", "-j", "ACCEPT"],
         ["ip6tables-legacy", "-I", "NODEGUARD", "1", "!", "-s", "2001:db8:1::/64", "-j", "ACCEPT"]]),
     "unparseable rule, iptables-nft": ("iptables-nft", False, [
@@ -229,7 +229,8 @@ def _watch(node: str, root: Path, policy: Path, own: bool) -> tuple[subprocess.P
 
     env = {**os.environ, "NODEGUARD_NFT_OWN_TABLE": "1" if own else "0"}
     proc = subprocess.Popen([*nsenter(node), sys.executable, "-m", "tests.support.fwpass", "watch",
-                             "--host-root", str(root), "--policy", str(policy), "--poll", "0.5"],
+                             "--host-root", str(root), "--policy", str(policy),
+                             "--poll", str(LEGACY_POLL_SECONDS)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     lines: queue.Queue[Any] = queue.Queue()
 
