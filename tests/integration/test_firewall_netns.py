@@ -783,3 +783,44 @@ def test_a_squatter_that_got_in_while_no_agent_ran_is_named_and_its_exit_restore
             squatter.kill()
             squatter.wait(timeout=10)
         arena.remove()
+
+
+def test_the_real_agent_names_a_squatter_and_restores_the_table_when_it_leaves(arena: Arena, tmp_path: Path) -> None:
+    """`nodeguard run` (capabilities dropped, watchers from its own factory) against an `nft -i` squatter."""
+    from tests.support.agent import is_event, running_agent
+
+    arena.remove()
+    policy = tmp_path / "agent-policy.yaml"
+    policy.write_text(json.dumps({"spec": {
+        "mode": "observe", "agent": {"resyncSeconds": 60},
+        "controls": {"firewall": {"mode": "enforce", "backend": "nftables",
+                                  "ports": [{"port": 2375, "allow": []}]}}}}))
+    squatter: subprocess.Popen[str] | None = None
+    try:
+        arena.fwpass("nftables", "enforce")
+        squatter = _squat(arena)
+        deadline = time.monotonic() + 10
+        while _table_flags(arena)["flags"] != ["owner"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with running_agent(arena.root, tmp_path / "state", "--policy", str(policy), "--aggregate-seconds", "0",
+                           netns=arena.topo.node) as agent:
+            found = agent.wait_for(is_event("nodeguard.drift.detected", "table-owner"), timeout=30)
+            attrs = found["attributes"]
+            assert attrs.get("nodeguard.subject") == str(squatter.pid), attrs
+            assert f"nft[{squatter.pid}]" in found["body"], found["body"]
+            mark = agent.mark()
+            t_exit = time.time()
+            _leave(squatter)
+            agent.wait_for(is_event("nodeguard.drift.reverted", "port-restricted", subject="2375"), timeout=30,
+                           after=mark)
+            waited = time.time() - t_exit
+            print(f"real agent: table restored within {waited:.3f}s (upper bound: includes polling the events "
+                  f"file) after the squatter left")
+            assert waited < 10  # far below the 60 s resync: the owner's pidfd woke it
+            assert _table_flags(arena)["flags"] == ["owner", "persist"]
+            assert arena.denied_reach() == [False, False]
+    finally:
+        if squatter is not None and squatter.poll() is None:
+            squatter.kill()
+            squatter.wait(timeout=10)
+        arena.remove()
