@@ -209,6 +209,9 @@ WRITERS: dict[str, tuple[str, bool, list[list[str]]]] = {
     "unparseable rule, iptables-nft": ("iptables-nft", False, [
         ["iptables-nft", "-I", "NODEGUARD", "1", "!", "-s", "10.0.0.0/8", "-j", "ACCEPT"],
         ["ip6tables-nft", "-I", "NODEGUARD", "1", "!", "-s", "2001:db8:1::/64", "-j", "ACCEPT"]]),
+    "rule iptables-nft cannot show (by nft)": ("iptables-nft", False, [
+        ["nft", "insert rule ip filter NODEGUARD meta l4proto tcp th dport 2375 ct state new accept; "
+                "insert rule ip6 filter NODEGUARD meta l4proto tcp th dport 2375 ct state new accept"]]),
     "unparseable rule, nftables (not owned)": ("nftables", False, [
         ["nft", "insert rule inet nodeguard input ip saddr & 255.0.0.1 == 198.0.0.0 accept; "
                 "insert rule inet nodeguard input ip6 saddr != 2001:db8:1::/64 accept"]]),
