@@ -327,3 +327,13 @@ def test_the_agent_holding_the_table_is_not_a_squatter(tmp_path: Path) -> None:
     agent = TableOwner(77, (77,), ("nodeguard",), mine=False, agent=True)
     findings = FirewallControl().evaluate(nft_observation(rules, owner=agent), p)
     assert next(f for f in findings if f.rule == "table-owner").status.value == "pass"
+
+
+def test_a_port_behind_a_foreign_rule_is_not_firewalled() -> None:
+    from nodeguard.controls.listeners import _closed_ports
+
+    ours = (RuleSpec(2376, "pass", "192.0.2.0/28"), RuleSpec(2376, "drop"), RuleSpec(2375, "drop"))
+    assert _closed_ports(ours) == {2375, 2376}
+    foreign = RuleSpec(None, None, raw="! -s 10.0.0.0/8 -j ACCEPT")
+    assert _closed_ports((ours[0], ours[1], foreign, ours[2])) == {2376}
+    assert _closed_ports((foreign, *ours)) == set()
