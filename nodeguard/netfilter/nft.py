@@ -13,6 +13,12 @@ filter priority, where iptables-nft's, Docker's and kube-proxy's chains are: our
 only our chain (the packet still meets every other base chain), our `drop` is final. A write is
 one nft transaction (`add table; delete table; table {...}`): the kernel swaps the whole table
 or nothing, so there is no moment without the rules, and we never touch another table.
+
+On Linux 6.9+ that transaction is a netlink batch from a socket this process keeps (nftown.py),
+and the table carries `flags owner, persist`: nobody else can change it while we run, and it
+stays after we exit. Older kernels get the same table, unowned, through libnftables. Whether the
+table exists, its flags and its owner are read over netlink (nftnl.py); only chains and rules
+come from nft's JSON.
 """
 
 from __future__ import annotations
