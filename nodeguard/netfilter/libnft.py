@@ -11,7 +11,6 @@ import ctypes
 import ctypes.util
 import os
 import shutil
-import subprocess
 import threading
 
 _OUTPUT_JSON = 1 << 4
@@ -87,9 +86,9 @@ class Nft:
         if self._lib is not None:
             rc, out, err = self._lib.run(command, json)
         elif self._binary is not None:
-            argv = [self._binary, *(["-j"] if json else []), "-f", "-"]
-            proc = subprocess.run(argv, input=command, capture_output=True, text=True, timeout=30, check=False)
-            rc, out, err = proc.returncode, proc.stdout, proc.stderr
+            from nodeguard.netfilter.backend import run_tool
+
+            rc, out, err = run_tool([self._binary, *(["-j"] if json else []), "-f", "-"], command)
         else:
             raise NftError(command, -1, "neither libnftables nor the nft binary is installed")
         if rc != 0:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from nodeguard.host import HostRoot
 from nodeguard.netfilter import nftnl
-from nodeguard.netfilter.backend import Backend
+from nodeguard.netfilter.backend import Backend, is_own_child
 from nodeguard.netfilter.nft import NftablesBackend
 from nodeguard.policy import Policy
 from nodeguard.structs import Mode
@@ -231,7 +231,7 @@ class NftablesWatcher(_ThreadWatcher):
                 return
             woke = False
             for gen, pid, name in parse_newgen(data):
-                if self.ignore_own and _is_own_thread(pid):
+                if self.ignore_own and (_is_own_thread(pid) or is_own_child(pid)):
                     continue
                 woke = True
                 trigger(self.control, f"nf_tables generation {gen} committed by {name or '?'}[{pid}]")

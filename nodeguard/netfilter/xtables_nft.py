@@ -13,7 +13,7 @@ import shlex
 import shutil
 import subprocess
 
-from nodeguard.netfilter.backend import Backend, BackendError
+from nodeguard.netfilter.backend import Backend, BackendError, run_tool
 from nodeguard.netfilter.model import ChainState, Desired, Family, FirewallState, RuleSpec, normalise_cidr, rules_for
 from nodeguard.netfilter.xtables import CHAIN, host_families
 
@@ -83,10 +83,10 @@ class XtablesNftBackend(Backend):
         path = shutil.which(tool)
         if path is None:
             raise BackendError(f"{tool} is not installed")
-        proc = subprocess.run([path, *args], input=stdin, capture_output=True, text=True, timeout=30, check=False)
-        if proc.returncode != 0:
-            raise BackendError(f"{tool} failed ({proc.returncode}): {proc.stderr.strip()}")
-        return proc.stdout
+        rc, out, err = run_tool([path, *args], stdin)
+        if rc != 0:
+            raise BackendError(f"{tool} failed ({rc}): {err.strip()}")
+        return out
 
     def _read_family(self, family: Family) -> ChainState:
         where = f"{family} filter {CHAIN} (iptables-nft)"

@@ -832,3 +832,14 @@ def test_the_real_agent_names_a_squatter_and_restores_the_table_when_it_leaves(a
             squatter.kill()
             squatter.wait(timeout=10)
         arena.remove()
+
+
+def test_our_own_iptables_nft_commits_do_not_wake_the_watcher(arena: Arena) -> None:
+    arena.remove()
+    try:
+        seen = in_netns(arena.topo.node, fwpass.own_commits_are_quiet, str(arena.root),
+                        str(arena.policy("iptables-nft")))
+        assert seen["ours"] == [], seen  # iptables-nft-restore run by nodeguard: its own write
+        assert seen["theirs"] and "iptables-nft[" in seen["theirs"][0], seen
+    finally:
+        arena.remove()

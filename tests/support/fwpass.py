@@ -69,6 +69,29 @@ def watcher_kinds(host_root: str, policy_path: str | None) -> list[str]:
     return [type(w).__name__ for w in watchers_for(HostRoot(host_root), load_policy(policy_path))]
 
 
+def own_commits_are_quiet(host_root: str, policy_path: str) -> dict[str, list[str]]:
+    """The nf_tables watcher beside an iptables-nft write of ours, then beside someone else's."""
+    import subprocess
+
+    fw = load_policy(policy_path).spec.controls.firewall
+    backend = backend_for("iptables-nft", HostRoot(host_root))
+    watcher = firewall_watchers(backend, hold=False)[0]
+    seen: queue.Queue[str] = queue.Queue()
+    watcher.start(lambda _control, reason: seen.put(reason))
+    try:
+        backend.remove()
+        backend.apply(Desired.from_policy(fw))
+        time.sleep(0.5)
+        ours = [seen.get_nowait() for _ in range(seen.qsize())]
+        subprocess.run(["iptables-nft", "-F", "NODEGUARD"], check=True, capture_output=True)
+        time.sleep(0.5)
+        theirs = [seen.get_nowait() for _ in range(seen.qsize())]
+    finally:
+        watcher.stop()
+        backend.remove()
+    return {"ours": ours, "theirs": theirs}
+
+
 def remove_all(host_root: str) -> dict[str, bool]:
     """`nodeguard firewall remove`: every backend's copy of nodeguard's rules, and only those."""
     host = HostRoot(host_root)
