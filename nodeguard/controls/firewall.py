@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from nodeguard.controls.base import Context, Control, Outcome
 from nodeguard.netfilter.backend import BackendError, chains_match
 from nodeguard.netfilter.model import ChainState, Desired, FirewallState
-from nodeguard.netfilter.select import Selection, select_backend, writes_refused
+from nodeguard.netfilter.select import Selection, decided_backend, select_backend, writes_refused
 from nodeguard.policy import FirewallPolicy, Policy
 from nodeguard.structs import Finding, Rule, Severity, Status
 
@@ -26,8 +26,12 @@ PLAINTEXT_PORT = 2375
 
 @dataclass
 class FirewallObservation:
-    selection: Selection
+    selection: Selection  # the backend decided at start and kept
     state: FirewallState | None
+    # `auto` only: what the host's netfilter would decide now, when that differs from `selection`.
+    now: Selection | None = None
+    # The agent holds nodeguard's nf_tables table (flags owner) while it runs in enforce mode.
+    held: bool = False
 
     @property
     def where(self) -> str | None:
@@ -50,6 +54,10 @@ class FirewallControl(Control):
     policy_key: ClassVar[str] = "firewall"
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule("backend-available", "a netfilter backend can hold nodeguard's rules", Severity.HIGH, None, False),
+        Rule("backend-unchanged", "the host's netfilter still points to the backend chosen at start", Severity.HIGH,
+             None, False),
+        Rule("table-owner", "no other process owns nodeguard's nf_tables table (flags owner)", Severity.CRITICAL,
+             None, True),
         Rule("jump-present", "nodeguard's chain is hooked first on the input path", Severity.CRITICAL, None, True),
         Rule("chain-intact", "nodeguard's chain holds exactly the policy's rules", Severity.HIGH, None, True),
         Rule("port-restricted", "a daemon port is reachable only from allowed networks", Severity.CRITICAL, "2.7",
@@ -59,9 +67,16 @@ class FirewallControl(Control):
     )
 
     def observe(self, ctx: Context) -> FirewallObservation:
-        selection = select_backend(_settings(ctx.policy).backend, ctx.host)
+        requested = _settings(ctx.policy).backend
+        selection = decided_backend(requested, ctx.host)
         state = selection.backend.read_state() if selection.backend is not None else None
-        return FirewallObservation(selection, state)
+        now = None
+        if requested == "auto" and selection.backend is not None:
+            # Looked at again on every pass, acted on never: a changed answer is a finding.
+            fresh = select_backend(requested, ctx.host)
+            now = fresh if fresh.name != selection.name else None
+        held = bool(getattr(selection.backend, "hold", False))
+        return FirewallObservation(selection, state, now, held)
 
     def evaluate(self, observed: FirewallObservation, policy: Policy) -> list[Finding]:
         sel, state = observed.selection, observed.state
@@ -80,7 +95,8 @@ class FirewallControl(Control):
                     *self.skip_all(f"{sel.name} cannot read netfilter",
                                    [r.id for r in self.rules if r.id != "backend-available"])]
         out = [self.finding("backend-available", Status.PASS, f"{sel.name} ({sel.reason}): {observed.where}",
-                            observed=sel.name, expected=sel.requested, details=details)]
+                            observed=sel.name, expected=sel.requested, details=details),
+               self._unchanged(observed), self._owner(state, observed.held)]
         desired = Desired.from_policy(_settings(policy))
         want = sel.backend.desired_chains(desired)
         have = state.chains
@@ -118,6 +134,40 @@ class FirewallControl(Control):
 
         out.append(self._plaintext(desired, have, want))
         return out
+
+    def _unchanged(self, observed: FirewallObservation) -> Finding:
+        sel, now = observed.selection, observed.now
+        if now is None:
+            return self.finding("backend-unchanged", Status.PASS, f"{sel.name}, chosen at start, is still the host's",
+                                observed=sel.name, expected=sel.name)
+        return self.finding(
+            "backend-unchanged", Status.FAIL,
+            f"the host's netfilter now points to {now.name or 'no backend'} ({now.reason}); nodeguard keeps "
+            f"{sel.name}, chosen at start ({sel.reason}), and does not follow a switch it did not make",
+            observed=now.name, expected=sel.name, details={"now": now.reason, "at_start": sel.reason})
+
+    def _owner(self, state: FirewallState, held: bool) -> Finding:
+        owner = state.owner
+        present = any(c.exists for c in state.chains)
+        if held and owner is None and present:
+            return self.finding("table-owner", Status.FAIL,
+                                "nodeguard's table is owned by nobody: any process may change or delete it "
+                                "until this agent takes it (flags owner, persist)",
+                                observed=None, expected="this agent", details={"flags": list(state.table_flags)})
+        if owner is None or owner.mine or (owner.agent and not held):
+            who = "nobody" if owner is None else "this agent" if owner.mine else f"the nodeguard agent {owner.render()}"
+            return self.finding("table-owner", Status.PASS, f"{who} owns nodeguard's table",
+                                observed=owner.render() if owner else None, expected="nodeguard or nobody",
+                                details={"flags": list(state.table_flags)})
+        pid = owner.pids[0] if owner.pids else None
+        who = f"another nodeguard agent, {owner.render()}," if owner.agent else owner.render()
+        return self.finding(
+            "table-owner", Status.FAIL,
+            f"{who} owns nodeguard's table (nf_tables flags owner): every write by anyone else fails "
+            f"with EPERM until it exits, and then the kernel drops the table unless it is persistent",
+            observed={"pid": pid, "pids": list(owner.pids), "process": list(owner.names), "portid": owner.portid},
+            expected="nodeguard or nobody", subject=str(pid) if pid is not None else f"portid {owner.portid}",
+            details={"flags": list(state.table_flags)})
 
     def _plaintext(self, desired: Desired, have: tuple[ChainState, ...], want: tuple[ChainState, ...]) -> Finding:
         p = desired.port(PLAINTEXT_PORT)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from nodeguard.controls.base import Context, Control
 from nodeguard.controls.daemon_config import tls_enabled
+from nodeguard.netfilter.model import RuleSpec
 from nodeguard.policy import Policy
 from nodeguard.structs import Finding, Rule, Severity, Status
 
@@ -112,6 +114,18 @@ def _comm(proc: Path, pid: int) -> str | None:
         return None
 
 
+def _closed_ports(rules: Sequence[RuleSpec]) -> set[int]:
+    """Ports whose drop/reject for every source comes before any rule nodeguard did not write
+    (a foreign rule may accept anything that reaches it: what follows it is not a guarantee)."""
+    closed: set[int] = set()
+    for r in rules:
+        if r.foreign:
+            break
+        if r.port is not None and r.source is None and r.verdict != "pass":
+            closed.add(r.port)
+    return closed
+
+
 class ListenersControl(Control):
     name: ClassVar[str] = "listeners"
     policy_key: ClassVar[str] = "listeners"
@@ -153,8 +167,7 @@ class ListenersControl(Control):
         fw = FirewallControl().observe(ctx)
         if fw.state is None or fw.state.error is not None or not fw.state.chains:
             return None
-        per_chain = [{r.port for r in c.rules if r.port is not None and r.source is None and r.verdict != "pass"}
-                     if c.exists and c.hooked else set() for c in fw.state.chains]
+        per_chain = [_closed_ports(c.rules) if c.exists and c.hooked else set() for c in fw.state.chains]
         return set.intersection(*per_chain)
 
     def evaluate(self, observed: ListenersObservation, policy: Policy) -> list[Finding]:

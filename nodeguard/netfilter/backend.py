@@ -9,13 +9,40 @@ policy asks for, so applying twice changes nothing (not even the nf_tables gener
 from __future__ import annotations
 
 import abc
+import subprocess
 import threading
+from collections import deque
 
 from nodeguard.netfilter.model import ChainState, Desired, FirewallState
 
 
 class BackendError(RuntimeError):
     """The backend could not read or write netfilter (missing tool, kernel refused, lock timeout)."""
+
+
+# Tools nodeguard itself ran to commit (iptables-nft-restore, the nft binary): their nf_tables
+# generations are our own writes, and must not wake the watcher for another pass (a table that
+# stays odd after our write would otherwise keep it busy). Pids are recorded as the child
+# starts, long before it can commit.
+_own_children: deque[int] = deque(maxlen=64)
+
+
+def is_own_child(pid: int | None) -> bool:
+    return pid is not None and pid in _own_children
+
+
+def run_tool(argv: list[str], stdin: str | None, timeout: float = 30) -> tuple[int, str, str]:
+    """Run a netfilter tool of ours: (returncode, stdout, stderr); its commits count as our own."""
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        _own_children.append(proc.pid)
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return -1, "", f"{argv[0]} did not finish within {timeout:g}s"
+        return proc.returncode, out, err
 
 
 def chains_match(have: ChainState, want: ChainState) -> bool:

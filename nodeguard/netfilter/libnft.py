@@ -11,7 +11,6 @@ import ctypes
 import ctypes.util
 import os
 import shutil
-import subprocess
 import threading
 
 _OUTPUT_JSON = 1 << 4
@@ -87,9 +86,9 @@ class Nft:
         if self._lib is not None:
             rc, out, err = self._lib.run(command, json)
         elif self._binary is not None:
-            argv = [self._binary, *(["-j"] if json else []), "-f", "-"]
-            proc = subprocess.run(argv, input=command, capture_output=True, text=True, timeout=30, check=False)
-            rc, out, err = proc.returncode, proc.stdout, proc.stderr
+            from nodeguard.netfilter.backend import run_tool
+
+            rc, out, err = run_tool([self._binary, *(["-j"] if json else []), "-f", "-"], command)
         else:
             raise NftError(command, -1, "neither libnftables nor the nft binary is installed")
         if rc != 0:
@@ -101,7 +100,7 @@ _shared: dict[tuple[int, int], Nft] = {}
 _shared_lock = threading.Lock()
 
 
-def _netns_id() -> int:
+def netns_id() -> int:
     try:
         return os.stat("/proc/self/ns/net").st_ino
     except OSError:
@@ -114,7 +113,7 @@ def shared_nft() -> Nft:
     One per (pid, netns): a context per call would leak (none is ever freed), and a context made
     before a fork or a setns may hold a netlink socket of the namespace it was made in.
     """
-    key = (os.getpid(), _netns_id())
+    key = (os.getpid(), netns_id())
     with _shared_lock:
         nft = _shared.get(key)
         if nft is None:

@@ -106,6 +106,25 @@ def normalise_cidr(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class TableOwner:
+    """The netlink socket holding nf_tables `flags owner` on nodeguard's table, and its process(es).
+
+    While a socket owns a table, every other writer gets EPERM; when it closes, the kernel drops
+    the table without any notification (unless the table is also `persist`, Linux 6.9+).
+    """
+
+    portid: int
+    pids: tuple[int, ...]
+    names: tuple[str, ...]
+    mine: bool  # this process
+    agent: bool = False  # a `nodeguard run` (this one or another): the owner nodeguard expects
+
+    def render(self) -> str:
+        who = ", ".join(f"{n}[{p}]" for p, n in zip(self.pids, self.names, strict=True)) or "an unknown process"
+        return f"{who} (netlink portid {self.portid})"
+
+
+@dataclass(frozen=True)
 class FirewallState:
     """Everything a backend read: its chains (empty when it could not read) and why not."""
 
@@ -113,9 +132,15 @@ class FirewallState:
     chains: tuple[ChainState, ...] = ()
     error: str | None = None
     details: dict[str, str] = field(default_factory=dict)
+    # nf_tables only: who owns nodeguard's table (None: nobody) and the table's flags.
+    owner: TableOwner | None = None
+    table_flags: tuple[str, ...] = ()
 
     def render(self) -> list[str]:
         lines = []
+        if self.table_flags or self.owner is not None:
+            owner = self.owner.render() if self.owner is not None else "nobody"
+            lines.append(f"table flags: {', '.join(self.table_flags) or 'none'}; owned by {owner}")
         for c in self.chains:
             lines.append(f"{c.where}: " + ("present" if c.exists else "absent") + f"; {c.hook_detail}")
             lines.extend(f"  {r.render()}" for r in c.rules)

@@ -7,7 +7,13 @@ catches the rest).
 - nf_tables announces every committed transaction on the netlink multicast group
   `NFNLGRP_NFTABLES` as a `NEWGEN` message naming the new generation and the process that
   committed it: `nft delete table inet nodeguard` wakes us within a millisecond.
-- Legacy xtables announces nothing; its watcher asks for a reconcile pass every few seconds.
+- A table with nf_tables `flags owner` is dropped by the kernel, without any notification, when
+  its owner's socket closes. So when someone else owns nodeguard's table, the watcher also holds
+  a pidfd of the owner and wakes us the moment it exits (or, when the owner is in a pid
+  namespace we cannot see, looks at the table's owner every quarter second until it changes).
+- Legacy xtables announces nothing; its watcher asks for a reconcile pass every 0.75 s, so a
+  competing write stays in place under a second (a pass that finds everything in place costs
+  5-9 ms: ~1 % of a core; tests/bench/bench_firewall.py).
 
 A watcher is any object with `start(trigger)` / `stop()`; `trigger(control, reason)` is the
 engine's and must be cheap, thread-safe and never block.
@@ -25,7 +31,9 @@ import threading
 from collections.abc import Callable
 
 from nodeguard.host import HostRoot
-from nodeguard.netfilter.backend import Backend
+from nodeguard.netfilter import nftnl
+from nodeguard.netfilter.backend import Backend, is_own_child
+from nodeguard.netfilter.nft import NftablesBackend
 from nodeguard.policy import Policy
 from nodeguard.structs import Mode
 
@@ -41,7 +49,7 @@ NFT_MSG_NEWGEN = 15
 
 Trigger = Callable[[str, str], None]
 CONTROL = "firewall"
-LEGACY_POLL_SECONDS = 3.0
+LEGACY_POLL_SECONDS = 0.75
 _SOL_NETLINK = 270
 _NETLINK_ADD_MEMBERSHIP = 1
 _NLMSG_HDR = struct.Struct("=IHHII")
@@ -110,15 +118,64 @@ class _ThreadWatcher:
             self._thread = None
 
 
+OWNER_POLL_SECONDS = 0.25
+
+
+class _OwnerWatch:
+    """Follows who owns nodeguard's table: pidfds of foreign owners, or a short poll."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.pidfds: dict[int, int] = {}  # fd -> pid
+        self.portid: int | None = None
+        self.blind = False  # owned by someone whose process we cannot see: poll
+
+    def refresh(self) -> None:
+        try:
+            info = nftnl.find_table(self.table)
+        except OSError:
+            info = None
+        portid = info.owner_portid if info is not None and info.owned else None
+        if portid == self.portid and (self.pidfds or self.blind or portid is None):
+            return
+        self.close()
+        self.portid = portid
+        if portid is None:
+            return
+        pids = nftnl.owner_pids(portid)
+        for pid in pids:
+            if pid == os.getpid():
+                continue
+            try:
+                self.pidfds[os.pidfd_open(pid)] = pid
+            except OSError:
+                continue
+        self.blind = not self.pidfds and os.getpid() not in pids
+
+    def owner_changed(self) -> bool:
+        """For the blind poll: has the table's owner changed since the last refresh?"""
+        before = self.portid
+        self.refresh()
+        return self.portid != before
+
+    def close(self) -> None:
+        for fd in self.pidfds:
+            os.close(fd)
+        self.pidfds.clear()
+        self.portid = None
+        self.blind = False
+
+
 class NftablesWatcher(_ThreadWatcher):
     """NEWGEN notifications of this network namespace -> trigger("firewall", ...)."""
 
-    def __init__(self, control: str = CONTROL, ignore_own_commits: bool = True) -> None:
+    def __init__(self, control: str = CONTROL, ignore_own_commits: bool = True, table: str = "nodeguard") -> None:
         super().__init__()
         self.control = control
         self.ignore_own = ignore_own_commits
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = -1, -1
+        self._owner = _OwnerWatch(table)
 
     def start(self, trigger: Trigger) -> None:
         # Subscribe before start returns: a change made right after start() is seen.
@@ -128,6 +185,7 @@ class NftablesWatcher(_ThreadWatcher):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock = sock
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._owner.refresh()  # a squatter already in place at start is followed too
         super().start(trigger)
 
     def stop(self) -> None:
@@ -142,14 +200,27 @@ class NftablesWatcher(_ThreadWatcher):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._owner.close()
 
     def _run(self, trigger: Trigger) -> None:
         sock = self._sock
         assert sock is not None
+        owner = self._owner
         while not self._stop.is_set():
-            ready, _, _ = select.select([sock.fileno(), self._wake_r], [], [])
+            fds = [sock.fileno(), self._wake_r, *owner.pidfds]
+            ready, _, _ = select.select(fds, [], [], OWNER_POLL_SECONDS if owner.blind else None)
             if self._wake_r in ready:
                 return
+            gone = [owner.pidfds.pop(fd) for fd in ready if fd in owner.pidfds]
+            for fd in [fd for fd in ready if fd not in fds[:2]]:
+                os.close(fd)  # an exited process's pidfd stays readable: never select it again
+            if gone:
+                owner.refresh()
+                trigger(self.control, f"the owner of nodeguard's table exited (pid {', '.join(map(str, gone))})")
+            elif not ready and owner.owner_changed():
+                trigger(self.control, "the owner of nodeguard's table changed")
+            if sock.fileno() not in ready:
+                continue
             try:
                 data = sock.recv(1 << 16)
             except OSError as exc:
@@ -158,10 +229,14 @@ class NftablesWatcher(_ThreadWatcher):
                     continue
                 log.warning("nf_tables watcher stopped: %s", exc)
                 return
+            woke = False
             for gen, pid, name in parse_newgen(data):
-                if self.ignore_own and _is_own_thread(pid):
+                if self.ignore_own and (_is_own_thread(pid) or is_own_child(pid)):
                     continue
+                woke = True
                 trigger(self.control, f"nf_tables generation {gen} committed by {name or '?'}[{pid}]")
+            if woke:
+                owner.refresh()  # after the trigger: the pass must not wait for this look
 
 
 class PollWatcher(_ThreadWatcher):
@@ -182,20 +257,32 @@ class PollWatcher(_ThreadWatcher):
             trigger(self.control, f"legacy xtables poll ({self.interval:g}s)")
 
 
-def firewall_watchers(backend: Backend | None) -> list[_ThreadWatcher]:
-    """The watcher(s) that fit a backend: nf_tables notifications, or the legacy poll."""
+def firewall_watchers(backend: Backend | None, poll: float = LEGACY_POLL_SECONDS,
+                      hold: bool = True) -> list[_ThreadWatcher]:
+    """The watcher(s) that fit a backend: nf_tables notifications, or the legacy poll.
+
+    Asking for them means a long-running agent is starting: with `hold` (enforce mode) the
+    nftables backend keeps its table owned by this process for as long as it runs.
+    """
     if backend is None:
         return []
+    if isinstance(backend, NftablesBackend):
+        backend.keep_owned(hold)
     if backend.name in ("nftables", "iptables-nft"):
         return [NftablesWatcher()]
-    return [PollWatcher()]
+    return [PollWatcher(poll)]
 
 
 def watchers_for(host: HostRoot, policy: Policy) -> list[_ThreadWatcher]:
-    """What `nodeguard run` starts for the firewall control on this host (none when it is off)."""
+    """What `nodeguard run` starts for the firewall control on this host (none when it is off).
+
+    The backend is the one the firewall control uses (`decided_backend`: chosen once, kept), so
+    the watcher always fits it: legacy rules get the poll even when `auto` chose them.
+    """
     fw = policy.spec.controls.firewall
     if fw.rule_mode("", policy.spec.mode) is Mode.OFF:
         return []
-    from nodeguard.netfilter.select import select_backend
+    from nodeguard.netfilter.select import decided_backend
 
-    return firewall_watchers(select_backend(fw.backend, host).backend)
+    hold = fw.rule_mode("table-owner", policy.spec.mode) is Mode.ENFORCE
+    return firewall_watchers(decided_backend(fw.backend, host).backend, hold=hold)

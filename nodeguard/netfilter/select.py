@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeguard.host import HostRoot
+from nodeguard.netfilter import nftnl
 from nodeguard.netfilter.backend import Backend
-from nodeguard.netfilter.libnft import Nft, NftError, shared_nft
+from nodeguard.netfilter.libnft import Nft, NftError, netns_id, shared_nft
+from nodeguard.netfilter.nft import TABLE as NFT_TABLE
 from nodeguard.netfilter.nft import NftablesBackend
 from nodeguard.netfilter.xtables import XtablesLegacyBackend, legacy_chain_names, legacy_tables, on_worker
 
@@ -73,21 +75,41 @@ def backend_for(name: str, host: HostRoot) -> Backend:
 
 
 def _nft_chains(nft: Nft, table: str) -> set[str] | None:
-    """Chain names of an nf_tables table (`ip mangle`), None when the table does not exist."""
+    """Chain names of an nf_tables table (`ip mangle`), None when the table does not exist.
+
+    Never `nft -j list table(s)`: nft 1.0.6 prints a table's flags in JSON from the wrong
+    memory (garbage for `owner`, a heap corruption that killed the process for `persist`), and
+    firewalld and nodeguard itself set flags. Listing chains prints no table object.
+    """
+    family, name = table.split()
     try:
-        listing = json.loads(nft.run(f"list table {table}", json=True))
+        listing = json.loads(nft.run(f"list chains {family}", json=True) or '{"nftables": []}')
     except (NftError, ValueError):
         return None
-    return {item["chain"]["name"] for item in listing.get("nftables", []) if "chain" in item}
+    chains = {item["chain"]["name"] for item in listing.get("nftables", [])
+              if "chain" in item and item["chain"].get("table") == name}
+    if chains:
+        return chains
+    return set() if _nft_table_exists(name, _FAMILIES.get(family, nftnl.NFPROTO_INET)) else None
+
+
+_FAMILIES = {"inet": nftnl.NFPROTO_INET, "ip": 2, "ip6": 10}
+
+
+def _nft_table_exists(name: str, family: int = nftnl.NFPROTO_INET) -> bool:
+    try:
+        return nftnl.find_table(name, family) is not None
+    except OSError:
+        return False
 
 
 def nft_usable(nft: Nft) -> tuple[bool, str]:
     if not nft.available:
         return False, "neither libnftables nor nft is installed"
     try:
-        nft.run("list tables", json=True)
-    except NftError as exc:
-        return False, f"nf_tables unusable: {exc.message.strip()}"
+        nftnl.list_tables()  # netlink: nft's own listing of tables breaks on table flags (above)
+    except OSError as exc:
+        return False, f"nf_tables unusable: {exc}"
     return True, f"nf_tables available via {nft.via}"
 
 
@@ -120,8 +142,9 @@ def select_backend(requested: str, host: HostRoot) -> Selection:
     if not nft_ok and not legacy_ok:
         return Selection(requested, None, f"no netfilter backend: {nft_why}; {legacy_why}", None, probes)
 
-    # 0. Where nodeguard's own rules already are: switching would leave a copy behind.
-    if nft_ok and _nft_chains(nft, "inet nodeguard") is not None:
+    # 0. Where nodeguard's own rules already are: switching would leave a copy behind. Asked of
+    # netlink: nft's JSON for an owner table is unreliable (see nftnl).
+    if nft_ok and _nft_table_exists(NFT_TABLE):
         return chosen("nftables", "nodeguard's own table inet nodeguard is already in nf_tables")
     if legacy_ok and "NODEGUARD" in (legacy_chain_names("filter") or set()):
         return chosen("iptables-legacy", "nodeguard's own chain NODEGUARD is already in legacy xtables")
@@ -149,6 +172,36 @@ def select_backend(requested: str, host: HostRoot) -> Selection:
     if nft_ok:
         return chosen("nftables", "no kubelet hint or Docker chains decide it; nf_tables is available")
     return chosen("iptables-legacy", "no kubelet hint or Docker chains decide it; only legacy xtables is available")
+
+
+_decided: dict[tuple[str, str, int, int], Selection] = {}
+_decided_lock = threading.Lock()
+
+
+def decided_backend(requested: str, host: HostRoot) -> Selection:
+    """The backend this process chose the first time it looked, kept for as long as it runs.
+
+    `auto` is decided once: a host whose netfilter seems to move (someone deletes our table and
+    plants a legacy NODEGUARD chain) must not drag nodeguard's rules, and its watcher, from one
+    backend to the other without anybody noticing; the firewall control compares a fresh
+    `select_backend` with this one and reports the difference as a finding instead. A host
+    where nothing was usable is asked again (nothing was kept, so nothing switches). Keyed by
+    pid and network namespace: a fork or a setns looks again.
+    """
+    key = (requested, str(host.root), os.getpid(), netns_id())
+    with _decided_lock:
+        selection = _decided.get(key)
+        if selection is None or selection.backend is None:
+            selection = select_backend(requested, host)
+            if selection.backend is not None:
+                _decided[key] = selection
+        return selection
+
+
+def forget_decisions() -> None:
+    """Decide afresh at the next look (`nodeguard firewall` commands, tests)."""
+    with _decided_lock:
+        _decided.clear()
 
 
 ANY_ROOT_ENV = "NODEGUARD_FIREWALL_ANY_ROOT"

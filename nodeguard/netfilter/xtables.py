@@ -107,14 +107,28 @@ def xtables_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the flock
 
 
-def _parse(rule: Any) -> RuleSpec:
-    """A python-iptables rule of our chain -> RuleSpec; anything else is kept as raw text."""
+def _parse(rule: Any, index: int = 0) -> RuleSpec:
+    """A python-iptables rule of our chain -> RuleSpec; anything else is foreign, kept as raw text.
+
+    Never raises: a rule that python-iptables or ipaddress cannot make sense of (an inverted
+    source `! -s`, a non-contiguous mask `198.0.0.0/255.0.0.1`, a match without a parser) is
+    still a rule in nodeguard's chain that nodeguard did not write, and it must be rewritten, not
+    make the whole read fail.
+    """
+    try:
+        return _parse_known(rule)
+    except Exception as exc:  # python-iptables raises bare Exceptions; ipaddress ValueError
+        return RuleSpec(None, None, raw=f"rule {index + 1} ({type(exc).__name__}: {exc})")
+
+
+def _parse_known(rule: Any) -> RuleSpec:
     target = rule.target.name
     params = rule.target.get_all_parameters()
     matches = [(m.name, m.get_all_parameters()) for m in rule.matches]
     raw = RuleSpec(None, None, raw=f"src={rule.src} proto={rule.protocol} in={rule.in_interface} "
                                    f"matches={matches} target={target} {params}")
-    if rule.protocol != "tcp" or rule.dst not in _ANY or rule.in_interface or rule.out_interface:
+    if rule.protocol != "tcp" or rule.dst not in _ANY or rule.in_interface or rule.out_interface \
+            or str(rule.src or "").startswith("!"):
         return raw
     if len(matches) != 1 or matches[0][0] != "tcp" or list(matches[0][1]) != ["dport"]:
         return raw
@@ -173,7 +187,7 @@ class XtablesLegacyBackend(Backend):
         if not table.is_chain(CHAIN):
             return ChainState(where, False, False, f"no chain {CHAIN}")
         iptc = self._iptc()
-        rules = tuple(_parse(r) for r in iptc.Chain(table, CHAIN).rules)
+        rules = tuple(_parse(r, i) for i, r in enumerate(iptc.Chain(table, CHAIN).rules))
         jumps = [i for i, r in enumerate(iptc.Chain(table, "INPUT").rules) if r.target.name == CHAIN]
         first = bool(jumps) and jumps[0] == 0 and self._plain_jump(iptc.Chain(table, "INPUT").rules[0])
         if first and len(jumps) == 1:

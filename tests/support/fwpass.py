@@ -25,7 +25,7 @@ from nodeguard.controls.base import Context
 from nodeguard.controls.firewall import FirewallControl
 from nodeguard.host import HostRoot
 from nodeguard.netfilter.model import Desired
-from nodeguard.netfilter.monitor import NftablesWatcher, PollWatcher
+from nodeguard.netfilter.monitor import firewall_watchers, watchers_for
 from nodeguard.netfilter.select import backend_for, select_backend
 from nodeguard.policy import load_policy
 from nodeguard.structs import Mode, Status
@@ -64,10 +64,45 @@ def apply_policy(host_root: str, policy_path: str | None) -> bool:
     return selection.backend.apply(Desired.from_policy(fw))
 
 
+def watcher_kinds(host_root: str, policy_path: str | None) -> list[str]:
+    """What `nodeguard run` would start for the firewall here (the agent's factory, as it calls it)."""
+    return [type(w).__name__ for w in watchers_for(HostRoot(host_root), load_policy(policy_path))]
+
+
+def own_commits_are_quiet(host_root: str, policy_path: str) -> dict[str, list[str]]:
+    """The nf_tables watcher beside an iptables-nft write of ours, then beside someone else's."""
+    import subprocess
+
+    fw = load_policy(policy_path).spec.controls.firewall
+    backend = backend_for("iptables-nft", HostRoot(host_root))
+    watcher = firewall_watchers(backend, hold=False)[0]
+    seen: queue.Queue[str] = queue.Queue()
+    watcher.start(lambda _control, reason: seen.put(reason))
+    try:
+        backend.remove()
+        backend.apply(Desired.from_policy(fw))
+        time.sleep(0.5)
+        ours = [seen.get_nowait() for _ in range(seen.qsize())]
+        subprocess.run(["iptables-nft", "-F", "NODEGUARD"], check=True, capture_output=True)
+        time.sleep(0.5)
+        theirs = [seen.get_nowait() for _ in range(seen.qsize())]
+    finally:
+        watcher.stop()
+        backend.remove()
+    return {"ours": ours, "theirs": theirs}
+
+
 def remove_all(host_root: str) -> dict[str, bool]:
     """`nodeguard firewall remove`: every backend's copy of nodeguard's rules, and only those."""
     host = HostRoot(host_root)
     return {name: backend_for(name, host).remove() for name in ("nftables", "iptables-nft", "iptables-legacy")}
+
+
+def _summary(out: dict[str, Any]) -> dict[str, Any]:
+    return {"changed": any(o["changed"] for o in out["outcomes"]),
+            "failing": sorted({f["rule"] for f in out["findings"] if f["status"] == "fail"}),
+            "findings": [f for f in out["findings"] if f["status"] == "fail"],
+            "outcomes": out["outcomes"]}
 
 
 def main() -> None:
@@ -86,13 +121,14 @@ def main() -> None:
         return
     triggers: queue.Queue[str] = queue.Queue()
     signal.signal(signal.SIGTERM, lambda *_: triggers.put("__stop__"))
-    first = one_pass(ctx, control)
+    # As the agent does: the watchers (and with them the table's holding) before the first pass.
     backend = control.observe(ctx).selection.backend
     assert backend is not None
-    watcher = NftablesWatcher() if backend.name != "iptables-legacy" else PollWatcher(args.poll)
+    watcher = firewall_watchers(backend, args.poll, hold=args.mode == "enforce")[0]
     watcher.start(lambda _control, reason: triggers.put(reason))
+    first = one_pass(ctx, control)
     print(json.dumps({"t": time.time(), "reason": "start", "ready": True, "backend": backend.name,
-                      "changed": any(o["changed"] for o in first["outcomes"])}), flush=True)
+                      **_summary(first)}), flush=True)
     try:
         while True:
             reason = triggers.get()
@@ -103,9 +139,7 @@ def main() -> None:
                 if triggers.get_nowait() == "__stop__":
                     return
             out = one_pass(ctx, control)
-            print(json.dumps({"t": time.time(), "reason": reason,
-                              "changed": any(o["changed"] for o in out["outcomes"]),
-                              "outcomes": out["outcomes"]}), flush=True)
+            print(json.dumps({"t": time.time(), "reason": reason, **_summary(out)}), flush=True)
     finally:
         watcher.stop()
 

@@ -160,3 +160,77 @@ def in_netns(ns: str, fn: Callable[..., _T], *args: Any, timeout: float = 120) -
         raise AssertionError(f"{fn.__name__} in {ns} failed:\n{value}")
     result: _T = value
     return result
+
+
+def _reach_loop(ns: str, targets: list[tuple[str, int]], every: float, timeout: float, conn: Any,
+                stop: Any) -> None:
+    import socket
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        conn.send([])
+        return
+    os.close(fd)
+    seen: list[tuple[float, str, bool]] = []
+    while not stop.is_set():
+        for host, port in targets:
+            t = time.time()
+            try:
+                with socket.create_connection((host, port), timeout=timeout):
+                    ok = True
+            except OSError:
+                ok = False
+            seen.append((t, f"{host}:{port}", ok))
+        stop.wait(every)
+    conn.send(seen)
+    conn.close()
+
+
+class ReachMonitor:
+    """Connect from a client namespace to `targets` over and over; when did a connection get through?
+
+    Each attempt is stamped with the wall time it started (time.time(), as the namespaces share
+    the clock), so `open_after(t0)` is how long the port stayed reachable after a competing
+    write made at t0: the start of the last successful attempt minus t0 (0 when none got in).
+    """
+
+    def __init__(self, seen: list[tuple[float, str, bool]]) -> None:
+        self.seen = seen
+
+    def successes(self, after: float) -> list[tuple[float, str]]:
+        return [(t, who) for t, who, ok in self.seen if ok and t >= after]
+
+    def open_after(self, t0: float) -> float:
+        hits = self.successes(t0)
+        return max(t for t, _ in hits) - t0 if hits else 0.0
+
+    def attempts(self, after: float) -> int:
+        return sum(1 for t, _, _ in self.seen if t >= after)
+
+
+@contextlib.contextmanager
+def reach_monitor(ns: str, targets: Sequence[tuple[str, int]], every: float = 0.01,
+                  timeout: float = 0.05) -> Iterator[list[ReachMonitor]]:
+    """Yields a one-element list that holds the ReachMonitor once the block has ended.
+
+    A dropped SYN costs `timeout`; the veth's round trip is microseconds, so 50 ms leaves a
+    loaded machine plenty of slack while keeping the resolution near 0.1 s.
+    """
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    stop = ctx.Event()
+    proc = ctx.Process(target=_reach_loop, args=(ns, list(targets), every, timeout, child, stop), daemon=True)
+    proc.start()
+    child.close()
+    out: list[ReachMonitor] = []
+    try:
+        yield out
+    finally:
+        stop.set()
+        seen = parent.recv() if parent.poll(30) else []
+        if proc.is_alive():
+            proc.kill()
+        proc.join(timeout=10)
+        parent.close()
+        out.append(ReachMonitor(seen))
