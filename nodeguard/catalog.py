@@ -365,6 +365,15 @@ RULES: tuple[RuleEntry, ...] = (
               _S.HIGH, None, False,
               "Install an iptables or nftables backend the agent can use (the nf_tables kernel module, or the legacy "
               "xtables modules)."),
+    RuleEntry("firewall", "firewall", "backend-unchanged",
+              "the host's netfilter still points to the backend chosen at start", _S.HIGH, None, False,
+              "Find what moved the host's netfilter to another backend (a package upgrade, iptables-legacy vs "
+              "iptables-nft alternatives, a tool that flushed nf_tables) and restart nodeguard once the host is "
+              "settled: it keeps its rules in the backend it chose at start."),
+    RuleEntry("firewall", "firewall", "table-owner",
+              "no other process owns nodeguard's nf_tables table (flags owner)", _S.CRITICAL, None, True,
+              "Stop the process named in the finding (it holds nodeguard's table with nf_tables 'flags owner', so "
+              "nobody can restore the port's rules); nodeguard restores the table the moment it exits."),
     RuleEntry("firewall", "firewall", "jump-present", "nodeguard's chain is hooked first on the input path",
               _S.CRITICAL, None, True,
               "Let nodeguard restore its jump (enforce mode), or insert it first in INPUT: iptables -I INPUT 1 -j "
