@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeguard.host import HostRoot
-from nodeguard.structs import Finding, JSONValue
+from nodeguard.structs import JSONValue
 
 FORMAT_VERSION = 1
 # Quarantined copies beyond this many per file are pruned oldest first: bounded disk use even when
@@ -32,10 +32,6 @@ class KnownFinding:
     status: str
     observed: JSONValue
     since: float
-
-
-def finding_key(f: Finding) -> str:
-    return "/".join(f.key)
 
 
 class StateStore:
