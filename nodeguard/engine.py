@@ -40,7 +40,6 @@ from nodeguard.host import HostPathError, HostRoot
 from nodeguard.policy import Policy
 from nodeguard.policy_source import PolicySource
 from nodeguard.reconcile import (
-    DEFAULT_MAX_EVENTS_PER_RULE,
     Backoff,
     Bounded,
     FlapReport,
@@ -326,8 +325,9 @@ class Engine:
         if self._on_pass is not None:
             self._on_pass()
 
-    def _max_events(self, policy: Policy) -> int:
-        return int(getattr(policy.spec.agent, "max_events_per_rule", DEFAULT_MAX_EVENTS_PER_RULE))
+    @staticmethod
+    def _max_events(policy: Policy) -> int:
+        return policy.spec.agent.max_events_per_rule
 
     def _reconcile_control(self, lane: Lane, control: Control, ctx: Context, startup: bool) -> None:
         policy = ctx.policy

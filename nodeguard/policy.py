@@ -365,6 +365,8 @@ class Flapping(_Strict):
 class AgentSettings(_Strict):
     resync_seconds: float = Field(default=60.0, gt=0, alias="resyncSeconds")
     coalesce_ms: int = Field(default=5, ge=0, le=5000, alias="coalesceMs")
+    # Events per rule per pass before the rest are folded into one summary event (issue 12.3).
+    max_events_per_rule: int = Field(default=100, ge=1, le=100_000, alias="maxEventsPerRule")
     flapping: Flapping = Field(default_factory=Flapping)
 
 

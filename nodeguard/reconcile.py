@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 
 from nodeguard.structs import Finding, JSONValue, Status
 
-# The default cap of per-finding events of one rule in one pass (policy: spec.agent.maxEventsPerRule).
-DEFAULT_MAX_EVENTS_PER_RULE = 100
 # Names of the findings left out of a summary that are still listed in it (the rest: a digest).
 SUMMARY_SAMPLE = 20
 
