@@ -206,10 +206,11 @@ class Engine:
         self.options = options
         self.host = options.host
         self.sink = sink
-        self.store = StateStore(options.state_dir)
         if isinstance(policy, PolicySource):
             self.source = policy
+            self.store = policy.store  # one StateStore per state dir
         else:
+            self.store = StateStore(options.state_dir)
             self.source = PolicySource(options.policy_path, self.store, options.mode_override)
             self.source.policy = policy.with_mode(options.mode_override) if options.mode_override else policy
             raw = self.source._read()
@@ -270,11 +271,12 @@ class Engine:
     def run(self) -> None:
         """Start-up evaluation, then watch until stop(); always ends with agent.stopped."""
         self._enable_group_commit()
+        known = self.store.load_findings()
+        problems: dict[str, JSONValue] = {"state_problems": list(self.store.problems)} if self.store.problems else {}
         self._emit(lifecycle_event(EventName.AGENT_STARTED, f"nodeguard {__version__} started",
                                    version=__version__, mode=self.policy.spec.mode.value,
-                                   host_root=str(self.host.root)))
+                                   host_root=str(self.host.root), **problems))
         self._emit(self.source.loaded_event())
-        known = self.store.load_findings()
         self._baseline = known is not None
         self._known = known or {}
         watch_map = self._watch_map(self.policy)  # watch paths cost a daemon lookup: computed once for both
