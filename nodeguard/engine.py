@@ -67,6 +67,13 @@ FAST_LANES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # Reverts that are a few system calls (a mode, an owner, an ACL, a group member): never backed off.
 CHEAP_REVERTS = frozenset({"socket", "daemon-files", "docker-group"})
+# Controls a mode/owner/ACL change cannot concern: the runtime control watches the socket's folder for
+# a daemon restart (the socket re-created), not for a chmod, which the socket's own lane handles; waking
+# the slow lane there would make it compete with that very revert for the interpreter.
+ATTRIB_BLIND = frozenset({"runtime"})
+# The slow lane lets a burst settle this long before its pass: the fast lanes woken by the same
+# event revert first (a pass of the slow lane is CPU work that would compete with them).
+SLOW_LANE_SETTLE_S = 0.05
 # A failed revert is retried after 0.1 s, 0.2 s, ... up to 5 s (never because our own write woke us).
 RETRY_BACKOFF = Backoff(0.1, 5.0)
 # A revert refused because the file changed under it is looked at again this soon.
@@ -138,7 +145,9 @@ class Lane:
             # write+rename, usermod's four files, a storm) costs one pass per window.
             coalesce = eng.policy.spec.agent.coalesce_ms / 1000
             since_last = time.monotonic() - self._last_pass_end
-            if self._pending and since_last < coalesce:
+            if self._pending and self.name == SLOW_LANE:
+                eng.stopping.wait(max(SLOW_LANE_SETTLE_S, coalesce - since_last))
+            elif self._pending and since_last < coalesce:
                 eng.stopping.wait(coalesce - since_last)
             now = time.monotonic()
             with self._cv:
@@ -639,7 +648,7 @@ class Engine:
             return []
 
     def _start_watchers(self, watch_map: dict[Path, set[str]]) -> None:
-        self._folder_watcher = FolderWatcher(watch_map)
+        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND)
         self._folder_watcher.start(self.trigger)
         self._watchers = self._build_watchers(self.policy)
         self._start_each(self._watchers)
@@ -655,7 +664,7 @@ class Engine:
         """Every watcher from the new policy: folders, the Docker events stream, the firewall monitor.
         The new folder watches start before the old stop, and a resync follows: nothing falls between."""
         old_folder = self._folder_watcher
-        self._folder_watcher = FolderWatcher(self._watch_map(self.policy))
+        self._folder_watcher = FolderWatcher(self._watch_map(self.policy), ATTRIB_BLIND)
         self._folder_watcher.start(self.trigger)
         if old_folder is not None:
             old_folder.stop()

@@ -53,15 +53,21 @@ class Watcher(Protocol):
     def stop(self) -> None: ...
 
 
+ATTRIB_EVENTS = (FileAttribEvent, DirAttribEvent)
+
+
 class _Handler(FileSystemEventHandler):
-    def __init__(self, folder: str, targets: Iterable[str], trigger: Trigger) -> None:
+    def __init__(self, folder: str, targets: Iterable[str], trigger: Trigger,
+                 attrib_blind: frozenset[str] = frozenset()) -> None:
         self.folder = folder
         self.targets = tuple(targets)
+        # Targets that a mode/owner/ACL change in this folder cannot concern: not woken by one.
+        self.attrib_targets = tuple(t for t in self.targets if t not in attrib_blind)
         self.trigger = trigger
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         reason = f"{event.event_type} {os.fsdecode(event.src_path)}"
-        for target in self.targets:
+        for target in self.attrib_targets if isinstance(event, ATTRIB_EVENTS) else self.targets:
             self.trigger(target, reason)
 
 
@@ -86,8 +92,9 @@ def nearest_existing(path: Path) -> Path:
 class FolderWatcher:
     """Watches real folders; `folders` maps a real folder to the targets it wakes."""
 
-    def __init__(self, folders: dict[Path, set[str]]) -> None:
+    def __init__(self, folders: dict[Path, set[str]], attrib_blind: frozenset[str] = frozenset()) -> None:
         self.folders = folders
+        self.attrib_blind = attrib_blind
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._hook: _OverflowHook | None = None
         self._lock = threading.Lock()
@@ -109,7 +116,7 @@ class FolderWatcher:
         observer.start()
         for folder, targets in sorted(merged.items()):
             try:
-                observer.schedule(_Handler(str(folder), sorted(targets), trigger), str(folder),
+                observer.schedule(_Handler(str(folder), sorted(targets), trigger, self.attrib_blind), str(folder),
                                   recursive=False, event_filter=CHANGE_EVENTS)
             except OSError as exc:
                 # ENOSPC: fs.inotify.max_user_watches reached. The periodic resync still covers

@@ -117,6 +117,7 @@ class Spool:
         self._closed = False
         self._bytes = 0
         self._wal_fd: int | None = None
+        self._synced_seq = 0
         self._syncing = 0
         self._synced_cv = threading.Condition(self._lock)
         with self._transaction():
@@ -182,7 +183,10 @@ class Spool:
                 # Rolled back (disk full, I/O error): the chain head must match what is on disk.
                 self._last_seq, self._last_hash, self._bytes = before
                 raise
-            self._changed.notify_all()
+            if self.synchronous == "FULL":
+                # Deferred: the exporters are woken by sync(), after the pass, so a woken exporter
+                # never competes with the reconciler in the middle of a revert (and ships durable events).
+                self._changed.notify_all()
             return out
 
     def defer_sync(self) -> None:
@@ -205,10 +209,14 @@ class Spool:
             self._check_open()
             if self.synchronous == "FULL":
                 return  # every commit was already synced
+            if self._last_seq == self._synced_seq:
+                return  # nothing appended since the last sync
+            self._synced_seq = self._last_seq
             if self._wal_fd is None:
                 try:
                     self._wal_fd = os.open(self.folder / f"{SPOOL_FILE}-wal", os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
+                    self._changed.notify_all()
                     return  # nothing appended since the last checkpoint: the database file holds it all
                 dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
@@ -223,6 +231,7 @@ class Spool:
             with self._lock:
                 self._syncing -= 1
                 self._synced_cv.notify_all()
+                self._changed.notify_all()
 
     def hold_repeat(self, key: str, count: int, first_seen: int, last: Event) -> None:
         """Remember how often a drift repeated since it was last sent (the aggregator's window).
