@@ -495,3 +495,48 @@ def test_reload_that_turns_runtime_on_starts_the_docker_events_watcher(
         d.cli("create", "--name", "late-caps", "--cap-add", "SYS_ADMIN", image)
         agent.wait_for(is_event("nodeguard.drift.detected", "added-capabilities", subject="late-caps"),
                        after=mark, timeout=20)
+
+
+def test_a_held_shadow_lock_delays_the_group_revert_never_the_socket(
+        sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    """`vipw -g` left open holds lckpwdf(): the group's lane waits for it (never stealing it), the
+    socket's revert does not (issue 17.2)."""
+    require_root()
+    from tests.support.sandbox import DOCKER_GID
+
+    sock = sandbox.path("/run/docker.sock")
+    s = pysocket.socket(pysocket.AF_UNIX)
+    s.bind(str(sock))
+    s.close()
+    os.chown(sock, 0, DOCKER_GID)
+    sock.chmod(0o660)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(ENFORCE_HEAD)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(sandbox.path('/etc/.pwd.lock'))!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+         "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        with running_agent(sandbox.root, state_dir, "--policy", str(policy)) as agent:
+            wait_first_pass(state_dir)
+            mark = agent.mark()
+            group = sandbox.path("/etc/group")
+            editor_write(group, group.read_text().replace("docker:x:990:\n", "docker:x:990:mallory\n"))
+            agent.wait_for(is_event("nodeguard.drift.detected", "member-allowed", subject="mallory"), after=mark)
+            time.sleep(0.3)  # the group's lane is now waiting for the lock
+            sock.chmod(0o666)
+            wait_mode(sock, 0o660, timeout=3)
+            assert "mallory" in group.read_text(), "the lock holder's lock was not respected"
+            holder.communicate(b"", timeout=10)  # vipw exits: the lock is free
+            deadline = time.monotonic() + 40  # shadow-utils' own wait is 15 s, then the retry timer
+            while "mallory" in group.read_text():
+                assert time.monotonic() < deadline, agent.stderr()[-2000:]
+                time.sleep(0.05)
+            flaps = [e for e in agent.events() if e["event.name"] == "nodeguard.drift.flapping"]
+            assert flaps == [], "a failed revert is not a fight"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
