@@ -15,6 +15,7 @@ from nodeguard.engine import Engine, EngineOptions
 from nodeguard.events.model import Event, EventSink
 from nodeguard.health import write_heartbeat
 from nodeguard.host import HostRoot
+from nodeguard.memory import limit_arenas
 from nodeguard.policy import Policy
 from nodeguard.policy_source import PolicySource
 from nodeguard.state import StateStore
@@ -99,6 +100,7 @@ def run_agent(options: EngineOptions, sinks: Iterable[EventSink], watchers: list
     # The lanes are threads: a lane with work waits at most this long for the GIL held by another
     # (a 20,000-member group pass must not hold the socket's revert for the default 5 ms slices).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    limit_arenas()
     store = StateStore(options.state_dir)
     sink = FanoutSink(list(sinks))
     try:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -37,6 +39,7 @@ from nodeguard.controls import Context, Control, Outcome, all_controls
 from nodeguard.events.metrics import record_reconcile
 from nodeguard.events.model import Event, EventName, EventSink, event_for_finding, lifecycle_event
 from nodeguard.host import HostPathError, HostRoot
+from nodeguard.memory import give_back
 from nodeguard.policy import Policy
 from nodeguard.policy_source import PolicySource
 from nodeguard.reconcile import (
@@ -74,6 +77,10 @@ ATTRIB_BLIND = frozenset({"runtime"})
 # The slow lane lets a burst settle this long before its pass: the fast lanes woken by the same
 # event revert first (a pass of the slow lane is CPU work that would compete with them).
 SLOW_LANE_SETTLE_S = 0.05
+# An observed value larger than this (as JSON) is kept in the state as its digest.
+OBSERVED_KEEP_BYTES = 4096
+# After a pass that looked at this many findings, freed memory is handed back to the kernel.
+BIG_PASS_FINDINGS = 1000
 # A failed revert is retried after 0.1 s, 0.2 s, ... up to 5 s (never because our own write woke us).
 RETRY_BACKOFF = Backoff(0.1, 5.0)
 # A revert refused because the file changed under it is looked at again this soon.
@@ -91,6 +98,17 @@ class EngineOptions:
     policy_path: Path | None = None
     mode_override: Mode | None = None
     proc: Path = Path("/proc")
+
+
+def bounded_observed(value: JSONValue) -> JSONValue:
+    """What the state keeps of an observed value: itself, or past OBSERVED_KEEP_BYTES its digest
+    (a 50 MB daemon.json label list must not live in memory and in findings.json twice)."""
+    if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) < 256):
+        return value
+    text = json.dumps(value, default=str, sort_keys=True)
+    if len(text) <= OBSERVED_KEEP_BYTES:
+        return value
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text)}
 
 
 class Lane:
@@ -243,6 +261,8 @@ class Engine:
         self.retries = RetryTracker(RETRY_BACKOFF)
         self._decisions_lock = threading.Lock()  # flaps and retries are shared by the lanes
         self.passes = 0
+        self._findings_in_pass = 0  # approximate across lanes: only decides when to trim the heap
+        self._big_pass = False
         self._netns_refusal: str | None = None
         self._netns_checked = False  # computed lazily, by the slow lane only (it imports netfilter)
         self._refusal_reported: set[str] = set()
@@ -332,6 +352,9 @@ class Engine:
             record_reconcile(control.name, time.monotonic() - started)
         with self._state_lock:
             self.passes += 1
+            if startup or self._findings_in_pass >= BIG_PASS_FINDINGS:
+                self._big_pass = True
+            self._findings_in_pass = 0
         self.committer.request()
         if self._on_pass is not None:
             self._on_pass()
@@ -343,6 +366,7 @@ class Engine:
     def _reconcile_control(self, lane: Lane, control: Control, ctx: Context, startup: bool) -> None:
         policy = ctx.policy
         result = evaluate_control(control, ctx)
+        self._findings_in_pass += len(result.findings)
         if result.observed is not None:
             try:
                 control.remember(ctx, result.observed, self.store)
@@ -465,20 +489,32 @@ class Engine:
         failed: list[tuple[Finding, dict[str, JSONValue], str]] = []
         flapping: list[tuple[Finding, FlapReport]] = []
         cheap = control.name in CHEAP_REVERTS
+        limit = self._max_events(ctx.policy)
+        per_rule: dict[str, int] = {}
         for f, outcome in zip(findings, outcomes, strict=True):
             key = finding_key(f)
             current = after.get(key)
             fixed = current is None or current.status is not Status.FAIL
-            details: dict[str, JSONValue] = {f"nodeguard.{k}": v for k, v in outcome.details.items()}
-            details["nodeguard.revert_ms"] = took_ms
-            if outcome.restart_required:
-                details["nodeguard.restart_required"] = True
+            # Only the first N of a rule get an event (and flap tracking): no per-finding details
+            # for the other 19,900 members of a bulk drift (memory stays bounded).
+            nth = per_rule[f.rule] = per_rule.get(f.rule, 0) + 1
+            details: dict[str, JSONValue] = {}
+            if nth <= limit:
+                details = {f"nodeguard.{k}": v for k, v in outcome.details.items()}
+                details["nodeguard.revert_ms"] = took_ms
+                if outcome.restart_required:
+                    details["nodeguard.restart_required"] = True
             if fixed and outcome.ok:
                 with self._state_lock:
-                    self._remember(key, current or dataclasses.replace(f, status=Status.PASS), now_wall)
+                    if current is None:
+                        # Gone from the host (a member removed): nothing left to remember.
+                        self._known.pop(key, None)
+                        self._dirty = True
+                    else:
+                        self._remember(key, current, now_wall)
                 with self._decisions_lock:
                     self.retries.succeeded(key)
-                    report = self.flaps.note_revert(key, now, cheap=cheap)
+                    report = self.flaps.note_revert(key, now, cheap=cheap) if nth <= limit else None
                 if report is not None:
                     flapping.append((f, report))
                     if report.backoff:
@@ -493,7 +529,6 @@ class Engine:
                 details["nodeguard.attempt"] = attempts
                 if attempts == 1:  # once per failing streak, not once per retry
                     failed.append((f, details, f"revert failed: {why}; retrying"))
-        limit = self._max_events(ctx.policy)
         self._emit_outcomes(EventName.DRIFT_REVERTED, "reverted", reverted, limit, summarized)
         self._emit_outcomes(EventName.DRIFT_REVERT_FAILED, "revert_failed", failed, limit, set())
         cfg = ctx.policy.spec.agent.flapping
@@ -572,11 +607,15 @@ class Engine:
 
     def _remember(self, key: str, f: Finding, now: float) -> None:
         """Caller holds _state_lock."""
-        self._known[key] = KnownFinding(f.status.value, f.observed, now)
+        self._known[key] = KnownFinding(f.status.value, bounded_observed(f.observed), now)
         self._dirty = True
 
     def _commit(self) -> None:
-        """The group commit: events durable (one fsync), then the state (one atomic write)."""
+        """The group commit: events durable (one fsync), then the state (one atomic write);
+        after a big pass (or the start-up pass) the freed heap goes back to the kernel too."""
+        if self._big_pass:
+            self._big_pass = False
+            give_back()
         sync = getattr(self.sink, "sync", None)
         if callable(sync):
             try:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 from nodeguard.structs import Finding, JSONValue, Status
 
+# Findings whose fights are tracked at once before the finished ones are forgotten.
+MAX_TRACKED = 4096
 # Names of the findings left out of a summary that are still listed in it (the rest: a digest).
 SUMMARY_SAMPLE = 20
 
@@ -100,6 +102,8 @@ class FlapTracker:
 
     def note_revert(self, key: str, now: float, *, cheap: bool) -> FlapReport | None:
         """A successful revert of `key` at `now`; a FlapReport when the fight is to be reported now."""
+        if len(self._flaps) > MAX_TRACKED and key not in self._flaps:
+            self._prune(now)
         flap = self._flaps.setdefault(key, _Flap())
         flap.reverts.append(now)
         while flap.reverts and flap.reverts[0] <= now - self.window:
@@ -123,6 +127,12 @@ class FlapTracker:
         flap.reported_at = now
         flap.reverts.clear()
         return FlapReport(count, delay, flap.level)
+
+    def _prune(self, now: float) -> None:
+        """Forget fights that are over (nothing in the window, no back-off running): bounded memory."""
+        for key in [k for k, f in self._flaps.items()
+                    if not f.blocked_until and (not f.reverts or f.reverts[-1] <= now - self.window)]:
+            del self._flaps[key]
 
     def blocked(self, key: str, now: float) -> bool:
         flap = self._flaps.get(key)

@@ -22,7 +22,7 @@ import logging
 import os
 import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +129,13 @@ class StateStore:
         return out
 
     def save_findings(self, known: dict[str, KnownFinding]) -> None:
-        payload = {"version": FORMAT_VERSION, "saved": time.time(),
-                   "findings": {k: asdict(v) for k, v in sorted(known.items())}}
-        self._io.write_atomic("/findings.json", json.dumps(payload, default=str).encode(), default_mode=0o600)
+        # Entry by entry, not one big dict of dicts first: 100,000 findings stay a few MB.
+        dump = json.JSONEncoder(default=str).encode
+        parts = [f'{{"version": {FORMAT_VERSION}, "saved": {time.time()}, "findings": {{']
+        parts.append(", ".join(f'{dump(k)}: {{"status": {dump(v.status)}, "observed": {dump(v.observed)}, '
+                               f'"since": {v.since}}}' for k, v in sorted(known.items())))
+        parts.append("}}")
+        self._io.write_atomic("/findings.json", "".join(parts).encode(), default_mode=0o600)
 
     # -- files kept aside --------------------------------------------------------------------
 
