@@ -267,6 +267,7 @@ class Engine:
         self._netns_checked = False  # computed lazily, by the slow lane only (it imports netfilter)
         self._refusal_reported: set[str] = set()
         self.lanes = self._make_lanes()
+        self._fast_startups_left = sum(1 for lane in self.lanes if lane.name != SLOW_LANE)
         self._lane_of = {name: lane for lane in self.lanes for name in lane.names}
         self.committer = Committer(self._commit)
 
@@ -352,6 +353,8 @@ class Engine:
             record_reconcile(control.name, time.monotonic() - started)
         with self._state_lock:
             self.passes += 1
+            if startup and lane.name != SLOW_LANE:
+                self._fast_startups_left -= 1
             if startup or self._findings_in_pass >= BIG_PASS_FINDINGS:
                 self._big_pass = True
             self._findings_in_pass = 0
@@ -623,7 +626,9 @@ class Engine:
             except Exception:
                 log.exception("cannot commit the spooled events")
         with self._state_lock:
-            if not self._dirty:
+            # findings.json appears once every fast lane has looked at the host once (the start-up
+            # evaluation of the host files is complete); the slow lane's findings join later.
+            if not self._dirty or (self._fast_startups_left > 0 and not self.stopping.is_set()):
                 return
             snapshot = dict(self._known)
             self._dirty = False
