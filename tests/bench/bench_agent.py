@@ -217,6 +217,22 @@ class Agent:
         subprocess.run(["ip", "netns", "del", self.netns], check=False)
 
 
+def safe_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def prepare(sb: Sandbox, hardened: dict[str, Any]) -> None:
     sb.path("/etc/docker/daemon.json").write_text(json.dumps(hardened, indent=2))
 
@@ -289,16 +305,26 @@ def main() -> None:
             spin_until(lambda: "docker:x:990:\n" in group.read_text())
             grp_ms.append((time.perf_counter() - t0) * 1000)
             time.sleep(0.02)
+        # The floor of a rename revert: a safe write (temporary file, fsync, rename, fsync the folder)
+        # of the same file in the same folder, which every such revert must do at least once.
+        fs_ms = []
+        for _ in range(args.trials // 2):
+            t0 = time.perf_counter()
+            safe_write(sb.path("/etc/docker/.floor.json"), json.dumps(hardened, indent=2).encode())
+            fs_ms.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.02)
+        rows.append(("rename revert", "floor: one safe write (fsync)", *stats(fs_ms)))
         rows.append(("daemon.json (rename)", "nodeguard", *stats(cfg_ms)))
         rows.append(("docker group +bob (rename)", "nodeguard", *stats(grp_ms)))
         del good_cfg
 
         # -- 2. a socket chmod during a 20,000-member drift ---------------------------------------
-        members = ",".join(f"intruder{i}" for i in range(20_000))
         drift_sock, drift_clean, drift_events = [], [], []
-        for _ in range(args.drift_trials):
+        for trial in range(args.drift_trials):
             t_ns = time.time_ns()
             t0 = time.perf_counter()
+            # Other names each time: an identical drift would be folded into its predecessor's repeats.
+            members = ",".join(f"intruder{trial}x{i}" for i in range(20_000))
             atomic_write(group, group_text.replace("docker:x:990:", f"docker:x:990:{members}"))
             sock.chmod(0o666)
             t1 = time.perf_counter()
@@ -349,7 +375,8 @@ def main() -> None:
         prepare(sb2, hardened)
         sock2 = sb2.path("/run/docker.sock")
         with hung_socket(sock2, 990) as held:
-            hung = Agent(root, sb2, head + "  agent:\n    resyncSeconds: 2\n", "hung")
+            hung = Agent(root, sb2, head + "  agent:\n    resyncSeconds: 2\n  controls:\n    runtime:\n"
+                                    "      timeoutSeconds: 3\n", "hung")
             try:
                 base2, hung_ms = [], []
                 for _ in range(args.trials):
@@ -358,6 +385,7 @@ def main() -> None:
                     time.sleep(0.03)  # the trials span several resyncs
                 rows.append(("socket 0666, hung daemon", "floor: bare inotify reverter", *stats(base2)))
                 rows.append(("socket 0666, hung daemon", "nodeguard", *stats(hung_ms)))
+                time.sleep(8)  # past the API timeout (3 s) and several resyncs
                 reported = [e for e in hung.events_since(0)
                             if e["event.name"] == "nodeguard.drift.detected"
                             and e["attributes"].get("nodeguard.rule") == "daemon-unresponsive"]
