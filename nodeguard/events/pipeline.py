@@ -106,6 +106,9 @@ class EventPipeline:
         while not self._closed.wait(1.0):
             try:
                 self.aggregator.flush_due()
+                # Summaries spooled here are made durable here: no engine pass may follow soon.
+                # (A no-op when nothing was appended since the last sync, or without group commit.)
+                self.spool.sync()
             except Exception:
                 log.exception("could not spool aggregated events")
 

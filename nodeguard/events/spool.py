@@ -118,6 +118,7 @@ class Spool:
         self._bytes = 0
         self._wal_fd: int | None = None
         self._synced_seq = 0
+        self._sync_lock = threading.Lock()
         self._syncing = 0
         self._synced_cv = threading.Condition(self._lock)
         with self._transaction():
@@ -201,37 +202,40 @@ class Spool:
     def sync(self) -> None:
         """One fsync of the write-ahead log: every append before this call survives a power loss.
 
-        Outside the spool's lock, so appends (a lane's write-ahead record) never wait for the disk.
-        In WAL mode a commit is durable once its WAL frames are; sqlite itself syncs the WAL before
-        a checkpoint copies it into the database, so the frames synced here are never lost.
+        Outside the spool's lock, so appends (a lane's write-ahead record) never wait for the disk;
+        syncs are serialized among themselves (a second caller returns only once its events are
+        synced). In WAL mode a commit is durable once its WAL frames are; sqlite itself syncs the
+        WAL before a checkpoint copies it into the database, so the frames synced here are never lost.
         """
-        with self._lock:
-            self._check_open()
-            if self.synchronous == "FULL":
-                return  # every commit was already synced
-            if self._last_seq == self._synced_seq:
-                return  # nothing appended since the last sync
-            self._synced_seq = self._last_seq
-            if self._wal_fd is None:
-                try:
-                    self._wal_fd = os.open(self.folder / f"{SPOOL_FILE}-wal", os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    self._changed.notify_all()
-                    return  # nothing appended since the last checkpoint: the database file holds it all
-                dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(dir_fd)  # the WAL's own name, once
-                finally:
-                    os.close(dir_fd)
-            fd = self._wal_fd
-            self._syncing += 1
-        try:
-            os.fsync(fd)
-        finally:
+        with self._sync_lock:
             with self._lock:
-                self._syncing -= 1
-                self._synced_cv.notify_all()
-                self._changed.notify_all()
+                self._check_open()
+                if self.synchronous == "FULL" or self._last_seq == self._synced_seq:
+                    return  # every commit was already synced, or nothing appended since
+                target = self._last_seq
+                if self._wal_fd is None:
+                    try:
+                        self._wal_fd = os.open(self.folder / f"{SPOOL_FILE}-wal", os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        # Nothing appended since the last checkpoint: the database file holds it all.
+                        self._synced_seq = target
+                        self._changed.notify_all()
+                        return
+                    dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    try:
+                        os.fsync(dir_fd)  # the WAL's own name, once
+                    finally:
+                        os.close(dir_fd)
+                fd = self._wal_fd
+                self._syncing += 1
+            try:
+                os.fsync(fd)
+            finally:
+                with self._lock:
+                    self._syncing -= 1
+                    self._synced_seq = max(self._synced_seq, target)
+                    self._synced_cv.notify_all()
+                    self._changed.notify_all()
 
     def hold_repeat(self, key: str, count: int, first_seen: int, last: Event) -> None:
         """Remember how often a drift repeated since it was last sent (the aggregator's window).
