@@ -579,7 +579,9 @@ class Engine:
                 f"summarized here instead of one event each (sha256 of their names {str(s['left_out_sha256'])[:16]}…)")
         if enforcing:
             body += "; all of them are being reverted, the first ones' outcome events follow"
-        f = dataclasses.replace(first, subject=None, observed=None, message=body)
+        # The digest as the observed value: two different bulk drifts are two events; only the very
+        # same one repeated is folded by the aggregator.
+        f = dataclasses.replace(first, subject=None, observed=s["left_out_sha256"], message=body)
         extra: dict[str, JSONValue] = {"nodeguard.summary": True}
         extra.update({f"nodeguard.summary.{k}": v for k, v in s.items()})
         return event_for_finding(name, f, outcome=outcome, body=body, extra=extra)
