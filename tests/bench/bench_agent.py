@@ -185,7 +185,10 @@ class Agent:
     def __init__(self, root: Path, sb: Sandbox, policy: str, name: str) -> None:
         self.state = root / f"state-{name}"
         self.events = root / f"events-{name}.jsonl"
-        self.policy = root / f"policy-{name}.yaml"
+        # The policy in a folder of its own, as a ConfigMap mount: the events file's writes must not
+        # wake the agent's policy watch.
+        (root / f"policy-{name}").mkdir()
+        self.policy = root / f"policy-{name}" / "policy.yaml"
         self.policy.write_text(policy)
         self.netns = f"ngb-{os.urandom(3).hex()}"
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
@@ -201,7 +204,14 @@ class Agent:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"agent {name} did not start")
             time.sleep(0.05)
-        time.sleep(1.0)  # let the start-up pass and its follow-ups settle
+        # Let every lane's start-up pass finish (the slow lane's firewall and runtime passes take
+        # seconds of CPU): measured from a quiet agent, as on a host that has been up a while.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            cpu0 = proc_cpu_seconds(self.proc.pid)
+            time.sleep(0.5)
+            if proc_cpu_seconds(self.proc.pid) - cpu0 < 0.01:
+                break
 
     def events_since(self, t_ns: int) -> list[dict[str, Any]]:
         self.tail.poll()
