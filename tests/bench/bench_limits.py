@@ -190,6 +190,7 @@ def command_peak(args: list[str], *, until: object = None, timeout: float = 300,
         while not until() and time.monotonic() < deadline and proc.poll() is None:  # type: ignore[operator]
             time.sleep(0.1)
         elapsed = time.perf_counter() - t0
+        time.sleep(3)  # the pass's outcome events, then a steady agent
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
     _, status, usage = os.wait4(proc.pid, 0)
