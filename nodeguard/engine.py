@@ -17,7 +17,8 @@ Lanes, so that nothing slow stands in front of a cheap critical revert:
 Within a pass: the `detected` record is written first (it reaches the kernel: it survives a
 SIGKILL), then the revert, then the outcome; the durable commit (one fsync of the spool's WAL,
 one atomic write of findings.json) happens once per pass on the committer thread, never on a lane.
-Every decision (transitions, flapping, back-off, retries, event bounds) is in nodeguard/reconcile.py.
+Every decision (transitions, flapping, back-off, retries, event bounds) is in nodeguard/reconcile.py;
+the workers (lanes, committer) are in nodeguard/lanes.py.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from nodeguard.controls import Context, Control, Outcome, all_controls
 from nodeguard.events.metrics import record_reconcile
 from nodeguard.events.model import Event, EventName, EventSink, event_for_finding, lifecycle_event
 from nodeguard.host import HostPathError, HostRoot
+from nodeguard.lanes import POLICY_TARGET, SLOW_LANE, Committer, Lane
 from nodeguard.memory import give_back
 from nodeguard.policy import Policy
 from nodeguard.policy_source import PolicySource
@@ -60,8 +62,6 @@ from nodeguard.watch import RESYNC, FolderWatcher, Watcher
 
 log = logging.getLogger(__name__)
 
-POLICY_TARGET = "policy"
-SLOW_LANE = "slow"
 # Fast lanes, in the order a start-up pass reaches them: the most critical surface first.
 FAST_LANES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("socket", ("socket",)),
@@ -74,9 +74,6 @@ CHEAP_REVERTS = frozenset({"socket", "daemon-files", "docker-group"})
 # a daemon restart (the socket re-created), not for a chmod, which the socket's own lane handles; waking
 # the slow lane there would make it compete with that very revert for the interpreter.
 ATTRIB_BLIND = frozenset({"runtime"})
-# The slow lane lets a burst settle this long before its pass: the fast lanes woken by the same
-# event revert first (a pass of the slow lane is CPU work that would compete with them).
-SLOW_LANE_SETTLE_S = 0.05
 # An observed value larger than this (as JSON) is kept in the state as its digest.
 OBSERVED_KEEP_BYTES = 4096
 # After a pass that looked at this many findings, freed memory is handed back to the kernel.
@@ -109,121 +106,6 @@ def bounded_observed(value: JSONValue) -> JSONValue:
     if len(text) <= OBSERVED_KEEP_BYTES:
         return value
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text)}
-
-
-class Lane:
-    """One worker thread: its own pending triggers, timers and resync; runs its controls in order."""
-
-    def __init__(self, engine: Engine, name: str, controls: Sequence[Control]) -> None:
-        self.engine = engine
-        self.name = name
-        self.controls = list(controls)
-        self.names = {c.name for c in self.controls}
-        self._cv = threading.Condition(threading.Lock())
-        self._pending: dict[str, str] = {}
-        self._timers: dict[str, float] = {}
-        self._last_pass_end = 0.0
-        self.thread = threading.Thread(target=self._run, name=f"nodeguard-lane-{name}", daemon=True)
-
-    def trigger(self, target: str, reason: str) -> None:
-        with self._cv:
-            self._pending.setdefault(target, reason)
-            self._cv.notify()
-
-    def wake_at(self, target: str, when: float) -> None:
-        """Look at `target` again at monotonic time `when` (a retry or the end of a back-off)."""
-        with self._cv:
-            current = self._timers.get(target)
-            if current is None or when < current:
-                self._timers[target] = when
-            self._cv.notify()
-
-    def notify(self) -> None:
-        with self._cv:
-            self._cv.notify()
-
-    def _run(self) -> None:
-        eng = self.engine
-        try:
-            # The start-up pass always completes, even when stop() came first: what was found at
-            # start is reported and what enforce mode must revert is reverted.
-            eng.reconcile(self, self.controls, startup=True)
-        except Exception:
-            log.exception("lane %s: start-up pass failed", self.name)
-        next_resync = time.monotonic() + eng.policy.spec.agent.resync_seconds
-        while not eng.stopping.is_set():
-            with self._cv:
-                if not self._pending:
-                    wake = min([next_resync, *self._timers.values()])
-                    self._cv.wait(max(0.0, wake - time.monotonic()))
-            if eng.stopping.is_set():
-                break
-            # Leading edge: a change after a quiet spell is looked at at once (revert latency);
-            # within coalesceMs of the last pass, triggers wait and merge, so a burst (an editor's
-            # write+rename, usermod's four files, a storm) costs one pass per window.
-            coalesce = eng.policy.spec.agent.coalesce_ms / 1000
-            since_last = time.monotonic() - self._last_pass_end
-            if self._pending and self.name == SLOW_LANE:
-                eng.stopping.wait(max(SLOW_LANE_SETTLE_S, coalesce - since_last))
-            elif self._pending and since_last < coalesce:
-                eng.stopping.wait(coalesce - since_last)
-            now = time.monotonic()
-            with self._cv:
-                pending, self._pending = self._pending, {}
-                for target, due in list(self._timers.items()):
-                    if due <= now:
-                        del self._timers[target]
-                        pending.setdefault(target, "retry")
-            if now >= next_resync:
-                pending[RESYNC] = "periodic resync"
-            if RESYNC in pending:
-                next_resync = now + eng.policy.spec.agent.resync_seconds
-            try:
-                if self.name == SLOW_LANE and (POLICY_TARGET in pending or RESYNC in pending):
-                    # Every resync checks the policy's content hash: a change inotify missed is not lost.
-                    eng.check_policy(pending.get(POLICY_TARGET) or pending[RESYNC])
-                targets = self.controls if RESYNC in pending else [c for c in self.controls if c.name in pending]
-                if targets:
-                    eng.reconcile(self, targets)
-            except Exception:  # one broken pass must not end the lane
-                log.exception("lane %s: pass failed", self.name)
-            self._last_pass_end = time.monotonic()
-
-
-class Committer:
-    """The group commit: after each pass, one fsync of the event spool and one atomic write of the
-    state, on a thread of its own so no lane ever waits for a disk."""
-
-    def __init__(self, commit: Callable[[], None]) -> None:
-        self._commit = commit
-        self._wanted = threading.Event()
-        self._stop = threading.Event()
-        self.commits = 0
-        self.thread = threading.Thread(target=self._run, name="nodeguard-commit", daemon=True)
-
-    def request(self) -> None:
-        self._wanted.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wanted.wait()
-            if self._stop.is_set():
-                return
-            self._wanted.clear()
-            self.once()
-
-    def once(self) -> None:
-        try:
-            self._commit()
-            self.commits += 1
-        except Exception:
-            log.exception("commit failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wanted.set()
-        if self.thread.is_alive():
-            self.thread.join(10)
 
 
 class Engine:
