@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -13,17 +14,19 @@ from types import FrameType
 from nodeguard.attribution import AttributionSink, attribution_for
 from nodeguard.engine import Engine, EngineOptions
 from nodeguard.events.metrics import set_open_drifts_source
-from nodeguard.events.model import Event, EventName, EventSink, lifecycle_event
+from nodeguard.events.model import Event, EventSink
 from nodeguard.health import write_heartbeat
 from nodeguard.host import HostRoot
-from nodeguard.policy import Policy, PolicyError, load_policy, parse_policy, read_policy_bytes
+from nodeguard.memory import limit_arenas
+from nodeguard.policy import Policy
+from nodeguard.policy_source import PolicySource
 from nodeguard.state import StateStore
 from nodeguard.watch import Watcher
 
 log = logging.getLogger(__name__)
 
-LAST_GOOD_POLICY = "policy.yaml"
 HEARTBEAT_EVERY_S = 10.0
+SWITCH_INTERVAL_S = 0.0005
 
 
 class FanoutSink:
@@ -41,6 +44,23 @@ class FanoutSink:
                 except Exception:
                     log.exception("sink %r failed", sink)
 
+    def enable_group_commit(self) -> None:
+        """Events are written at once and made durable by sync(), once per pass (see engine.py)."""
+        for sink in self.sinks:
+            enable = getattr(sink, "enable_group_commit", None)
+            if callable(enable):
+                enable()
+
+    def sync(self) -> None:
+        # Not under the emit lock: a lane's emit never waits for this fsync.
+        for sink in self.sinks:
+            sync = getattr(sink, "sync", None)
+            if callable(sync):
+                try:
+                    sync()
+                except Exception:
+                    log.exception("sink %r failed to sync", sink)
+
     def close(self) -> None:
         for sink in self.sinks:
             try:
@@ -49,34 +69,18 @@ class FanoutSink:
                 log.exception("sink %r failed to close", sink)
 
 
-def initial_policy(options: EngineOptions, store: StateStore, sink: EventSink) -> Policy:
-    """The policy file; if it is invalid, the last good one kept in the state dir (else PolicyError)."""
-    try:
-        policy = load_policy(options.policy_path)
-    except PolicyError as exc:
-        kept = store.last_good(LAST_GOOD_POLICY)
-        sink.emit(lifecycle_event(EventName.POLICY_REJECTED,
-                                  f"policy rejected at start:\n{exc.render()}" +
-                                  ("; the last good policy stays in force" if kept else ""),
-                                  policy_source=str(options.policy_path), problems=[p[2] for p in exc.problems]))
-        if kept is None:
-            raise
-        return parse_policy(kept.decode(), "<last good policy>")
-    if options.policy_path is not None:
-        store.save_last_good(LAST_GOOD_POLICY, read_policy_bytes(options.policy_path))
-    return policy
-
-
 def heartbeat_writer(state_dir: Path, every: float = HEARTBEAT_EVERY_S) -> Callable[[], None]:
     """After each pass, the liveness file the pod's probe reads (at most once per `every` seconds:
     a storm of passes must not become a storm of writes). The engine passes at least once per resync."""
     last = [0.0]
+    lock = threading.Lock()  # every lane calls it after its passes
 
     def beat() -> None:
         now = time.monotonic()
-        if now - last[0] < every:
-            return
-        last[0] = now
+        with lock:
+            if now - last[0] < every:
+                return
+            last[0] = now
         try:
             write_heartbeat(state_dir)
         except OSError as exc:
@@ -95,16 +99,24 @@ def default_watchers(host: HostRoot, policy: Policy) -> list[Watcher]:
 
 def run_agent(options: EngineOptions, sinks: Iterable[EventSink], watchers: list[Watcher] | None = None) -> Engine:
     """Run until SIGTERM/SIGINT; returns the stopped engine (for its counters)."""
+    # The lanes are threads: a lane with work waits at most this long for the GIL held by another
+    # (a 20,000-member group pass must not hold the socket's revert for the default 5 ms slices).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    limit_arenas()
     store = StateStore(options.state_dir)
     sink = FanoutSink(list(sinks))
     attribution: AttributionSink | None = None
     try:
-        policy = initial_policy(options, store, sink)
+        source = PolicySource(options.policy_path, store, options.mode_override)
+        policy = source.load_initial(sink.emit)  # PolicyError when neither the file nor a last good copy is valid
         # Drift events go out at once; their actor follows from the audit log (never delays a revert).
         attribution = attribution_for(options.host, options.proc, policy, sink)
         engine_sink: EventSink = attribution or sink
-        engine = Engine(options, policy, engine_sink,
-                        watchers=default_watchers(options.host, policy) if watchers is None else watchers,
+
+        def factory(policy: Policy) -> list[Watcher]:
+            return default_watchers(options.host, policy)
+
+        engine = Engine(options, source, engine_sink, watchers=watchers, watcher_factory=factory,
                         on_pass=heartbeat_writer(options.state_dir))
         set_open_drifts_source(engine.open_drifts)  # the nodeguard_open_drifts gauge reads the engine's level
 

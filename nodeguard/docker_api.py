@@ -22,6 +22,22 @@ class DaemonUnavailable(Exception):
     """The daemon cannot be asked: no socket, nothing listening, or an API error."""
 
 
+class DaemonUnresponsive(DaemonUnavailable):
+    """The socket accepts connections but the daemon does not answer within the timeout (a hung dockerd)."""
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """True when a timeout is anywhere in the chain (socket.timeout, requests/urllib3 Read/ConnectTimeout)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, TimeoutError) or "Timeout" in type(cur).__name__:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 @dataclass
 class CallCounter:
     """Counts the HTTP requests a client sends (a response hook on its requests session)."""
@@ -61,12 +77,16 @@ def connect(host: HostRoot, policy: Policy, *, counter: CallCounter | None = Non
         raise DaemonUnavailable(f"no daemon socket at {shown} ({real}): is dockerd running?")
     if not real.is_socket():
         raise DaemonUnavailable(f"{shown} ({real}) is not a socket")
+    # Every call on this client is bounded: a hung dockerd costs at most `wait` per request.
     wait = timeout if timeout is not None else policy.spec.controls.runtime.timeout_seconds
     try:
         # version="auto" asks the daemon which API version it speaks (one GET /version): an SDK
         # newer than the daemon would otherwise be refused.
         client = docker.APIClient(base_url=f"unix://{real}", version="auto", timeout=wait)
     except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        if is_timeout(exc):
+            raise DaemonUnresponsive(f"the daemon at {shown} accepts connections but did not answer within "
+                                     f"{wait:g}s") from None
         raise DaemonUnavailable(f"the daemon at {shown} does not answer: {_reason(exc)}") from None
     if counter is not None:
         counter.calls += 1  # the version negotiation above

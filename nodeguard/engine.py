@@ -1,21 +1,37 @@
-"""The agent's loop: triggers -> coalesced per control -> observe, evaluate, remediate -> events.
+"""The agent's loop: triggers -> lanes -> observe, evaluate, remediate -> events -> one commit per pass.
 
 Level-triggered like a Kubernetes controller: a trigger only says "look again at control X"; the
 control re-reads the whole truth and compares it with the policy, so a lost or merged inotify event
-costs nothing and the periodic resync catches what inotify cannot see. One reconciler thread does
-all the work (watchers only enqueue), so no two remediations ever race each other.
+costs nothing and the periodic resync catches what inotify cannot see.
+
+Lanes, so that nothing slow stands in front of a cheap critical revert:
+
+- fast lanes, one worker each for the surfaces whose observation is a few system calls on host
+  files: the socket; the docker group; daemon.json and the daemon's files. A 20,000-member group
+  rewrite, or shadow-utils' lock held by a `vipw -g` left open, delays only the group's own lane;
+  the socket's lane has nothing in front of it.
+- the slow lane: the Docker API (runtime), listeners, firewall reconcile, host checks, policy
+  reloads and watcher rebuilds. Every Docker API call is bounded by the policy's timeout; a daemon
+  that accepts and never answers is the runtime rule `daemon-unresponsive`, never a held lane.
+
+Within a pass: the `detected` record is written first (it reaches the kernel: it survives a
+SIGKILL), then the revert, then the outcome; the durable commit (one fsync of the spool's WAL,
+one atomic write of findings.json) happens once per pass on the committer thread, never on a lane.
+Every decision (transitions, flapping, back-off, retries, event bounds) is in nodeguard/reconcile.py;
+the workers (lanes, committer) are in nodeguard/lanes.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from nodeguard._version import __version__
@@ -24,24 +40,52 @@ from nodeguard.controls import Context, Control, Outcome, all_controls
 from nodeguard.events.metrics import record_reconcile
 from nodeguard.events.model import Event, EventName, EventSink, event_for_finding, lifecycle_event
 from nodeguard.host import HostPathError, HostRoot
-from nodeguard.netfilter.select import writes_refused
-from nodeguard.policy import Policy, PolicyError, parse_policy, read_policy_bytes
-from nodeguard.state import KnownFinding, StateStore, finding_key
-from nodeguard.structs import Finding, Mode, Severity, Status
+from nodeguard.lanes import POLICY_TARGET, SLOW_LANE, Committer, Lane
+from nodeguard.memory import give_back
+from nodeguard.policy import Policy
+from nodeguard.policy_source import PolicySource
+from nodeguard.reconcile import (
+    Backoff,
+    Bounded,
+    FlapReport,
+    FlapTracker,
+    RetryTracker,
+    Transition,
+    bound_events,
+    finding_key,
+    split_key,
+    transition,
+)
+from nodeguard.state import KnownFinding, StateStore
+from nodeguard.structs import Finding, JSONValue, Mode, Severity, Status
 from nodeguard.watch import RESYNC, FolderWatcher, Watcher
 
 log = logging.getLogger(__name__)
 
-POLICY_TARGET = "policy"
-# Seconds a first flap backs off; doubled on every further flap up to the policy's maximum.
-FIRST_BACKOFF_S = 1.0
+# Fast lanes, in the order a start-up pass reaches them: the most critical surface first.
+FAST_LANES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("socket", ("socket",)),
+    ("group", ("docker-group",)),
+    ("daemon", ("daemon-files", "daemon-config")),
+)
+# Reverts that are a few system calls (a mode, an owner, an ACL, a group member): never backed off.
+CHEAP_REVERTS = frozenset({"socket", "daemon-files", "docker-group"})
+# Controls a mode/owner/ACL change cannot concern: the runtime control watches the socket's folder for
+# a daemon restart (the socket re-created), not for a chmod, which the socket's own lane handles; waking
+# the slow lane there would make it compete with that very revert for the interpreter.
+ATTRIB_BLIND = frozenset({"runtime"})
+# An observed value larger than this (as JSON) is kept in the state as its digest.
+OBSERVED_KEEP_BYTES = 4096
+# After a pass that looked at this many findings, freed memory is handed back to the kernel.
+BIG_PASS_FINDINGS = 1000
+# A failed revert is retried after 0.1 s, 0.2 s, ... up to 5 s (never because our own write woke us).
+RETRY_BACKOFF = Backoff(0.1, 5.0)
+# A revert refused because the file changed under it is looked at again this soon.
+RACE_RETRY_S = 0.05
+# Seconds a lane may take to finish its pass at stop; a slow lane stuck in a bounded API call is left.
+LANE_JOIN_S = 2.0
 
-
-@dataclass
-class FlapState:
-    reverts: deque[float] = field(default_factory=deque)
-    level: int = 0
-    backoff_until: float = 0.0
+WatcherFactory = Callable[[Policy], list[Watcher]]
 
 
 @dataclass
@@ -53,46 +97,88 @@ class EngineOptions:
     proc: Path = Path("/proc")
 
 
+def bounded_observed(value: JSONValue) -> JSONValue:
+    """What the state keeps of an observed value: itself, or past OBSERVED_KEEP_BYTES its digest
+    (a 50 MB daemon.json label list must not live in memory and in findings.json twice)."""
+    if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) < 256):
+        return value
+    text = json.dumps(value, default=str, sort_keys=True)
+    if len(text) <= OBSERVED_KEEP_BYTES:
+        return value
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text)}
+
+
 class Engine:
-    def __init__(self, options: EngineOptions, policy: Policy, sink: EventSink,
-                 watchers: Iterable[Watcher] = (), controls: Iterable[Control] | None = None,
-                 on_pass: Callable[[], None] | None = None) -> None:
+    def __init__(self, options: EngineOptions, policy: Policy | PolicySource, sink: EventSink,
+                 watchers: Iterable[Watcher] | None = None, controls: Iterable[Control] | None = None,
+                 on_pass: Callable[[], None] | None = None, watcher_factory: WatcherFactory | None = None) -> None:
         self.options = options
         self.host = options.host
         self.sink = sink
-        self.store = StateStore(options.state_dir)
+        if isinstance(policy, PolicySource):
+            self.source = policy
+            self.store = policy.store  # one StateStore per state dir
+        else:
+            self.store = StateStore(options.state_dir)
+            self.source = PolicySource(options.policy_path, self.store, options.mode_override)
+            self.source.policy = policy.with_mode(options.mode_override) if options.mode_override else policy
+            raw = self.source._read()
+            self.source.digest = self.source.loaded_digest = PolicySource.digest_of(raw) if raw is not None else ""
+        assert self.source.policy is not None
+        self.policy: Policy = self.source.policy
         self.controls = list(controls) if controls is not None else all_controls()
         self._by_name = {c.name: c for c in self.controls}
-        self._extra_watchers = list(watchers)
+        self._static_watchers = list(watchers) if watchers is not None else None
+        self._watcher_factory = watcher_factory
+        self._watchers: list[Watcher] = []
         self._folder_watcher: FolderWatcher | None = None
         self._on_pass = on_pass
-        self._cv = threading.Condition(threading.RLock())
-        self._pending: dict[str, str] = {}
-        self._stop = threading.Event()
+        self.stopping = threading.Event()
+        self._state_lock = threading.Lock()
         self._known: dict[str, KnownFinding] = {}
         self._baseline = False
         self._dirty = False
-        self._flaps: dict[str, FlapState] = {}
-        self._policy_raw: bytes | None = self._read_policy_bytes()
-        self.policy = self._effective(policy)
+        flap = self.policy.spec.agent.flapping
+        self.flaps = FlapTracker(flap.threshold, flap.window_seconds, flap.max_backoff_seconds)
+        self.retries = RetryTracker(RETRY_BACKOFF)
+        self._decisions_lock = threading.Lock()  # flaps and retries are shared by the lanes
         self.passes = 0
-        self._last_pass_end = 0.0
-        self._netns_refusal = writes_refused(self.host, options.proc)
+        self._findings_in_pass = 0  # approximate across lanes: only decides when to trim the heap
+        self._big_pass = False
+        self._netns_refusal: str | None = None
+        self._netns_checked = False  # computed lazily, by the slow lane only (it imports netfilter)
         self._refusal_reported: set[str] = set()
+        self.lanes = self._make_lanes()
+        self._fast_startups_left = sum(1 for lane in self.lanes if lane.name != SLOW_LANE)
+        self._lane_of = {name: lane for lane in self.lanes for name in lane.names}
+        self.committer = Committer(self._commit)
+
+    def _make_lanes(self) -> list[Lane]:
+        lanes: list[Lane] = []
+        placed: set[str] = set()
+        for lane_name, names in FAST_LANES:
+            members = [self._by_name[n] for n in names if n in self._by_name]
+            if members:
+                lanes.append(Lane(self, lane_name, members))
+                placed.update(names)
+        # The slow lane always exists: it also reloads the policy and rebuilds the watchers.
+        lanes.append(Lane(self, SLOW_LANE, [c for c in self.controls if c.name not in placed]))
+        return lanes
 
     # -- public ------------------------------------------------------------------------------
 
     def trigger(self, target: str, reason: str) -> None:
         """Ask for `target` (a control name, "policy" or "*") to be looked at again. Never blocks long."""
-        log.debug("trigger %s: %s", target, reason)
-        with self._cv:
-            self._pending.setdefault(target, reason)
-            self._cv.notify()
+        if target == RESYNC:
+            for lane in self.lanes:
+                lane.trigger(target, reason)
+            return
+        self._lane_of.get(target, self.lanes[-1]).trigger(target, reason)
 
     def stop(self) -> None:
-        self._stop.set()
-        with self._cv:
-            self._cv.notify()
+        self.stopping.set()
+        for lane in self.lanes:
+            lane.notify()
 
     def open_drifts(self) -> list[tuple[str, str, str]]:
         """(control, rule, severity) of every finding failing now: the open-drifts gauge reads it.
@@ -115,83 +201,76 @@ class Engine:
 
     def run(self) -> None:
         """Start-up evaluation, then watch until stop(); always ends with agent.stopped."""
+        self._enable_group_commit()
+        known = self.store.load_findings()
+        problems: dict[str, JSONValue] = {"state_problems": list(self.store.problems)} if self.store.problems else {}
         self._emit(lifecycle_event(EventName.AGENT_STARTED, f"nodeguard {__version__} started",
                                    version=__version__, mode=self.policy.spec.mode.value,
-                                   host_root=str(self.host.root)))
-        self._emit(self._policy_loaded_event())
-        known = self.store.load_findings()
+                                   host_root=str(self.host.root), **problems))
+        self._emit(self.source.loaded_event())
         self._baseline = known is not None
         self._known = known or {}
-        watch_map = self._watch_map()  # watch paths cost a daemon lookup: computed once for both
+        watch_map = self._watch_map(self.policy)  # watch paths cost a daemon lookup: computed once for both
         self._sweep_temp_files(watch_map)
         self._start_watchers(watch_map)
+        # The watch on the policy's folder is in place only now: a policy swapped between the
+        # first read and this point would never wake us, so look at its content once more.
+        if self.source.path is not None:
+            self.check_policy("policy watch in place")
+        self.committer.thread.start()
         try:
-            self._reconcile(self.controls, startup=True)
-            next_resync = time.monotonic() + self.policy.spec.agent.resync_seconds
-            while not self._stop.is_set():
-                timeout = max(0.0, min(next_resync, self._next_backoff()) - time.monotonic())
-                with self._cv:
-                    if not self._pending and not self._stop.is_set():
-                        self._cv.wait(timeout)
-                if self._stop.is_set():
-                    break
-                # Leading edge: a change after a quiet spell is looked at at once (revert latency);
-                # within coalesceMs of the last pass, triggers wait and merge, so a burst (an
-                # editor's write+rename, usermod's four files, a storm) costs one pass per window.
-                since_last = time.monotonic() - self._last_pass_end
-                coalesce = self.policy.spec.agent.coalesce_ms / 1000
-                if self._pending and since_last < coalesce:
-                    self._stop.wait(coalesce - since_last)
-                with self._cv:
-                    pending, self._pending = self._pending, {}
-                now = time.monotonic()
-                if POLICY_TARGET in pending and self._reload_policy():
-                    pending[RESYNC] = "policy changed"
-                if now >= next_resync:
-                    pending[RESYNC] = "periodic resync"
-                if now >= self._next_backoff():
-                    for key, flap in self._flaps.items():
-                        if flap.backoff_until and now >= flap.backoff_until:
-                            flap.backoff_until = 0.0
-                            pending.setdefault(key.split("/", 1)[0], "back-off expired")
-                if RESYNC in pending:
-                    targets = self.controls
-                    next_resync = now + self.policy.spec.agent.resync_seconds
-                else:
-                    # In the controls' own order: the cheap local ones (socket, group) first, the
-                    # Docker API and netfilter ones after, so a slow API never delays a file revert.
-                    targets = [c for c in self.controls if c.name in pending]
-                if targets:
-                    self._reconcile(targets)
+            for lane in self.lanes:
+                lane.thread.start()
+            while not self.stopping.wait(0.5):
+                pass
         finally:
+            self.stopping.set()
+            deadline = time.monotonic() + LANE_JOIN_S
+            for lane in self.lanes:
+                lane.notify()
+                if lane.thread.is_alive():
+                    lane.thread.join(max(0.0, deadline - time.monotonic()))
             self._stop_watchers()
-            self._save_state()
+            self.committer.stop()
             self._emit(lifecycle_event(EventName.AGENT_STOPPED, "nodeguard stopped", passes=self.passes))
+            self._commit()
 
     # -- reconcile ---------------------------------------------------------------------------
 
-    def _context(self) -> Context:
-        return Context(self.host, self.policy, self.options.proc, self.options.state_dir)
+    def _context(self, policy: Policy) -> Context:
+        return Context(self.host, policy, self.options.proc, self.options.state_dir)
 
-    def _reconcile(self, controls: Iterable[Control], startup: bool = False) -> None:
-        ctx = self._context()  # one context per pass: dockerd and /etc/group are read once
+    def reconcile(self, lane: Lane, controls: Iterable[Control], startup: bool = False) -> None:
+        policy = self.policy  # one policy and one context per pass: dockerd and /etc/group are read once
+        ctx = self._context(policy)
         for control in controls:
-            if control.settings(self.policy).rule_mode("", self.policy.spec.mode) is Mode.OFF:
+            if control.settings(policy).rule_mode("", policy.spec.mode) is Mode.OFF:
                 continue
             started = time.monotonic()
             try:
-                self._reconcile_control(control, ctx, startup)
+                self._reconcile_control(lane, control, ctx, startup)
             except Exception:  # one broken control must not stop the others or the agent
                 log.exception("reconciling %s failed", control.name)
             record_reconcile(control.name, time.monotonic() - started)
-        self.passes += 1
-        self._save_state()
-        self._last_pass_end = time.monotonic()
+        with self._state_lock:
+            self.passes += 1
+            if startup and lane.name != SLOW_LANE:
+                self._fast_startups_left -= 1
+            if startup or self._findings_in_pass >= BIG_PASS_FINDINGS:
+                self._big_pass = True
+            self._findings_in_pass = 0
+        self.committer.request()
         if self._on_pass is not None:
             self._on_pass()
 
-    def _reconcile_control(self, control: Control, ctx: Context, startup: bool) -> None:
+    @staticmethod
+    def _max_events(policy: Policy) -> int:
+        return policy.spec.agent.max_events_per_rule
+
+    def _reconcile_control(self, lane: Lane, control: Control, ctx: Context, startup: bool) -> None:
+        policy = ctx.policy
         result = evaluate_control(control, ctx)
+        self._findings_in_pass += len(result.findings)
         if result.observed is not None:
             try:
                 control.remember(ctx, result.observed, self.store)
@@ -199,47 +278,81 @@ class Engine:
                 # A full state disk must not blind the control: it still reports and enforces
                 # (a revert that needs a quarantine copy then fails and says why).
                 log.warning("%s: cannot keep the last good copy: %s", control.name, exc.strerror or exc)
-        now = time.time()
+        now_wall, now = time.time(), time.monotonic()
         seen: set[str] = set()
+        detected: list[Finding] = []
+        while_down: set[str] = set()
+        resolved: list[Finding] = []
         to_fix: list[Finding] = []
-        for f in result.findings:
-            key = finding_key(f)
-            seen.add(key)
-            prev = self._known.get(key)
-            failing = f.status is Status.FAIL
-            was_failing = prev is not None and prev.status == Status.FAIL.value
-            if failing and not was_failing:
-                extra = {}
-                body = f.message
-                if startup and self._baseline:
-                    extra["nodeguard.while_down"] = True
-                    body = f"{f.message} (changed while nodeguard was not running)"
-                self._emit(event_for_finding(EventName.DRIFT_DETECTED, f, outcome="detected", body=body,
-                                             extra=extra))
-                self._remember(key, f, now)
-            elif was_failing and not failing:
-                self._emit(event_for_finding(EventName.DRIFT_RESOLVED, f, outcome="resolved"))
-                self._remember(key, f, now)
-            elif prev is None or prev.status != f.status.value:
-                self._remember(key, f, now)
-            if failing and f.mode is Mode.ENFORCE and control.changes_network and self._netns_refusal:
-                if key not in self._refusal_reported:
-                    self._refusal_reported.add(key)
-                    self._emit(event_for_finding(EventName.DRIFT_REVERT_FAILED, f, outcome="revert_failed",
-                                                 body=f"not reverted: {self._netns_refusal}"))
-                continue
-            if failing and f.mode is Mode.ENFORCE and self._enforceable(control, f):
-                if self._in_backoff(key, now):
+        baseline_start = startup and self._baseline
+        with self._state_lock:
+            for f in result.findings:
+                key = finding_key(f)
+                seen.add(key)
+                prev = self._known.get(key)
+                step = transition(None if prev is None else prev.status == Status.FAIL.value, f.status,
+                                  startup_with_baseline=baseline_start)
+                if step in (Transition.NEW, Transition.WHILE_DOWN):
+                    detected.append(f)
+                    if step is Transition.WHILE_DOWN:
+                        while_down.add(key)
+                    self._remember(key, f, now_wall)
+                elif step is Transition.RESOLVED:
+                    resolved.append(f)
+                    self._remember(key, f, now_wall)
+                elif prev is None or prev.status != f.status.value:
+                    self._remember(key, f, now_wall)
+            prefix = control.name + "/"
+            vanished = [(k, self._known.pop(k)) for k in [k for k in self._known if k.startswith(prefix)
+                                                           and k not in seen]]
+            if vanished:
+                self._dirty = True
+        with self._decisions_lock:
+            for f in result.findings:
+                key = finding_key(f)
+                if f.status is not Status.FAIL:
+                    self.retries.succeeded(key)
+                    continue
+                if f.mode is not Mode.ENFORCE or not self._enforceable(control, f):
+                    continue
+                if control.changes_network and self._refusal():
+                    if key not in self._refusal_reported:
+                        self._refusal_reported.add(key)
+                        self._emit(event_for_finding(EventName.DRIFT_REVERT_FAILED, f, outcome="revert_failed",
+                                                     body=f"not reverted: {self._refusal()}"))
+                    continue
+                # A back-off (expensive reverts only) or a failed revert waiting for its retry timer:
+                # a trigger (our own write's inotify event included) does not cut either short.
+                if self.flaps.blocked(key, now) or self.retries.waiting(key, now):
                     continue
                 to_fix.append(f)
-        prefix = control.name + "/"
-        for key in [k for k in self._known if k.startswith(prefix) and k not in seen]:
-            prev = self._known.pop(key)
-            self._dirty = True
-            if prev.status == Status.FAIL.value:
-                self._emit(self._vanished_event(key, prev))
+        limit = self._max_events(policy)
+        fixing = {finding_key(f) for f in to_fix}
+        # Write-ahead: what is about to be reverted is on record before the revert.
+        shown, over = bound_events(detected, limit)
+        summarized: set[tuple[str, str]] = set()
+        for bulk in over:
+            # More than N of one rule: one summary now; in enforce mode the first N get their
+            # outcome event after the revert instead of a detected one (N + 1 events in all).
+            self._emit(self._summary_event(EventName.DRIFT_DETECTED, "detected", bulk,
+                                           enforcing=any(finding_key(f) in fixing for f in bulk.shown)))
+            summarized.add(bulk.rule)
+        for f in shown:
+            key = finding_key(f)
+            if (f.control, f.rule) in summarized and key in fixing:
+                continue
+            extra: dict[str, JSONValue] = {}
+            body = f.message
+            if key in while_down:
+                extra["nodeguard.while_down"] = True
+                body = f"{f.message} (changed while nodeguard was not running)"
+            self._emit(event_for_finding(EventName.DRIFT_DETECTED, f, outcome="detected", body=body, extra=extra))
+        self._emit_bounded(EventName.DRIFT_RESOLVED, "resolved", resolved, limit)
+        before = {key: prev.observed for key, prev in vanished if prev.status == Status.FAIL.value}
+        self._emit_bounded(EventName.DRIFT_RESOLVED, "resolved", [self._vanished_finding(k) for k in before], limit,
+                           extra_of=lambda f: {"nodeguard.previously_observed": before.get(finding_key(f))})
         if to_fix:
-            self._remediate(control, ctx, result.observed, to_fix)
+            self._remediate(lane, control, ctx, result.observed, to_fix, summarized)
 
     @staticmethod
     def _enforceable(control: Control, f: Finding) -> bool:
@@ -248,98 +361,139 @@ class Engine:
         except KeyError:
             return False
 
-    def _remediate(self, control: Control, ctx: Context, observed: object, findings: list[Finding]) -> None:
+    def _refusal(self) -> str | None:
+        if not self._netns_checked:
+            from nodeguard.netfilter.select import writes_refused
+
+            self._netns_refusal = writes_refused(self.host, self.options.proc)
+            self._netns_checked = True
+        return self._netns_refusal
+
+    def _remediate(self, lane: Lane, control: Control, ctx: Context, observed: object, findings: list[Finding],
+                   summarized: set[tuple[str, str]]) -> None:
         started = time.monotonic()
         try:
             outcomes = control.remediate_many(ctx, findings, observed)
         except OSError as exc:  # e.g. the file was replaced under us: expected on a contested host
             log.info("%s: remediation did not apply: %s", control.name, exc)
+            if exc.errno == errno.ESTALE:
+                # Someone else's write landed between our read and our rename: not a failure of
+                # ours, and their write wakes us again (a retry timer too, in case it does not).
+                lane.wake_at(control.name, time.monotonic() + RACE_RETRY_S)
+                return
             outcomes = [Outcome(False, False, str(exc.strerror or exc)) for _ in findings]
         except Exception as exc:
             log.exception("%s: remediation failed", control.name)
             outcomes = [Outcome(False, False, f"{type(exc).__name__}: {exc}") for _ in findings]
         # Verify against the host, not against what we think we did.
-        after_ctx = self._context()
-        after = {finding_key(f): f for f in evaluate_control(control, after_ctx).findings}
+        after = {finding_key(f): f for f in evaluate_control(control, self._context(ctx.policy)).findings}
         took_ms = round((time.monotonic() - started) * 1000, 3)
-        now = time.time()
+        now_wall, now = time.time(), time.monotonic()
+        reverted: list[tuple[Finding, dict[str, JSONValue], str]] = []
+        failed: list[tuple[Finding, dict[str, JSONValue], str]] = []
+        flapping: list[tuple[Finding, FlapReport]] = []
+        cheap = control.name in CHEAP_REVERTS
+        limit = self._max_events(ctx.policy)
+        per_rule: dict[str, int] = {}
         for f, outcome in zip(findings, outcomes, strict=True):
             key = finding_key(f)
             current = after.get(key)
             fixed = current is None or current.status is not Status.FAIL
-            details = {f"nodeguard.{k}": v for k, v in outcome.details.items()}
-            details["nodeguard.revert_ms"] = took_ms
-            if outcome.restart_required:
-                details["nodeguard.restart_required"] = True
+            # Only the first N of a rule get an event (and flap tracking): no per-finding details
+            # for the other 19,900 members of a bulk drift (memory stays bounded).
+            nth = per_rule[f.rule] = per_rule.get(f.rule, 0) + 1
+            details: dict[str, JSONValue] = {}
+            if nth <= limit:
+                details = {f"nodeguard.{k}": v for k, v in outcome.details.items()}
+                details["nodeguard.revert_ms"] = took_ms
+                if outcome.restart_required:
+                    details["nodeguard.restart_required"] = True
             if fixed and outcome.ok:
-                self._emit(event_for_finding(EventName.DRIFT_REVERTED, f, outcome="reverted",
-                                             body=f"reverted: {outcome.message}", extra=details))
-                self._remember(key, current or dataclasses.replace(f, status=Status.PASS), now)
-                self._note_revert(key, f, now)
+                with self._state_lock:
+                    if current is None:
+                        # Gone from the host (a member removed): nothing left to remember.
+                        self._known.pop(key, None)
+                        self._dirty = True
+                    else:
+                        self._remember(key, current, now_wall)
+                with self._decisions_lock:
+                    self.retries.succeeded(key)
+                    report = self.flaps.note_revert(key, now, cheap=cheap) if nth <= limit else None
+                if report is not None:
+                    flapping.append((f, report))
+                    if report.backoff:
+                        lane.wake_at(f.control, now + report.backoff)
+                reverted.append((f, details, f"reverted: {outcome.message}"))
             else:
+                # Not a fight (nothing came back: we did not get through): retried on a timer.
                 why = outcome.message if not outcome.ok else f"{outcome.message}; still failing afterwards"
-                self._emit(event_for_finding(EventName.DRIFT_REVERT_FAILED, f, outcome="revert_failed",
-                                             body=f"revert failed: {why}", extra=details))
-                self._note_revert(key, f, now)
+                with self._decisions_lock:
+                    attempts, due = self.retries.failed(key, now)
+                lane.wake_at(f.control, due)
+                details["nodeguard.attempt"] = attempts
+                if attempts == 1:  # once per failing streak, not once per retry
+                    failed.append((f, details, f"revert failed: {why}; retrying"))
+        self._emit_outcomes(EventName.DRIFT_REVERTED, "reverted", reverted, limit, summarized)
+        self._emit_outcomes(EventName.DRIFT_REVERT_FAILED, "revert_failed", failed, limit, set())
+        cfg = ctx.policy.spec.agent.flapping
+        for f, report in flapping[:limit]:
+            tail = (f"backing off {report.backoff:g}s" if report.backoff else
+                    "nodeguard keeps reverting (a revert of a few system calls is never backed off)")
+            self._emit(event_for_finding(
+                EventName.DRIFT_FLAPPING, f, outcome="flapping",
+                body=f"{f.control}/{f.rule} came back {report.count} times in {cfg.window_seconds:g}s: "
+                     f"something is fighting nodeguard; {tail}",
+                extra={"nodeguard.backoff_seconds": report.backoff, "nodeguard.flap_level": report.level,
+                       "nodeguard.flap_count": report.count}))
 
-    # -- flapping ----------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------
 
-    def _note_revert(self, key: str, f: Finding, now: float) -> None:
-        cfg = self.policy.spec.agent.flapping
-        flap = self._flaps.setdefault(key, FlapState())
-        flap.reverts.append(now)
-        while flap.reverts and flap.reverts[0] < now - cfg.window_seconds:
-            flap.reverts.popleft()
-        if len(flap.reverts) <= cfg.threshold:
-            return
-        flap.level += 1
-        backoff = min(cfg.max_backoff_seconds, FIRST_BACKOFF_S * 2 ** (flap.level - 1))
-        flap.backoff_until = time.monotonic() + backoff
-        flap.reverts.clear()
-        self._emit(event_for_finding(
-            EventName.DRIFT_FLAPPING, f, outcome="flapping",
-            body=f"{f.control}/{f.rule} came back more than {cfg.threshold} times in {cfg.window_seconds:g}s: "
-                 f"something is fighting nodeguard; backing off {backoff:g}s",
-            extra={"nodeguard.backoff_seconds": backoff, "nodeguard.flap_level": flap.level}))
+    def _emit_outcomes(self, name: EventName, outcome: str, items: list[tuple[Finding, dict[str, JSONValue], str]],
+                       limit: int, summarized: set[tuple[str, str]]) -> None:
+        by_rule: dict[tuple[str, str], list[tuple[Finding, dict[str, JSONValue], str]]] = {}
+        for item in items:
+            by_rule.setdefault((item[0].control, item[0].rule), []).append(item)
+        for rule, group in by_rule.items():
+            for f, details, body in group[:limit]:
+                self._emit(event_for_finding(name, f, outcome=outcome, body=body, extra=details))
+            if len(group) > limit and rule not in summarized:
+                # (A rule summarized before the revert already named what the rest are.)
+                bulk = Bounded(rule, [g[0] for g in group[:limit]], [g[0] for g in group[limit:]])
+                self._emit(self._summary_event(name, outcome, bulk))
 
-    def _in_backoff(self, key: str, now: float) -> bool:
-        flap = self._flaps.get(key)
-        if flap is None:
-            return False
-        if flap.backoff_until and time.monotonic() < flap.backoff_until:
-            return True
-        if flap.reverts and flap.reverts[-1] < now - self.policy.spec.agent.flapping.window_seconds * 4:
-            flap.level = 0  # quiet for a while: the next flap starts from the first back-off again
-        return False
+    def _emit_bounded(self, name: EventName, outcome: str, findings: list[Finding], limit: int,
+                      extra_of: Callable[[Finding], dict[str, JSONValue]] | None = None) -> None:
+        shown, over = bound_events(findings, limit)
+        for f in shown:
+            self._emit(event_for_finding(name, f, outcome=outcome, extra=extra_of(f) if extra_of else None))
+        for bulk in over:
+            self._emit(self._summary_event(name, outcome, bulk))
 
-    def _next_backoff(self) -> float:
-        times = [f.backoff_until for f in self._flaps.values() if f.backoff_until]
-        return min(times) if times else float("inf")
+    @staticmethod
+    def _summary_event(name: EventName, outcome: str, bulk: Bounded, enforcing: bool = False) -> Event:
+        s = bulk.summary()
+        first = bulk.left_out[0]
+        control, rule = bulk.rule
+        what = {"detected": "found", "reverted": "reverted", "revert_failed": "not reverted",
+                "resolved": "resolved"}.get(outcome, outcome)
+        body = (f"{s['total']} findings of {control}/{rule} {what} in one pass; {s['left_out']} of them are "
+                f"summarized here instead of one event each (sha256 of their names {str(s['left_out_sha256'])[:16]}…)")
+        if enforcing:
+            body += "; all of them are being reverted, the first ones' outcome events follow"
+        # The digest as the observed value: two different bulk drifts are two events; only the very
+        # same one repeated is folded by the aggregator.
+        f = dataclasses.replace(first, subject=None, observed=s["left_out_sha256"], message=body)
+        extra: dict[str, JSONValue] = {"nodeguard.summary": True}
+        extra.update({f"nodeguard.summary.{k}": v for k, v in s.items()})
+        return event_for_finding(name, f, outcome=outcome, body=body, extra=extra)
 
-    # -- state and events --------------------------------------------------------------------
-
-    def _remember(self, key: str, f: Finding, now: float) -> None:
-        self._known[key] = KnownFinding(f.status.value, f.observed, now)
-        self._dirty = True
-
-    def _save_state(self) -> None:
-        if not self._dirty:
-            return
-        try:
-            self.store.save_findings(self._known)
-            self._dirty = False
-        except OSError as exc:
-            log.error("cannot save state under %s: %s", self.store.dir, exc)
-
-    def _vanished_event(self, key: str, prev: KnownFinding) -> Event:
-        control, rule, subject = ([*key.split("/", 2), "", ""])[:3]
-        f = Finding(control, rule, Status.PASS, Severity.INFO,
-                    f"{control}/{rule}{' ' + subject if subject else ''} no longer applies",
-                    observed=None, expected=None, subject=subject or None,
-                    mode=self._by_name[control].rule_mode(self.policy, rule) if control in self._by_name
-                    else Mode.OBSERVE)
-        return event_for_finding(EventName.DRIFT_RESOLVED, f, outcome="resolved",
-                                 extra={"nodeguard.previously_observed": prev.observed})
+    def _vanished_finding(self, key: str) -> Finding:
+        control, rule, subject = split_key(key)
+        return Finding(control, rule, Status.PASS, Severity.INFO,
+                       f"{control}/{rule}{' ' + subject if subject else ''} no longer applies",
+                       observed=None, expected=None, subject=subject or None,
+                       mode=self._by_name[control].rule_mode(self.policy, rule) if control in self._by_name
+                       else Mode.OBSERVE)
 
     def _emit(self, event: Event) -> None:
         try:
@@ -347,54 +501,68 @@ class Engine:
         except Exception:  # an exporter problem must never stop enforcement
             log.exception("event sink failed for %s", event.name)
 
+    def _enable_group_commit(self) -> None:
+        enable = getattr(self.sink, "enable_group_commit", None)
+        if callable(enable):
+            try:
+                enable()
+            except Exception:
+                log.exception("cannot switch the event sink to one commit per pass")
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _remember(self, key: str, f: Finding, now: float) -> None:
+        """Caller holds _state_lock."""
+        self._known[key] = KnownFinding(f.status.value, bounded_observed(f.observed), now)
+        self._dirty = True
+
+    def _commit(self) -> None:
+        """The group commit: events durable (one fsync), then the state (one atomic write);
+        after a big pass (or the start-up pass) the freed heap goes back to the kernel too."""
+        if self._big_pass:
+            self._big_pass = False
+            give_back()
+        sync = getattr(self.sink, "sync", None)
+        if callable(sync):
+            try:
+                sync()
+            except Exception:
+                log.exception("cannot commit the spooled events")
+        with self._state_lock:
+            # findings.json appears once every fast lane has looked at the host once (the start-up
+            # evaluation of the host files is complete); the slow lane's findings join later.
+            if not self._dirty or (self._fast_startups_left > 0 and not self.stopping.is_set()):
+                return
+            snapshot = dict(self._known)
+            self._dirty = False
+        try:
+            self.store.save_findings(snapshot)
+        except OSError as exc:
+            with self._state_lock:
+                self._dirty = True
+            log.error("cannot save state under %s: %s", self.store.dir, exc)
+
     # -- policy ------------------------------------------------------------------------------
 
-    def _effective(self, policy: Policy) -> Policy:
-        return policy.with_mode(self.options.mode_override) if self.options.mode_override else policy
-
-    def _read_policy_bytes(self) -> bytes | None:
-        if self.options.policy_path is None:
-            return None
-        try:
-            return read_policy_bytes(self.options.policy_path)
-        except OSError:
-            return None
-
-    def _policy_loaded_event(self) -> Event:
-        digest = hashlib.sha256(self._policy_raw or b"").hexdigest()
-        return lifecycle_event(EventName.POLICY_LOADED, f"policy {self.policy.metadata.name} in force",
-                               policy_name=self.policy.metadata.name, policy_sha256=digest,
-                               policy_labels=[f"{k}={v}" for k, v in sorted(self.policy.metadata.labels.items())],
-                               policy_source=str(self.options.policy_path or "<embedded default>"),
-                               mode=self.policy.spec.mode.value)
-
-    def _reload_policy(self) -> bool:
-        """Load the policy file again; True when a new valid policy is now in force."""
-        raw = self._read_policy_bytes()
-        if raw is None or raw == self._policy_raw:
+    def check_policy(self, reason: str) -> bool:
+        """Re-read the policy (by content hash); True when a new valid policy is now in force."""
+        new = self.source.reload(self._emit)
+        if new is None:
             return False
-        self._policy_raw = raw
-        source = str(self.options.policy_path)
-        try:
-            policy = parse_policy(raw.decode("utf-8", errors="replace"), source)
-        except PolicyError as exc:
-            self._emit(lifecycle_event(EventName.POLICY_REJECTED,
-                                       f"policy rejected, the previous one stays in force:\n{exc.render()}",
-                                       policy_source=source, problems=[p[2] for p in exc.problems]))
-            return False
-        self.policy = self._effective(policy)
-        try:
-            self.store.save_last_good("policy.yaml", raw)
-        except OSError as exc:  # a full state disk: the new policy still applies, only not across a restart
-            log.warning("cannot keep the last good policy: %s", exc.strerror or exc)
-        self._emit(self._policy_loaded_event())
-        self._restart_folder_watcher()
+        log.info("policy reloaded (%s)", reason)
+        self.policy = new
+        cfg = new.spec.agent.flapping
+        with self._decisions_lock:
+            self.flaps.configure(cfg.threshold, cfg.window_seconds, cfg.max_backoff_seconds)
+        self._emit(self.source.loaded_event())
+        self._rebuild_watchers()
+        self.trigger(RESYNC, "policy changed")
         return True
 
     # -- watchers ----------------------------------------------------------------------------
 
-    def _watch_map(self) -> dict[Path, set[str]]:
-        ctx = self._context()
+    def _watch_map(self, policy: Policy) -> dict[Path, set[str]]:
+        ctx = self._context(policy)
         folders: dict[Path, set[str]] = {}
         for control in self.controls:
             try:
@@ -415,27 +583,53 @@ class Engine:
             folders.setdefault(self.options.policy_path.absolute().parent, set()).add(POLICY_TARGET)
         return folders
 
+    def _build_watchers(self, policy: Policy) -> list[Watcher]:
+        if self._static_watchers is not None:
+            return self._static_watchers
+        if self._watcher_factory is None:
+            return []
+        try:
+            return self._watcher_factory(policy)
+        except Exception:
+            log.exception("cannot build the watchers; the periodic resync covers what they would see")
+            return []
+
     def _start_watchers(self, watch_map: dict[Path, set[str]]) -> None:
-        self._folder_watcher = FolderWatcher(watch_map)
+        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND)
         self._folder_watcher.start(self.trigger)
-        for w in self._extra_watchers:
+        self._watchers = self._build_watchers(self.policy)
+        self._start_each(self._watchers)
+
+    def _start_each(self, watchers: list[Watcher]) -> None:
+        for w in watchers:
             try:
                 w.start(self.trigger)
             except Exception:
                 log.exception("watcher %r failed to start; the periodic resync covers it", w)
 
-    def _restart_folder_watcher(self) -> None:
-        if self._folder_watcher is not None:
-            self._folder_watcher.stop()
-        self._folder_watcher = FolderWatcher(self._watch_map())
+    def _rebuild_watchers(self) -> None:
+        """Every watcher from the new policy: folders, the Docker events stream, the firewall monitor.
+        The new folder watches start before the old stop, and a resync follows: nothing falls between."""
+        old_folder = self._folder_watcher
+        self._folder_watcher = FolderWatcher(self._watch_map(self.policy), ATTRIB_BLIND)
         self._folder_watcher.start(self.trigger)
+        if old_folder is not None:
+            old_folder.stop()
+        if self._static_watchers is None:
+            self._stop_each(self._watchers)
+            self._watchers = self._build_watchers(self.policy)
+            self._start_each(self._watchers)
 
-    def _stop_watchers(self) -> None:
-        for w in self._extra_watchers:
+    @staticmethod
+    def _stop_each(watchers: list[Watcher]) -> None:
+        for w in watchers:
             try:
                 w.stop()
             except Exception:
                 log.exception("watcher %r failed to stop", w)
+
+    def _stop_watchers(self) -> None:
+        self._stop_each(self._watchers)
         if self._folder_watcher is not None:
             self._folder_watcher.stop()
 

@@ -413,6 +413,8 @@ class Attribution(_Strict):
 class AgentSettings(_Strict):
     resync_seconds: float = Field(default=60.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="resyncSeconds")
     coalesce_ms: int = Field(default=5, ge=0, le=5000, alias="coalesceMs")
+    # Events per rule per pass before the rest are folded into one summary event (issue 12.3).
+    max_events_per_rule: int = Field(default=100, ge=1, le=100_000, alias="maxEventsPerRule")
     flapping: Flapping = Field(default_factory=Flapping)
     attribution: Attribution = Field(default_factory=Attribution)
 

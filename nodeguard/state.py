@@ -6,22 +6,33 @@
 - `quarantine/`: every file the agent overwrote, as it was before, so enforcing never loses an
   admin's edit.
 Every write is atomic (HostRoot.write_atomic), so a SIGKILL leaves the old file or the new one.
+
+Nothing here is opened through a link or waits on a special file: a `findings.json` that is a
+FIFO, a device, a directory or a symlink, or a `lastgood/`/`quarantine/` that is not a real folder,
+is moved aside (`<name>.not-a-file-<time>`), reported (`problems`, logged and put on the agent's
+`started` event) and replaced by a fresh one: never a hang in open(), never a crash.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nodeguard.host import HostRoot
-from nodeguard.structs import Finding, JSONValue
+from nodeguard.structs import JSONValue
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MAX_FINDINGS_BYTES = 256 * 1024 * 1024  # a state file beyond this is not ours
 # Quarantined copies beyond this many per file are pruned oldest first: bounded disk use even when
 # a config-management tool fights the agent all day.
 QUARANTINE_KEEP = 50
@@ -34,29 +45,78 @@ class KnownFinding:
     since: float
 
 
-def finding_key(f: Finding) -> str:
-    return "/".join(f.key)
-
-
 class StateStore:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
+        self.problems: list[str] = []
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for sub in ("lastgood", "quarantine"):
-            (self.dir / sub).mkdir(exist_ok=True, mode=0o700)
+            self._ensure_folder(sub)
         self._io = HostRoot(self.dir)
+
+    def _set_aside(self, name: str, what: str) -> None:
+        aside = f"{name}.not-a-{what}-{int(time.time() * 1000)}"
+        os.rename(self.dir / name, self.dir / aside)
+        problem = f"{self.dir / name} was not a {what}; moved aside as {aside}"
+        log.error("state dir: %s", problem)
+        self.problems.append(problem)
+
+    def _ensure_folder(self, sub: str) -> None:
+        try:
+            st = os.lstat(self.dir / sub)
+        except FileNotFoundError:
+            os.mkdir(self.dir / sub, 0o700)
+            return
+        if not stat.S_ISDIR(st.st_mode):  # a symlink planted in its place included
+            self._set_aside(sub, "folder")
+            os.mkdir(self.dir / sub, 0o700)
+
+    def _read_regular(self, name: str, limit: int) -> bytes:
+        """A regular file of the state dir, never through a link, never blocking on a FIFO."""
+        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink
+                raise IsADirectoryError(errno.EINVAL, "a symlink") from None
+            raise
+        finally:
+            os.close(dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise IsADirectoryError(errno.EINVAL, "not a regular file")
+            chunks = []
+            left = limit + 1
+            while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+                chunks.append(chunk)
+                left -= len(chunk)
+            data = b"".join(chunks)
+            if len(data) > limit:
+                raise ValueError(f"larger than {limit} bytes")
+            return data
+        finally:
+            os.close(fd)
 
     # -- findings ----------------------------------------------------------------------------
 
     def load_findings(self) -> dict[str, KnownFinding] | None:
         """None when the agent never ran here (no baseline), else the last known statuses."""
         try:
-            data = json.loads(self._io.read_bytes("/findings.json"))
+            raw = self._read_regular("findings.json", MAX_FINDINGS_BYTES)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except IsADirectoryError:
+            # A FIFO, a device, a directory or a symlink: moved aside, so the next save works.
+            self._set_aside("findings.json", "file")
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("state dir: cannot read findings.json (%s): no baseline", exc)
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
             # A corrupt state file is no baseline; it is kept aside for a human.
-            self.quarantine("findings.json", (self.dir / "findings.json").read_bytes())
+            self.quarantine("findings.json", raw)
             return None
         if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
             return None
@@ -69,9 +129,13 @@ class StateStore:
         return out
 
     def save_findings(self, known: dict[str, KnownFinding]) -> None:
-        payload = {"version": FORMAT_VERSION, "saved": time.time(),
-                   "findings": {k: asdict(v) for k, v in sorted(known.items())}}
-        self._io.write_atomic("/findings.json", json.dumps(payload, default=str).encode(), default_mode=0o600)
+        # Entry by entry, not one big dict of dicts first: 100,000 findings stay a few MB.
+        dump = json.JSONEncoder(default=str).encode
+        parts = [f'{{"version": {FORMAT_VERSION}, "saved": {time.time()}, "findings": {{']
+        parts.append(", ".join(f'{dump(k)}: {{"status": {dump(v.status)}, "observed": {dump(v.observed)}, '
+                               f'"since": {v.since}}}' for k, v in sorted(known.items())))
+        parts.append("}}")
+        self._io.write_atomic("/findings.json", "".join(parts).encode(), default_mode=0o600)
 
     # -- files kept aside --------------------------------------------------------------------
 

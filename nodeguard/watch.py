@@ -1,34 +1,26 @@
-"""inotify watches (watchdog) that turn host changes into "look again at control X" triggers.
+"""inotify watches that turn host changes into "look again at control X" triggers.
 
 Folders, never files: editors and shadow-utils replace files by rename, and dockerd deletes and
-re-creates its socket; a watch on the file itself would die with the old inode. The handler does
-no I/O: it maps the event's folder to control names and hands them to the engine.
+re-creates its socket; a watch on the file itself would die with the old inode.
+
+Through watchdog's inotify layer (`InotifyFD`: one inotify descriptor, one reader thread, a
+callback per event), not its Observer: the Observer costs three thread hand-offs per event
+(buffer, emitter, dispatcher: each waits for the interpreter lock while a lane works), a thread per
+watched folder, and it holds an unpaired IN_MOVED_FROM for 0.5 s with every event queued behind it
+(a `mv daemon.json away` delayed the socket's revert by 0.5 s). Here the reader thread hands each
+event's targets straight to the engine and does no other I/O. A queue overflow (IN_Q_OVERFLOW),
+which the Observer only logs, asks for a full resync.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from watchdog.events import (
-    DirAttribEvent,
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
+from watchdog.observers.inotify_c import CallbackId, InotifyEvent, InotifyFD, Mask, WatchDescriptor
 
 from nodeguard.limits import explain_inotify_error
 
@@ -37,12 +29,18 @@ log = logging.getLogger(__name__)
 Trigger = Callable[[str, str], None]
 RESYNC = "*"  # trigger target meaning "every control"
 
+# <sys/inotify.h>
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
+IN_Q_OVERFLOW, IN_IGNORED, IN_ISDIR = 0x4000, 0x8000, 0x40000000
 # Only changes: opening or reading a file (our own reads of /etc/group included) must not wake us,
 # or every evaluation would trigger the next one.
-CHANGE_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent, FileAttribEvent,
-    DirCreatedEvent, DirDeletedEvent, DirMovedEvent, DirAttribEvent,
-]
+CHANGE_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+               | IN_DELETE_SELF | IN_MOVE_SELF)
+_KINDS = ((IN_CREATE, "created"), (IN_DELETE, "deleted"), (IN_MOVED_FROM, "moved"), (IN_MOVED_TO, "moved"),
+          (IN_CLOSE_WRITE, "closed"), (IN_MODIFY, "modified"), (IN_ATTRIB, "attrib"),
+          (IN_DELETE_SELF, "deleted"), (IN_MOVE_SELF, "moved"))
 
 
 class Watcher(Protocol):
@@ -53,77 +51,98 @@ class Watcher(Protocol):
     def stop(self) -> None: ...
 
 
-class _Handler(FileSystemEventHandler):
-    def __init__(self, folder: str, targets: Iterable[str], trigger: Trigger) -> None:
-        self.folder = folder
-        self.targets = tuple(targets)
-        self.trigger = trigger
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        reason = f"{event.event_type} {os.fsdecode(event.src_path)}"
-        for target in self.targets:
-            self.trigger(target, reason)
-
-
-class _OverflowHook(logging.Handler):
-    """watchdog 7 logs an inotify queue overflow but never tells the handler: listen to the log."""
-
-    def __init__(self, trigger: Trigger) -> None:
-        super().__init__(logging.WARNING)
-        self.trigger = trigger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.trigger(RESYNC, "inotify queue overflow")
-
-
 def nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
 
 
-class FolderWatcher:
-    """Watches real folders; `folders` maps a real folder to the targets it wakes."""
+def kind_of(mask: int) -> str:
+    return next((name for bit, name in _KINDS if mask & bit), "changed")
 
-    def __init__(self, folders: dict[Path, set[str]]) -> None:
+
+class FolderWatcher:
+    """Watches real folders; `folders` maps a real folder to the targets it wakes. Targets in
+    `attrib_blind` are not woken by a mode/owner/ACL change (IN_ATTRIB) alone."""
+
+    def __init__(self, folders: dict[Path, set[str]], attrib_blind: frozenset[str] = frozenset()) -> None:
         self.folders = folders
-        self._observer: Observer | None = None  # type: ignore[valid-type]
-        self._hook: _OverflowHook | None = None
-        self._lock = threading.Lock()
+        self.attrib_blind = attrib_blind
         self.failed: dict[str, str] = {}
+        self._inotify: InotifyFD | None = None
+        self._trigger: Trigger | None = None
+        # wd -> (folder, targets, targets an IN_ATTRIB alone wakes)
+        self._watches: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
 
     def start(self, trigger: Trigger) -> None:
-        observer = Observer()
+        try:
+            inotify = InotifyFD()
+        except OSError as exc:
+            # EMFILE: fs.inotify.max_user_instances reached. The periodic resync still covers every
+            # folder; say so instead of failing the agent.
+            self.failed["*"] = explain_inotify_error(exc, "(every folder)")
+            log.error("%s", self.failed["*"])
+            return
+        inotify.name = "nodeguard-inotify"
+        self._trigger = trigger
         merged: dict[Path, set[str]] = {}
         for folder, targets in self.folders.items():
             # A folder that does not exist yet (no /etc/docker before Docker is installed): watch its
             # nearest parent, so its creation wakes the controls; the resync covers the rest.
             merged.setdefault(nearest_existing(folder), set()).update(targets)
-        self._hook = _OverflowHook(trigger)
-        logging.getLogger("watchdog.observers.inotify_c").addHandler(self._hook)
-        observer.daemon = True
-        # Started before scheduling: watchdog adds a watch at schedule() only on a running observer.
-        # Scheduled first, every inotify_add_watch happens inside observer.start(), whose first
-        # ENOSPC aborts the whole start (found by tests/unit/test_limits.py).
-        observer.start()
         for folder, targets in sorted(merged.items()):
+            ordered = tuple(sorted(targets))
             try:
-                observer.schedule(_Handler(str(folder), sorted(targets), trigger), str(folder),
-                                  recursive=False, event_filter=CHANGE_EVENTS)
+                wd = inotify.add_callback(os.fsencode(folder), Mask(CHANGE_MASK), self, CallbackId(0))
             except OSError as exc:
-                # ENOSPC: fs.inotify.max_user_watches reached. The periodic resync still covers
-                # this folder; say so instead of failing the agent.
+                # ENOSPC: fs.inotify.max_user_watches reached. The periodic resync still covers this
+                # folder; say so instead of failing the agent.
                 self.failed[str(folder)] = explain_inotify_error(exc, str(folder))
                 log.error("%s", self.failed[str(folder)])
-        with self._lock:
-            self._observer = observer
+                continue
+            entry = self._watches.get(wd)
+            if entry is not None:  # two paths of one folder (a symlink): one watch, both target sets
+                ordered = tuple(sorted({*entry[1], *ordered}))
+            self._watches[wd] = (str(folder), ordered, tuple(t for t in ordered if t not in self.attrib_blind))
+        self._inotify = inotify
+        inotify.start()
 
     def stop(self) -> None:
-        with self._lock:
-            observer, self._observer = self._observer, None
-        if self._hook is not None:
-            logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._hook)
-        if observer is not None:
-            observer.stop()
-            observer.join(timeout=5)
+        inotify, self._inotify = self._inotify, None
+        if inotify is not None:
+            inotify.stop()  # closes the descriptor and wakes the reader
+            inotify.join(timeout=5)
+
+    # -- watchdog's WatchCallback: called on the reader thread, one event at a time ------------
+
+    def on_event(self, event: InotifyEvent) -> None:
+        try:
+            self._dispatch(event.wd, event.mask, event.name)
+        except Exception:  # a trigger must never end the reader
+            log.exception("inotify dispatch failed")
+
+    def on_queue_overflow(self) -> None:
+        log.warning("inotify queue overflow: a full resync")
+        if self._trigger is not None:
+            self._trigger(RESYNC, "inotify queue overflow")
+
+    def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+        entry = self._watches.get(wd)
+        if entry is None or self._inotify is None:
+            return  # our own stop() removes every watch
+        # The folder itself went away (deleted, unmounted): its controls look, the resync (and a
+        # restart of the watches by a reload) covers the rest.
+        log.warning("inotify watch on %s ended", entry[0])
+        self._dispatch(wd, IN_DELETE_SELF, b"")
+
+    def _dispatch(self, wd: int, mask: int, name: bytes) -> None:
+        entry = self._watches.get(wd)
+        if entry is None or self._trigger is None:
+            return
+        folder, targets, attrib_targets = entry
+        chosen = attrib_targets if mask & CHANGE_MASK == IN_ATTRIB else targets
+        if not chosen:
+            return
+        reason = f"{kind_of(mask)} {folder}/{os.fsdecode(name)}" if name else f"{kind_of(mask)} {folder}"
+        for target in chosen:
+            self._trigger(target, reason)

@@ -18,6 +18,7 @@ from typing import Any
 from nodeguard.docker_api import DaemonUnavailable, connect, describe_error
 from nodeguard.host import HostRoot
 from nodeguard.policy import Policy
+from nodeguard.reconcile import Backoff
 from nodeguard.structs import Mode
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ class DockerEventsWatcher:
                 stream.close()
 
     def _run(self, trigger: Trigger) -> None:
-        backoff = self.min_backoff
+        backoff = Backoff(self.min_backoff, self.max_backoff)  # the one back-off helper (reconcile.py)
+        attempt = 0
         broken = False
         while not self._stop.is_set():
             connects_before = self.connects
@@ -111,10 +113,10 @@ class DockerEventsWatcher:
                 if not self._stop.is_set():
                     log.info("docker events stream ended; reconnecting")
             if self.connects > connects_before:
-                backoff = self.min_backoff  # it was connected: a fresh break, not a daemon that stays down
-            if self._stop.wait(backoff):
+                attempt = 0  # it was connected: a fresh break, not a daemon that stays down
+            if self._stop.wait(backoff.delay(attempt)):
                 break
-            backoff = min(backoff * 2, self.max_backoff)
+            attempt += 1
 
     def _follow(self, client: Any, trigger: Trigger, *, resync: bool) -> None:
         stream = client.events(decode=True, filters={"type": ["container", "daemon"]})

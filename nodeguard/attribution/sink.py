@@ -154,6 +154,10 @@ class AttributionSink:
     # -- the engine's side: nothing here reads a file ----------------------------------------
 
     def emit(self, event: Event) -> None:
+        if event.name is EventName.AGENT_STOPPED:
+            # agent.stopped stays the last event: the actors still being looked up go out first
+            # (each within its wait, and within the stop budget SIGTERM gives the agent).
+            self.stop(timeout=min(self.settings.wait_ms / 1000 + 0.5, 1.5))
         self.inner.emit(event)
         if event.name not in DRIFT_EVENTS:
             if event.name is EventName.DRIFT_RESOLVED:
@@ -165,6 +169,17 @@ class AttributionSink:
                 self._enqueue(event)
         except Exception:  # attribution must never cost the engine an event
             log.exception("attribution: cannot queue %s", event.name)
+
+    # The engine's group commit (one fsync per pass) goes through to the sink that spools.
+    def enable_group_commit(self) -> None:
+        enable = getattr(self.inner, "enable_group_commit", None)
+        if callable(enable):
+            enable()
+
+    def sync(self) -> None:
+        sync = getattr(self.inner, "sync", None)
+        if callable(sync):
+            sync()
 
     def _key(self, event: Event) -> tuple[str, ...]:
         a = event.attributes

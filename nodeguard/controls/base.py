@@ -8,6 +8,7 @@ finding and says what it did.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,12 +17,31 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from nodeguard.accounts import AccountDB, load_accounts
 from nodeguard.dockerd import DaemonProcess, find_daemon
-from nodeguard.host import HostRoot
+from nodeguard.host import HostPathError, HostRoot
 from nodeguard.policy import ControlPolicy, Policy
 from nodeguard.structs import Finding, JSONValue, Mode, Rule, Status
 
 if TYPE_CHECKING:
     from nodeguard.state import StateStore
+
+
+ACCOUNT_FILES = ("/etc/passwd", "/etc/group", "/etc/gshadow")
+_ACCOUNTS_CACHE: dict[str, tuple[tuple[object, ...], AccountDB]] = {}
+
+
+def _accounts_key(host: HostRoot) -> tuple[object, ...] | None:
+    """What identifies the account files' contents: inode, size, mtime and ctime (any write moves ctime)."""
+    key: list[object] = []
+    for path in ACCOUNT_FILES:
+        try:
+            st = os.stat(host.resolve(path))
+        except FileNotFoundError:
+            key.append(None)
+            continue
+        except (OSError, HostPathError):
+            return None  # not cacheable: read it every time
+        key.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(key)
 
 
 @dataclass
@@ -40,7 +60,18 @@ class Context:
 
     @cached_property
     def accounts(self) -> AccountDB:
-        return load_accounts(self.host)
+        # The agent asks every pass (the socket's group name, the docker group): parsed again only
+        # when one of the files changed. A 20,000-member /etc/group is not re-read for a chmod.
+        key = _accounts_key(self.host)
+        root = str(self.host.root)
+        cached = _ACCOUNTS_CACHE.get(root)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        db = load_accounts(self.host)
+        if key is not None:
+            _ACCOUNTS_CACHE.clear()  # one host root per process in practice: never more than one kept
+            _ACCOUNTS_CACHE[root] = (key, db)
+        return db
 
     @cached_property
     def daemon_config(self) -> Any:

@@ -17,7 +17,14 @@ from typing import Any, ClassVar
 
 from nodeguard.controls.base import Context, Control
 from nodeguard.controls.daemon_config import RELOADABLE_KEYS, hosts_of
-from nodeguard.docker_api import CallCounter, DaemonUnavailable, connect, describe_error
+from nodeguard.docker_api import (
+    CallCounter,
+    DaemonUnavailable,
+    DaemonUnresponsive,
+    connect,
+    describe_error,
+    is_timeout,
+)
 from nodeguard.host import HostPathError, HostRoot, expand_glob
 from nodeguard.policy import Policy, RuntimePolicy
 from nodeguard.structs import Finding, JSONValue, Rule, Severity, Status
@@ -79,6 +86,8 @@ class RuntimeObservation:
     rootless_sockets: list[str] = field(default_factory=list)
     apparmor_available: bool | None = None
     api_calls: int = 0
+    # The socket accepted the connection but the daemon did not answer within the timeout.
+    unresponsive: bool = False
 
 
 def canonical(host: HostRoot, daemon_path: str) -> str | None:
@@ -167,6 +176,8 @@ class RuntimeControl(Control):
         Rule("host-pid", "no container shares the host's process namespace", Severity.HIGH, "5.16"),
         Rule("no-new-privileges", "containers cannot gain new privileges", Severity.MEDIUM, "5.26"),
         Rule("docker-socket-mount", "no container mounts the daemon socket", Severity.CRITICAL, "5.32"),
+        Rule("daemon-unresponsive", "the daemon answers its API within the policy's timeout", Severity.HIGH,
+             None),
     )
     CONTAINER_RULES: ClassVar[tuple[str, ...]] = (
         "added-capabilities", "privileged", "sensitive-mount", "host-network", "host-pid", "no-new-privileges",
@@ -216,6 +227,7 @@ class RuntimeControl(Control):
             client = connect(host, ctx.policy, counter=counter)
         except DaemonUnavailable as exc:
             obs.error = str(exc)
+            obs.unresponsive = isinstance(exc, DaemonUnresponsive)
             return obs
         try:
             def inspect(cid: str) -> dict[str, Any] | None:
@@ -240,7 +252,10 @@ class RuntimeControl(Control):
                     if raw is not None:
                         obs.containers.append(_container_view(host, raw))
         except Exception as exc:  # docker.errors.APIError, requests errors: a daemon going away mid-read
-            obs.error = f"the daemon at {socket_host_path} failed mid-read: {describe_error(exc)}"
+            obs.unresponsive = is_timeout(exc)
+            obs.error = (f"the daemon at {socket_host_path} stopped answering mid-read (timeout "
+                         f"{s.timeout_seconds:g}s)" if obs.unresponsive else
+                         f"the daemon at {socket_host_path} failed mid-read: {describe_error(exc)}")
         finally:
             client.close()
             obs.api_calls = counter.calls
@@ -251,9 +266,18 @@ class RuntimeControl(Control):
     def evaluate(self, observed: RuntimeObservation, policy: Policy) -> list[Finding]:
         s = self._settings(policy)
         obs = observed
+        others = [r.id for r in self.rules if r.id != "daemon-unresponsive"]
+        if obs.unresponsive:
+            # A hung daemon is a finding of its own (reported once: it stays failing until it answers).
+            return [self.finding("daemon-unresponsive", Status.FAIL, f"{obs.error}: the daemon is hung; "
+                                 "its containers and settings cannot be checked", observed="no answer",
+                                 expected=f"an answer within {s.timeout_seconds:g}s", path=obs.socket),
+                    *self.skip_all(f"runtime checks skipped: {obs.error}", others, path=obs.socket)]
         if obs.error is not None:
             return self.skip_all(f"runtime checks skipped: {obs.error}", path=obs.socket)
-        out: list[Finding] = []
+        out: list[Finding] = [self.finding("daemon-unresponsive", Status.PASS, "the daemon answers its API",
+                                           observed="answered", expected=f"an answer within {s.timeout_seconds:g}s",
+                                           path=obs.socket)]
         out += self._engine(obs, s)
         out += self._active_settings(obs)
         out += self._rootless_daemons(obs)

@@ -43,7 +43,20 @@ DEVICE_TYPE_SERVER = 1  # OCSF device.type_id: 1 Server
 
 
 def is_finding(event: Event) -> bool:
-    return event.name in _ACTIVITY
+    return event.name in _ACTIVITY or event.name is EventName.DRIFT_ATTRIBUTED
+
+
+def _activity(event: Event) -> tuple[int, str, int, str, int, str]:
+    """An attribution (the actor found in the audit log) updates the finding of the drift event it
+    completes: the same finding uid, that event's statuses, activity Update."""
+    if event.name is EventName.DRIFT_ATTRIBUTED:
+        try:
+            of = EventName(str(event.attributes.get("nodeguard.attributed.event_name", "")))
+        except ValueError:
+            of = EventName.DRIFT_DETECTED
+        _, _, status_id, status, compliance_id, compliance = _ACTIVITY.get(of, _ACTIVITY[EventName.DRIFT_DETECTED])
+        return 2, "Update", status_id, status, compliance_id, compliance
+    return _ACTIVITY[event.name]
 
 
 def _ms(nanos: int) -> int:
@@ -118,7 +131,7 @@ def to_ocsf(event: Event, host: dict[str, str], *, audit_passed: bool | None = N
     from nodeguard.catalog import cis_item, rule_entry
 
     if audit_passed is None:
-        activity_id, activity, status_id, status, compliance_id, compliance = _ACTIVITY[event.name]
+        activity_id, activity, status_id, status, compliance_id, compliance = _activity(event)
     else:
         activity_id, activity, status_id, status = 1, "Create", 1, "New"
         compliance_id, compliance = (1, "Pass") if audit_passed else (3, "Fail")

@@ -1,7 +1,8 @@
 """The one EventSink the engine talks to: aggregate -> spool (durable, chained) -> exporters.
 
     engine.emit(event) --> metrics (true counts) --> Aggregator (repeats folded)
-        --> Spool.append (chained, committed: durable when emit returns)
+        --> Spool.append (chained, committed: durable when emit returns, or, in the agent, written
+            when emit returns and made durable by one sync() per pass: a group commit)
         --> one ExportWorker thread per exporter: OTLP, JSON-lines file, OCSF file
 
 `close()` folds what the aggregator still holds into the spool, lets each exporter deliver
@@ -58,12 +59,22 @@ class EventPipeline:
     # -- EventSink ---------------------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
-        """Durable on return (unless folded into an aggregate); raises if the spool cannot store it."""
+        """Durable on return (unless folded into an aggregate, or after enable_group_commit(): then
+        written on return, durable after the next sync()); raises if the spool cannot store it."""
         if self._closed.is_set():
             raise RuntimeError("the event pipeline is closed")
         if self.metrics is not None:
             self.metrics.record_event(event)
         self.aggregator.offer(event)
+
+    def enable_group_commit(self) -> None:
+        """emit() then only writes (a SIGKILL cannot lose the event); sync() makes it durable."""
+        self.spool.defer_sync()
+
+    def sync(self) -> None:
+        """One fsync for every event emitted so far (the agent calls it once per pass)."""
+        if not self._closed.is_set():
+            self.spool.sync()
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -95,6 +106,9 @@ class EventPipeline:
         while not self._closed.wait(1.0):
             try:
                 self.aggregator.flush_due()
+                # Summaries spooled here are made durable here: no engine pass may follow soon.
+                # (A no-op when nothing was appended since the last sync, or without group commit.)
+                self.spool.sync()
             except Exception:
                 log.exception("could not spool aggregated events")
 

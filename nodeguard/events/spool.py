@@ -116,6 +116,11 @@ class Spool:
             self._db = self._open(folder / SPOOL_FILE)
         self._closed = False
         self._bytes = 0
+        self._wal_fd: int | None = None
+        self._synced_seq = 0
+        self._sync_lock = threading.Lock()
+        self._syncing = 0
+        self._synced_cv = threading.Condition(self._lock)
         with self._transaction():
             row = self._db.execute("SELECT value FROM meta WHERE key='chain'").fetchone()
             self._last_seq, self._last_hash = (0, GENESIS) if row is None else _split_chain(row[0])
@@ -179,8 +184,58 @@ class Spool:
                 # Rolled back (disk full, I/O error): the chain head must match what is on disk.
                 self._last_seq, self._last_hash, self._bytes = before
                 raise
-            self._changed.notify_all()
+            if self.synchronous == "FULL":
+                # Deferred: the exporters are woken by sync(), after the pass, so a woken exporter
+                # never competes with the reconciler in the middle of a revert (and ships durable events).
+                self._changed.notify_all()
             return out
+
+    def defer_sync(self) -> None:
+        """From now on an append is committed without an fsync (it reaches the kernel: a SIGKILL
+        cannot lose it) and `sync()` makes everything appended so far durable with one fsync.
+        The agent calls sync() once per pass: a group commit (see nodeguard/engine.py)."""
+        with self._lock:
+            self._check_open()
+            self.synchronous = "NORMAL"
+            self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def sync(self) -> None:
+        """One fsync of the write-ahead log: every append before this call survives a power loss.
+
+        Outside the spool's lock, so appends (a lane's write-ahead record) never wait for the disk;
+        syncs are serialized among themselves (a second caller returns only once its events are
+        synced). In WAL mode a commit is durable once its WAL frames are; sqlite itself syncs the
+        WAL before a checkpoint copies it into the database, so the frames synced here are never lost.
+        """
+        with self._sync_lock:
+            with self._lock:
+                self._check_open()
+                if self.synchronous == "FULL" or self._last_seq == self._synced_seq:
+                    return  # every commit was already synced, or nothing appended since
+                target = self._last_seq
+                if self._wal_fd is None:
+                    try:
+                        self._wal_fd = os.open(self.folder / f"{SPOOL_FILE}-wal", os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        # Nothing appended since the last checkpoint: the database file holds it all.
+                        self._synced_seq = target
+                        self._changed.notify_all()
+                        return
+                    dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    try:
+                        os.fsync(dir_fd)  # the WAL's own name, once
+                    finally:
+                        os.close(dir_fd)
+                fd = self._wal_fd
+                self._syncing += 1
+            try:
+                os.fsync(fd)
+            finally:
+                with self._lock:
+                    self._syncing -= 1
+                    self._synced_seq = max(self._synced_seq, target)
+                    self._synced_cv.notify_all()
+                    self._changed.notify_all()
 
     def hold_repeat(self, key: str, count: int, first_seen: int, last: Event) -> None:
         """Remember how often a drift repeated since it was last sent (the aggregator's window).
@@ -330,9 +385,21 @@ class Spool:
                 return
             self._closed = True
             self._changed.notify_all()
+            self._synced_cv.wait_for(lambda: self._syncing == 0, timeout=10)
+            if self.synchronous != "FULL":
+                # The last appends: one FULL commit syncs the WAL before the checkpoint below.
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("PRAGMA synchronous=FULL")
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('closed', ?)",
+                                     (str(time.time()),))
+                    self._db.execute("COMMIT")
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
             os.close(self._lock_fd)
 
     # -- internals ---------------------------------------------------------------------------

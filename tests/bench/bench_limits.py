@@ -1,4 +1,7 @@
-"""Time and peak memory of hostile-sized inputs: `.venv/bin/python -m tests.bench.bench_limits`.
+"""Time and peak memory of hostile-sized inputs: `sudo .venv/bin/python -m tests.bench.bench_limits`.
+
+The second table runs the real commands as processes on those inputs: `nodeguard check` and
+`nodeguard run` (the agent, until its pass is done), each's peak RSS read from wait4().
 
 Each case runs in a fresh interpreter so its peak RSS is its own: "peak" is the process's maximum
 resident set, "added" is that minus the same interpreter's RSS after imports, before the case.
@@ -7,7 +10,9 @@ The answers themselves are asserted in tests/unit/test_limits.py; here only the 
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -170,6 +175,91 @@ def run_case(setup: str, measured: str) -> dict[str, object]:
     return out
 
 
+def command_peak(args: list[str], *, until: object = None, timeout: float = 300,
+                 prefix: list[str] | None = None) -> tuple[float, float, str]:
+    """(seconds, peak RSS MiB, last stderr line) of `python -m nodeguard ...`; a `run` is stopped
+    with SIGTERM once `until()` holds."""
+    import signal
+    import time
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "nodeguard", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if until is not None:
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline and proc.poll() is None:  # type: ignore[operator]
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - t0
+        time.sleep(3)  # the pass's outcome events, then a steady agent
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if until is None:
+        elapsed = time.perf_counter() - t0
+    err = proc.stderr.read() if proc.stderr else ""
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    return elapsed, usage.ru_maxrss / 1024, last
+
+
+def _agent_done(run_mode: str, group: Path, state: Path, marker: str) -> bool:
+    """The agent's pass over the big input is over: the group is clean (enforce) or the state names it."""
+    if run_mode == "enforce":
+        return "docker:x:990:\n" in group.read_text()
+    findings = state / "findings.json"
+    return findings.exists() and marker in findings.read_text()
+
+
+def commands() -> list[tuple[str, float, float, str]]:
+    sys.path.insert(0, str(REPO))
+    from tests.support.bigfiles import big_daemon_json, big_group, big_gshadow
+    from tests.support.sandbox import make_sandbox
+
+    out = []
+    if os.geteuid() != 0:
+        return [("(agent cases need root: skipped)", float("nan"), float("nan"), "")]
+    for label, mode in (("check: docker group of 100,000 members", None),
+                        ("run --mode observe: group of 100,000", "observe"),
+                        ("run --mode enforce: group of 100,000", "enforce"),
+                        ("check: daemon.json 50 MB", "json-check"),
+                        ("run --mode observe: daemon.json 50 MB", "json-run")):
+        root = Path(tempfile.mkdtemp(prefix="ng-bench-"))
+        sb = make_sandbox(root / "host")
+        if mode in ("json-check", "json-run"):
+            sb.path("/etc/docker/daemon.json").write_bytes(big_daemon_json(50 * 1024 * 1024))
+        else:
+            sb.write("/etc/group", big_group(100_000))
+            sb.write("/etc/gshadow", big_gshadow(100_000), 0o640)
+        state = root / "state"
+        events = root / "events.jsonl"
+        try:
+            if mode is None or mode == "json-check":
+                secs, peak, last = command_peak(["check", "--host-root", str(sb.root), "--format", "json"])
+                answer = ""
+            else:
+                run_mode = "observe" if mode == "json-run" else mode
+                marker = "daemon-config" if mode == "json-run" else "member-allowed"
+                done = functools.partial(_agent_done, run_mode, sb.path("/etc/group"), state, marker)
+                netns = f"ngl-{os.urandom(3).hex()}"
+                subprocess.run(["ip", "netns", "add", netns], check=True)
+                try:
+                    # In a network namespace of its own: the firewall control never touches this machine's.
+                    secs, peak, last = command_peak(
+                        ["run", "--host-root", str(sb.root), "--state-dir", str(state), "--events-file",
+                         str(events), "--mode", run_mode, "--log-level", "error"], until=done,
+                        prefix=["nsenter", f"--net=/var/run/netns/{netns}"])
+                finally:
+                    subprocess.run(["ip", "netns", "del", netns], check=False)
+                n = sum(1 for line in events.read_text().splitlines()
+                        if '"member-allowed"' in line) if events.exists() else 0
+                answer = f"{n} member-allowed events"
+            out.append((label, secs, peak, answer or last[:60]))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print(f"  {label}: {out[-1][1]:.2f} s", file=sys.stderr, flush=True)
+    return out
+
+
 def main() -> None:
     rows = []
     for name, (size, setup, measured) in CASES.items():
@@ -181,6 +271,12 @@ def main() -> None:
     print("-" * 120)
     for name, size, r in rows:
         print(f"{name:<46} {size:>10} {r['seconds']:>8.2f} {r['peak']:>13.0f} {r['added']:>10.0f}  {r['result']}")
+    cmd_rows = commands()
+    print()
+    print(f"{'command (a process, peak RSS from wait4)':<46} {'time s':>8} {'peak RSS MiB':>13}  answer")
+    print("-" * 100)
+    for label, secs, peak, answer in cmd_rows:
+        print(f"{label:<46} {secs:>8.2f} {peak:>13.0f}  {answer}")
     leftovers = [p for p in Path(tempfile.gettempdir()).glob("ng-bench-*")]
     for p in leftovers:
         shutil.rmtree(p, ignore_errors=True)

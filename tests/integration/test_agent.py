@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket as pysocket
 import stat
 import subprocess
 import sys
@@ -185,18 +186,30 @@ def test_policy_hot_reload_configmap_style(sandbox: Sandbox, state_dir: Path, tm
         assert "docker:x:990:\n" in sandbox.read("/etc/group")
 
 
-def test_flapping_backs_off_instead_of_a_hot_loop(sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+def test_a_fight_over_a_cheap_revert_is_reported_once_and_never_backed_off(
+        sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    """A mode is a few system calls to put back: giving up would leave the door open (issue 12.4)."""
     require_root()
     policy = tmp_path / "p.yaml"
     policy.write_text("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  mode: enforce\n"
                       "  agent:\n    flapping: {threshold: 3, windowSeconds: 30, maxBackoffSeconds: 2}\n")
     etc_docker = sandbox.path("/etc/docker")
     stop = threading.Event()
+    fixed_after_flap = [0]
+    flapped = threading.Event()
 
     def fight() -> None:  # a config-management tool that disagrees with the policy
         while not stop.is_set():
             etc_docker.chmod(0o777)
-            time.sleep(0.01)
+            # Count the reverts that land after the flapping report: a back-off would leave none.
+            deadline = time.monotonic() + 0.05
+            while time.monotonic() < deadline:
+                if stat.S_IMODE(etc_docker.stat().st_mode) == 0o755:
+                    if flapped.is_set():
+                        fixed_after_flap[0] += 1
+                    break
+                time.sleep(0.0005)
+            time.sleep(0.02)
 
     with running_agent(sandbox.root, state_dir, "--policy", str(policy)) as agent:
         wait_first_pass(state_dir)
@@ -204,18 +217,65 @@ def test_flapping_backs_off_instead_of_a_hot_loop(sandbox: Sandbox, state_dir: P
         fighter.start()
         try:
             ev = agent.wait_for(is_event("nodeguard.drift.flapping", "etc-docker-mode"))
-            assert ev["attributes"]["nodeguard.backoff_seconds"] == 1
-            time.sleep(1.5)
-            reverts = [e for e in agent.events() if is_event("nodeguard.drift.reverted", "etc-docker-mode")(e)]
-            # ~100 chmods per second for 1.5 s: without back-off that would be ~150 reverts.
-            assert len(reverts) < 20, len(reverts)
+            flapped.set()
+            assert ev["attributes"]["nodeguard.backoff_seconds"] == 0
+            assert ev["attributes"]["nodeguard.flap_count"] > 3
+            assert "never backed off" in ev["body"]
+            time.sleep(2.0)
         finally:
             stop.set()
             fighter.join()
-        # Once the fight stops, the next retry puts the folder back.
+        # ~40 chmods in those 2 s: each one put back (a back-off of 1-2 s would allow 1 or 2).
+        assert fixed_after_flap[0] >= 10, fixed_after_flap[0]
+        flaps = [e for e in agent.events() if is_event("nodeguard.drift.flapping", "etc-docker-mode")(e)]
+        assert len(flaps) == 1, "reported at most once per window"
+        assert stat.S_IMODE(etc_docker.stat().st_mode) == 0o755 or _eventually_mode(etc_docker, 0o755)
+
+
+def _eventually_mode(path: Path, mode: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while stat.S_IMODE(path.stat().st_mode) != mode:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_fight_over_daemon_json_backs_off(sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    """A daemon.json rewrite (+ SIGHUP) is expensive: a fight over it backs off, capped by the policy."""
+    require_root()
+    daemon_json = sandbox.path("/etc/docker/daemon.json")
+    daemon_json.write_text(json.dumps(HARDENED))
+    policy = tmp_path / "p.yaml"
+    policy.write_text("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  mode: enforce\n"
+                      "  agent:\n    flapping: {threshold: 3, windowSeconds: 30, maxBackoffSeconds: 2}\n")
+    stop = threading.Event()
+
+    def fight() -> None:
+        i = 0
+        while not stop.is_set():
+            editor_write(daemon_json, json.dumps({**HARDENED, "icc": True, "labels": [f"n={i}"]}))
+            i += 1
+            time.sleep(0.05)
+
+    with running_agent(sandbox.root, state_dir, "--policy", str(policy), "--aggregate-seconds", "0") as agent:
+        wait_first_pass(state_dir)
+        fighter = threading.Thread(target=fight)
+        fighter.start()
+        try:
+            ev = agent.wait_for(is_event("nodeguard.drift.flapping", "icc"), timeout=30)
+            assert ev["attributes"]["nodeguard.backoff_seconds"] == 1
+            mark = agent.mark()
+            time.sleep(0.8)
+            reverts = [e for e in agent.events()[mark:] if is_event("nodeguard.drift.reverted", "icc")(e)]
+            assert len(reverts) <= 1, len(reverts)  # backing off: ~16 writes, no revert
+        finally:
+            stop.set()
+            fighter.join()
+        # Once the fight stops, the retry after the back-off puts the file back.
         deadline = time.monotonic() + 10
-        while stat.S_IMODE(etc_docker.stat().st_mode) != 0o755:
-            assert time.monotonic() < deadline
+        while json.loads(daemon_json.read_text()).get("icc") is not False:
+            assert time.monotonic() < deadline, [(e["event.name"], e["body"][:150]) for e in agent.events()[-8:]]
             time.sleep(0.05)
 
 
@@ -292,3 +352,191 @@ def test_run_help_documents_contract_flags() -> None:
     for flag in ("--host-root", "--policy", "--mode", "--events-file", "--state-dir"):
         assert flag in out.stdout
 
+
+
+ENFORCE_HEAD = "apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  mode: enforce\n"
+
+
+def wait_mode(path: Path, mode: int, timeout: float) -> float:
+    """Seconds until `path` has `mode` (AssertionError after `timeout`)."""
+    started = time.monotonic()
+    while stat.S_IMODE(path.stat().st_mode) != mode:
+        assert time.monotonic() - started < timeout, f"{path} still {oct(stat.S_IMODE(path.stat().st_mode))}"
+        time.sleep(0.002)
+    return time.monotonic() - started
+
+
+def test_a_hung_daemon_never_holds_the_socket_revert(sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    """The socket accepts and never answers (a hung dockerd): the runtime control waits its timeout
+    in the slow lane, reports `daemon-unresponsive` once, and the socket's revert does not wait."""
+    require_root()
+    from tests.support.hung_daemon import hung_socket
+    from tests.support.sandbox import DOCKER_GID
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text(ENFORCE_HEAD + "  controls:\n    runtime:\n      timeoutSeconds: 8\n")
+    sock = sandbox.path("/run/docker.sock")
+    with hung_socket(sock, DOCKER_GID) as held, \
+            running_agent(sandbox.root, state_dir, "--policy", str(policy)) as agent:
+        wait_first_pass(state_dir)
+        # While the slow lane's start-up pass is stuck on the hung API (8 s):
+        mark = agent.mark()
+        sock.chmod(0o666)
+        took = wait_mode(sock, 0o660, timeout=4)
+        agent.wait_for(is_event("nodeguard.drift.reverted", "socket-mode"), after=mark)
+        ev = agent.wait_for(is_event("nodeguard.drift.detected", "daemon-unresponsive"), timeout=30)
+        assert held, "nothing connected to the hung socket: the test would prove nothing"
+        assert "did not answer within 8s" in ev["body"]
+        # Again while the runtime control is (re)trying: still not held.
+        sock.chmod(0o666)
+        took = max(took, wait_mode(sock, 0o660, timeout=4))
+        time.sleep(2)
+        hung = [e for e in agent.events() if is_event("nodeguard.drift.detected", "daemon-unresponsive")(e)]
+        assert len(hung) == 1, "a hung daemon is reported once, not once per attempt"
+
+
+def test_a_20000_member_drift_is_removed_whole_in_n_plus_one_events(
+        sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    require_root()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(ENFORCE_HEAD + "  agent:\n    maxEventsPerRule: 50\n")
+    group = sandbox.path("/etc/group")
+    with running_agent(sandbox.root, state_dir, "--policy", str(policy)) as agent:
+        wait_first_pass(state_dir)
+        mark = agent.mark()
+        members = ",".join(f"intruder{i}" for i in range(20_000))
+        editor_write(group, group.read_text().replace("docker:x:990:\n", f"docker:x:990:{members}\n"))
+        ev = agent.wait_for(is_event("nodeguard.drift.detected", "member-allowed", summary=True), after=mark,
+                            timeout=60)
+        assert ev["attributes"]["nodeguard.summary.total"] == 20_000
+        assert ev["attributes"]["nodeguard.summary.left_out"] == 19_950
+        deadline = time.monotonic() + 60
+        while "docker:x:990:\n" not in group.read_text():
+            assert time.monotonic() < deadline, "the 20,000 members were not all removed"
+            time.sleep(0.05)
+        agent.wait_for(is_event("nodeguard.drift.reverted", "member-allowed"), after=mark, timeout=30)
+        time.sleep(2.0)  # whatever the pass still had to say
+        drift = [e for e in agent.events()[mark:] if e["attributes"].get("nodeguard.rule") == "member-allowed"]
+        assert len(drift) <= 51, [(e["event.name"], e["attributes"].get("nodeguard.subject")) for e in drift[:5]]
+        assert sum(1 for e in drift if e["event.name"] == "nodeguard.drift.reverted") == 50, \
+            [(e["event.name"], e["body"][:100]) for e in drift][:5]
+
+
+def test_a_policy_swapped_when_agent_started_appears_is_loaded(
+        sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    """The policy is re-read once the watch is in place: an atomic rename at `agent.started` is not lost."""
+    require_root()
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    policy = folder / "policy.yaml"
+    head = "apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\n"
+    policy.write_text(head + "spec:\n  mode: observe\n")
+    with running_agent(sandbox.root, state_dir, "--policy", str(policy)) as agent:
+        agent.wait_for(is_event("nodeguard.agent.started"), timeout=30)
+        tmp = folder / ".policy.yaml.new"
+        tmp.write_text(head + "spec:\n  mode: enforce\n")
+        os.rename(tmp, policy)
+        agent.wait_for(is_event("nodeguard.policy.loaded", mode="enforce"), timeout=30)
+        mark = agent.mark()
+        usermod_add(sandbox, "bob")
+        agent.wait_for(is_event("nodeguard.drift.reverted", "member-allowed", subject="bob"), after=mark)
+
+
+def test_reload_rebuilds_the_folder_watches(sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    """A reload that moves the socket's path: the new folder is watched (no resync needed: 600 s)."""
+    require_root()
+    from tests.support.sandbox import DOCKER_GID
+
+    for where in ("/run/docker.sock", "/srv/d/docker.sock"):
+        p = sandbox.path(where)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        s = pysocket.socket(pysocket.AF_UNIX)
+        s.bind(str(p))
+        s.close()
+        os.chown(p, 0, DOCKER_GID)
+        p.chmod(0o660)
+    policy = tmp_path / "p.yaml"
+    agent_cfg = "  agent:\n    resyncSeconds: 600\n"
+    policy.write_text(ENFORCE_HEAD + agent_cfg)
+    with running_agent(sandbox.root, state_dir, "--policy", str(policy)) as agent:
+        wait_first_pass(state_dir)
+        tmp = tmp_path / ".p.yaml.new"
+        tmp.write_text(ENFORCE_HEAD + agent_cfg + "  controls:\n    socket:\n      path: /srv/d/docker.sock\n")
+        os.rename(tmp, policy)
+        agent.wait_for(is_event("nodeguard.policy.loaded"), after=2)
+        time.sleep(0.5)
+        moved = sandbox.path("/srv/d/docker.sock")
+        moved.chmod(0o666)
+        wait_mode(moved, 0o660, timeout=10)
+
+
+@pytest.mark.dockerd
+def test_reload_that_turns_runtime_on_starts_the_docker_events_watcher(
+        sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    """Runtime off at start, on after a reload: a new container is reported by the events stream,
+    not at the next resync (600 s here)."""
+    from tests.support.dockerd import import_busybox
+
+    policy = tmp_path / "p.yaml"
+    base = ("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  mode: observe\n"
+            "  agent:\n    resyncSeconds: 600\n")
+    policy.write_text(base + "  controls:\n    runtime:\n      mode: off\n")
+    with running_dockerd(sandbox, HARDENED) as d, \
+            running_agent(sandbox.root, state_dir, "--policy", str(policy)) as agent:
+        image = import_busybox(d)
+        wait_first_pass(state_dir)
+        tmp = tmp_path / ".p.yaml.new"
+        tmp.write_text(base + "  controls:\n    runtime:\n      mode: observe\n")
+        os.rename(tmp, policy)
+        agent.wait_for(is_event("nodeguard.policy.loaded"), after=2)
+        # The reload's resync has looked at the runtime once (a finding of the running daemon):
+        agent.wait_for(is_event("nodeguard.drift.detected", "userns-remap-active"), timeout=30)
+        mark = agent.mark()
+        d.cli("create", "--name", "late-caps", "--cap-add", "SYS_ADMIN", image)
+        agent.wait_for(is_event("nodeguard.drift.detected", "added-capabilities", subject="late-caps"),
+                       after=mark, timeout=20)
+
+
+def test_a_held_shadow_lock_delays_the_group_revert_never_the_socket(
+        sandbox: Sandbox, state_dir: Path, tmp_path: Path) -> None:
+    """`vipw -g` left open holds lckpwdf(): the group's lane waits for it (never stealing it), the
+    socket's revert does not (issue 17.2)."""
+    require_root()
+    from tests.support.sandbox import DOCKER_GID
+
+    sock = sandbox.path("/run/docker.sock")
+    s = pysocket.socket(pysocket.AF_UNIX)
+    s.bind(str(sock))
+    s.close()
+    os.chown(sock, 0, DOCKER_GID)
+    sock.chmod(0o660)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(ENFORCE_HEAD)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(sandbox.path('/etc/.pwd.lock'))!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+         "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        with running_agent(sandbox.root, state_dir, "--policy", str(policy)) as agent:
+            wait_first_pass(state_dir)
+            mark = agent.mark()
+            group = sandbox.path("/etc/group")
+            editor_write(group, group.read_text().replace("docker:x:990:\n", "docker:x:990:mallory\n"))
+            agent.wait_for(is_event("nodeguard.drift.detected", "member-allowed", subject="mallory"), after=mark)
+            time.sleep(0.3)  # the group's lane is now waiting for the lock
+            sock.chmod(0o666)
+            wait_mode(sock, 0o660, timeout=3)
+            assert "mallory" in group.read_text(), "the lock holder's lock was not respected"
+            holder.communicate(b"", timeout=10)  # vipw exits: the lock is free
+            deadline = time.monotonic() + 40  # shadow-utils' own wait is 15 s, then the retry timer
+            while "mallory" in group.read_text():
+                assert time.monotonic() < deadline, agent.stderr()[-2000:]
+                time.sleep(0.05)
+            flaps = [e for e in agent.events() if e["event.name"] == "nodeguard.drift.flapping"]
+            assert flaps == [], "a failed revert is not a fight"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()

@@ -253,7 +253,8 @@ def test_check_and_skip_by_cis_id_or_rule_id(sandbox: Sandbox) -> None:
     failing_host(sandbox)
     _, report = check_json(sandbox.root, "--check", "2.2,1.1.2")
     assert {(f["control"], f["rule"]) for f in report["findings"]} == {
-        ("daemon-config", "icc"), ("docker-group", "member-allowed"), ("docker-group", "primary-group")}
+        ("daemon-config", "icc"), ("docker-group", "member-allowed"), ("docker-group", "primary-group"),
+        ("docker-group", "single-entry"), ("docker-group", "group-password")}
     _, report = check_json(sandbox.root, "--check", "daemon-config/icc", "--check", "log-level")
     assert {f["rule"] for f in report["findings"]} == {"icc", "log-level"}
     _, report = check_json(sandbox.root, "--skip", "1.1.2", "--skip", "icc,log-level")

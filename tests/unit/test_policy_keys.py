@@ -273,18 +273,26 @@ def _engine(w: World, policy: Policy, **kw: Any) -> tuple[Engine, _Events]:
 
 def loaded_event_probe(w: World, policy: Policy) -> Any:
     engine, _ = _engine(w, policy, controls=[])
-    attrs = dict(engine._policy_loaded_event().attributes)
+    attrs = dict(engine.source.loaded_event().attributes)
     return {k: v for k, v in attrs.items() if k not in ("host.name", "nodeguard.policy_sha256")}
 
 
 def flapping_probe(w: World, policy: Policy) -> Any:
-    """The flapping events 14 reverts of one finding, 10 s apart, give (engine clock injected)."""
+    """The flapping reports 14 reverts of one expensive finding (a daemon.json rewrite), 10 s apart,
+    give (engine clock injected); a cheap revert never backs off, so the expensive one shows all three keys."""
+    engine, _ = _engine(w, policy, controls=[])
+    reports = [engine.flaps.note_revert("daemon-config/live-restore/", 1000.0 + 10 * i, cheap=False)
+               for i in range(14)]
+    return [(r.backoff, r.level, r.count) for r in reports if r is not None]
+
+
+def max_events_probe(w: World, policy: Policy) -> Any:
+    """Events the engine emits for 150 findings of one rule in one pass: the first N and a summary."""
     engine, sink = _engine(w, policy, controls=[])
-    f = Finding("socket", "socket-mode", Status.FAIL, Severity.CRITICAL, "x", subject=None)
-    for i in range(14):
-        engine._note_revert("socket/socket-mode/", f, 1000.0 + 10 * i)
-    return [(e.attributes["nodeguard.backoff_seconds"], e.attributes["nodeguard.flap_level"])
-            for e in sink.events if e.name is EventName.DRIFT_FLAPPING]
+    findings = [Finding("docker-group", "member-allowed", Status.FAIL, Severity.HIGH, f"u{i}", subject=f"u{i}")
+                for i in range(150)]
+    engine._emit_bounded(EventName.DRIFT_DETECTED, "detected", findings, engine._max_events(policy))
+    return len(sink.events)
 
 
 def _running(engine: Engine) -> threading.Thread:
@@ -368,6 +376,7 @@ CASES: dict[str, Case] = {
     "spec.agent.flapping.threshold": Case(at("spec.agent.flapping.threshold", 20), flapping_probe),
     "spec.agent.flapping.windowSeconds": Case(at("spec.agent.flapping.windowSeconds", 5), flapping_probe),
     "spec.agent.flapping.maxBackoffSeconds": Case(at("spec.agent.flapping.maxBackoffSeconds", 1), flapping_probe),
+    "spec.agent.maxEventsPerRule": Case(at("spec.agent.maxEventsPerRule", 20), max_events_probe),
     "spec.agent.attribution.enabled": Case(at("spec.agent.attribution.enabled", False), _attribution),
     "spec.agent.attribution.auditLog": Case(at("spec.agent.attribution.auditLog", "/srv/elsewhere.log"), _attribution),
     "spec.agent.attribution.waitMs": Case(at("spec.agent.attribution.waitMs", 1500), _attribution),

@@ -1,0 +1,141 @@
+"""The engine's workers: lanes (one thread each, its own triggers, timers and resync) and the
+committer (one group commit per pass). What a lane runs is the engine's (nodeguard/engine.py):
+a lane only decides *when* its controls are looked at again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from nodeguard.controls import Control
+from nodeguard.watch import RESYNC
+
+if TYPE_CHECKING:
+    from nodeguard.engine import Engine
+
+log = logging.getLogger(__name__)
+
+POLICY_TARGET = "policy"
+SLOW_LANE = "slow"
+# The slow lane lets a burst settle this long before its pass: the fast lanes woken by the same
+# event revert first (a pass of the slow lane is CPU work that would compete with them).
+SLOW_LANE_SETTLE_S = 0.05
+
+
+class Lane:
+    """One worker thread: its own pending triggers, timers and resync; runs its controls in order."""
+
+    def __init__(self, engine: Engine, name: str, controls: Sequence[Control]) -> None:
+        self.engine = engine
+        self.name = name
+        self.controls = list(controls)
+        self.names = {c.name for c in self.controls}
+        self._cv = threading.Condition(threading.Lock())
+        self._pending: dict[str, str] = {}
+        self._timers: dict[str, float] = {}
+        self._last_pass_end = 0.0
+        self.thread = threading.Thread(target=self._run, name=f"nodeguard-lane-{name}", daemon=True)
+
+    def trigger(self, target: str, reason: str) -> None:
+        with self._cv:
+            self._pending.setdefault(target, reason)
+            self._cv.notify()
+
+    def wake_at(self, target: str, when: float) -> None:
+        """Look at `target` again at monotonic time `when` (a retry or the end of a back-off)."""
+        with self._cv:
+            current = self._timers.get(target)
+            if current is None or when < current:
+                self._timers[target] = when
+            self._cv.notify()
+
+    def notify(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def _run(self) -> None:
+        eng = self.engine
+        try:
+            # The start-up pass always completes, even when stop() came first: what was found at
+            # start is reported and what enforce mode must revert is reverted.
+            eng.reconcile(self, self.controls, startup=True)
+        except Exception:
+            log.exception("lane %s: start-up pass failed", self.name)
+        next_resync = time.monotonic() + eng.policy.spec.agent.resync_seconds
+        while not eng.stopping.is_set():
+            with self._cv:
+                if not self._pending:
+                    wake = min([next_resync, *self._timers.values()])
+                    self._cv.wait(max(0.0, wake - time.monotonic()))
+            if eng.stopping.is_set():
+                break
+            # Leading edge: a change after a quiet spell is looked at at once (revert latency);
+            # within coalesceMs of the last pass, triggers wait and merge, so a burst (an editor's
+            # write+rename, usermod's four files, a storm) costs one pass per window.
+            coalesce = eng.policy.spec.agent.coalesce_ms / 1000
+            since_last = time.monotonic() - self._last_pass_end
+            if self._pending and self.name == SLOW_LANE:
+                eng.stopping.wait(max(SLOW_LANE_SETTLE_S, coalesce - since_last))
+            elif self._pending and since_last < coalesce:
+                eng.stopping.wait(coalesce - since_last)
+            now = time.monotonic()
+            with self._cv:
+                pending, self._pending = self._pending, {}
+                for target, due in list(self._timers.items()):
+                    if due <= now:
+                        del self._timers[target]
+                        pending.setdefault(target, "retry")
+            if now >= next_resync:
+                pending[RESYNC] = "periodic resync"
+            if RESYNC in pending:
+                next_resync = now + eng.policy.spec.agent.resync_seconds
+            try:
+                if self.name == SLOW_LANE and (POLICY_TARGET in pending or RESYNC in pending):
+                    # Every resync checks the policy's content hash: a change inotify missed is not lost.
+                    eng.check_policy(pending.get(POLICY_TARGET) or pending[RESYNC])
+                targets = self.controls if RESYNC in pending else [c for c in self.controls if c.name in pending]
+                if targets:
+                    eng.reconcile(self, targets)
+            except Exception:  # one broken pass must not end the lane
+                log.exception("lane %s: pass failed", self.name)
+            self._last_pass_end = time.monotonic()
+
+
+class Committer:
+    """The group commit: after each pass, one fsync of the event spool and one atomic write of the
+    state, on a thread of its own so no lane ever waits for a disk."""
+
+    def __init__(self, commit: Callable[[], None]) -> None:
+        self._commit = commit
+        self._wanted = threading.Event()
+        self._stop = threading.Event()
+        self.commits = 0
+        self.thread = threading.Thread(target=self._run, name="nodeguard-commit", daemon=True)
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._stop.is_set():
+                return
+            self._wanted.clear()
+            self.once()
+
+    def once(self) -> None:
+        try:
+            self._commit()
+            self.commits += 1
+        except Exception:
+            log.exception("commit failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wanted.set()
+        if self.thread.is_alive():
+            self.thread.join(10)

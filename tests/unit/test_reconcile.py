@@ -1,0 +1,135 @@
+"""The reconciler's decisions (nodeguard/reconcile.py), with an injected clock: no sleeping, no host."""
+
+from __future__ import annotations
+
+import hashlib
+
+from nodeguard.reconcile import (
+    Backoff,
+    FlapTracker,
+    RetryTracker,
+    Transition,
+    bound_events,
+    finding_key,
+    split_key,
+    transition,
+)
+from nodeguard.structs import Finding, Severity, Status
+
+
+def member(name: str, rule: str = "member-allowed") -> Finding:
+    return Finding("docker-group", rule, Status.FAIL, Severity.CRITICAL, f"{name} in docker", subject=name)
+
+
+def test_transitions_new_still_failing_resolved_quiet() -> None:
+    assert transition(None, Status.FAIL) is Transition.NEW
+    assert transition(False, Status.FAIL) is Transition.NEW
+    assert transition(True, Status.FAIL) is Transition.STILL_FAILING
+    assert transition(True, Status.PASS) is Transition.RESOLVED
+    assert transition(True, Status.SKIP) is Transition.RESOLVED
+    assert transition(None, Status.PASS) is Transition.QUIET
+    assert transition(False, Status.PASS) is Transition.QUIET
+
+
+def test_a_drift_found_at_start_with_a_baseline_happened_while_down() -> None:
+    assert transition(False, Status.FAIL, startup_with_baseline=True) is Transition.WHILE_DOWN
+    assert transition(None, Status.FAIL, startup_with_baseline=True) is Transition.WHILE_DOWN
+    # Already failing before the restart: nothing new to say.
+    assert transition(True, Status.FAIL, startup_with_baseline=True) is Transition.STILL_FAILING
+
+
+def test_one_identity_control_rule_subject() -> None:
+    f = member("bob")
+    assert finding_key(f) == "docker-group/member-allowed/bob"
+    assert split_key(finding_key(f)) == ("docker-group", "member-allowed", "bob")
+    assert split_key("socket/socket-mode") == ("socket", "socket-mode", "")
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    b = Backoff(1.0, 5.0)
+    assert [b.delay(n) for n in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert b.delay(10_000) == 5.0  # no overflow on a long fight
+
+
+def test_a_cheap_revert_is_never_backed_off_and_its_fight_reported_once_per_window() -> None:
+    t = FlapTracker(threshold=3, window=60.0, max_backoff=300.0)
+    reports = []
+    now = 1000.0
+    for _ in range(60):  # one revert every 0.5 s for 30 s
+        r = t.note_revert("socket/socket-mode", now, cheap=True)
+        if r is not None:
+            reports.append((now, r))
+        assert not t.blocked("socket/socket-mode", now)
+        now += 0.5
+    assert len(reports) == 1
+    assert reports[0][1].count == 4 and reports[0][1].backoff == 0
+    # A new window: the fight is reported again, with the count seen in it.
+    now = reports[0][0] + 60.0
+    r = t.note_revert("socket/socket-mode", now, cheap=True)
+    assert r is not None and r.count > 3
+
+
+def test_an_expensive_revert_backs_off_doubling_up_to_the_cap() -> None:
+    t = FlapTracker(threshold=2, window=30.0, max_backoff=3.0)
+    key = "daemon-config/icc"
+    now = 0.0
+    delays = []
+    for _ in range(4):
+        report = None
+        while report is None:
+            report = t.note_revert(key, now, cheap=False)
+            now += 0.1
+        delays.append(report.backoff)
+        assert t.blocked(key, now)
+        assert t.next_unblock() == now - 0.1 + report.backoff
+        now += report.backoff
+        assert not t.blocked(key, now)
+        assert t.expired(now) == [key]
+        assert t.expired(now) == []  # each expiry returned once
+    assert delays == [1.0, 2.0, 3.0, 3.0]
+
+
+def test_an_expensive_fight_starts_over_after_a_quiet_spell() -> None:
+    t = FlapTracker(threshold=1, window=10.0, max_backoff=100.0)
+    key = "daemon-config/icc"
+    t.note_revert(key, 0.0, cheap=False)
+    assert t.note_revert(key, 1.0, cheap=False).backoff == 1.0  # type: ignore[union-attr]
+    t.note_revert(key, 3.0, cheap=False)
+    assert t.note_revert(key, 4.0, cheap=False).backoff == 2.0  # type: ignore[union-attr]
+    t.note_revert(key, 500.0, cheap=False)
+    assert t.note_revert(key, 501.0, cheap=False).backoff == 1.0  # type: ignore[union-attr]
+
+
+def test_a_failed_revert_waits_for_its_timer_not_for_a_trigger() -> None:
+    r = RetryTracker(Backoff(0.1, 5.0))
+    key = "docker-group/member-allowed/mallory"
+    assert r.failed(key, 10.0) == (1, 10.1)
+    assert r.waiting(key, 10.05)  # our own write's inotify event arriving now changes nothing
+    assert not r.waiting(key, 10.1)
+    assert r.failed(key, 10.1) == (2, 10.1 + 0.2)
+    assert r.next_due() == 10.1 + 0.2
+    assert r.due(10.4) == [key]
+    r.succeeded(key)
+    assert not r.waiting(key, 10.2) and r.attempts(key) == 0 and r.next_due() is None
+
+
+def test_more_than_n_findings_of_a_rule_become_n_plus_a_summary() -> None:
+    members = [member(f"user{i:05d}") for i in range(20_000)]
+    other = member("x", rule="gshadow-member")
+    shown, over = bound_events([*members[:50], other, *members[50:]], 100)
+    assert len(shown) == 101 and other in shown
+    assert shown[:50] == members[:50] and shown[51:] == members[50:100]  # the input order is kept
+    assert len(over) == 1
+    bulk = over[0]
+    assert bulk.rule == ("docker-group", "member-allowed")
+    s = bulk.summary()
+    assert s["total"] == 20_000 and s["shown"] == 100 and s["left_out"] == 19_900
+    names = sorted(f"user{i:05d}" for i in range(100, 20_000))
+    assert s["left_out_sha256"] == hashlib.sha256("\n".join(names).encode()).hexdigest()
+    assert s["left_out_sample"] == names[:20]
+
+
+def test_n_or_fewer_findings_are_all_shown() -> None:
+    members = [member(f"u{i}") for i in range(100)]
+    shown, over = bound_events(members, 100)
+    assert shown == members and over == []
