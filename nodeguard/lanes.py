@@ -65,6 +65,7 @@ class Lane:
             eng.reconcile(self, self.controls, startup=True)
         except Exception:
             log.exception("lane %s: start-up pass failed", self.name)
+        self._last_pass_end = time.monotonic()  # the start-up pass counts for coalescing too
         next_resync = time.monotonic() + eng.policy.spec.agent.resync_seconds
         while not eng.stopping.is_set():
             with self._cv:
