@@ -174,6 +174,19 @@ def test_host_mounts_are_exactly_what_the_agent_touches() -> None:
     assert probe[probe.index("--state-dir") + 1] == "/host/var/lib/nodeguard"
 
 
+def test_the_audit_log_is_mounted_read_only_only_when_asked() -> None:
+    """Attribution reads the node's audit log through the host root: an opt-in, read-only mount at
+    /host + the folder, where the policy's default (auditd.conf's log_file) finds it."""
+    ds = one(objects({"attribution": {"auditLog": {"mount": True}}}), "DaemonSet")
+    mounts = host_mounts(ds)
+    assert mounts["/host/var/log/audit"] == "/var/log/audit"
+    mount = next(m for m in container(ds)["volumeMounts"] if m["mountPath"] == "/host/var/log/audit")
+    assert mount.get("readOnly") is True
+    volume = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["hostPath"]["type"] == "Directory"  # never created on a node that has no auditd
+    assert "/var/log/audit" not in host_mounts(one(objects(), "DaemonSet")).values()
+
+
 def test_changing_mode_or_policy_does_not_restart_a_pod() -> None:
     """`helm upgrade --set mode=enforce` changes only the ConfigMap: the pod template is identical,
     so the DaemonSet controller rolls nothing and the running agent hot-reloads its policy."""
