@@ -276,8 +276,10 @@ def competing(trials: int) -> list[tuple[str, str, int, float, float]]:
 
         def policy(backend: str) -> Path:
             path = root / f"{backend}.json"
-            path.write_text(json.dumps({"spec": {"controls": {"firewall": {"backend": backend, "ports": [
-                {"port": 2375, "allow": [], "action": "drop"}]}}}}))
+            path.write_text(json.dumps({
+                "apiVersion": "nodeguard.io/v1alpha1", "kind": "NodeGuardPolicy",
+                "spec": {"controls": {"firewall": {"backend": backend, "ports": [
+                    {"port": 2375, "allow": [], "action": "drop"}]}}}}))
             return path
 
         def clean() -> None:

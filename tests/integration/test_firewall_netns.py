@@ -400,7 +400,7 @@ class Arena:
 
     def policy(self, backend: str) -> Path:
         path = self.root / f"policy-arena-{backend}.yaml"
-        path.write_text(json.dumps({"spec": {"controls": {"firewall": {"backend": backend, "ports": [
+        path.write_text(json.dumps({**POLICY_HEAD, "spec": {"controls": {"firewall": {"backend": backend, "ports": [
             {"port": 2376, "allow": list(self.topo.allowed_cidrs), "action": "drop"},
             {"port": 2375, "allow": [], "action": "drop"}]}}}}))
         return path
@@ -801,7 +801,7 @@ def test_the_real_agent_names_a_squatter_and_restores_the_table_when_it_leaves(a
 
     arena.remove()
     policy = tmp_path / "agent-policy.yaml"
-    policy.write_text(json.dumps({"spec": {
+    policy.write_text(json.dumps({**POLICY_HEAD, "spec": {
         "mode": "observe", "agent": {"resyncSeconds": 60},
         "controls": {"firewall": {"mode": "enforce", "backend": "nftables",
                                   "ports": [{"port": 2375, "allow": []}]}}}}))
