@@ -402,6 +402,10 @@ RULES: tuple[RuleEntry, ...] = (
               "every TCP port dockerd listens on has nodeguard's firewall rules",
               _S.HIGH, "2.7", False,
               "Enforce the firewall control for every port dockerd listens on, or remove the listener."),
+    RuleEntry("runtime", "runtime", "daemon-unresponsive", "the daemon answers its API within the policy's timeout",
+              _S.HIGH, None, False,
+              "Find why dockerd accepts connections on its socket but does not answer (a hung daemon, a stuck "
+              "storage driver, a full disk): its containers and settings cannot be checked until it answers."),
     RuleEntry("runtime", "runtime", "engine-version", "the Docker engine is at least the policy's minimum",
               _S.HIGH, "1.2.2", False,
               "Upgrade the Docker engine package to the policy's minimum version or later."),

@@ -354,7 +354,7 @@ def test_a_reload_with_an_out_of_range_value_keeps_the_last_good_policy(sandbox:
                 HEAD + "spec: {controls: {daemonConfig: {restartDaemon: true}}}", "kind: NodeGuardPolicy\n",
                 ""):  # "" is the truncated file a reader sees mid-write
         path.write_text(bad)
-        assert engine._reload_policy() is False
+        assert engine.check_policy("test") is False
         assert engine.policy == good
         rejected = [e for e in events if e.name is EventName.POLICY_REJECTED]
         assert rejected and str(path) in rejected[-1].body, [e.body for e in events]
