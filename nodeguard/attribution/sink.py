@@ -51,6 +51,9 @@ POLL_S = 0.02
 # The first look waits this long after the drift event: auditd needs a few milliseconds to write
 # the record anyway, and the engine is busy reverting right then (one GIL for both threads).
 FIRST_LOOK_S = 0.015
+# ... and it waits for the engine to be quiet this long (no drift event emitted): a look is Python
+# work that would share the GIL with the next revert of a burst. Past half of waitMs it looks anyway.
+QUIET_S = 0.03
 QUEUE_MAX = 1024
 # A fight (a tool rewriting the file many times a second) must not double the event stream: past
 # this many attributions per finding per minute, only flapping events are attributed.
@@ -148,6 +151,7 @@ class AttributionSink:
         self._lock = threading.Lock()
         self._episode: dict[tuple[str, ...], int] = {}
         self._recent: dict[tuple[str, ...], deque[float]] = {}
+        self._last_drift = 0.0  # monotonic time of the last drift event (the engine's busy signal)
         self._thread = threading.Thread(target=self._run, name="nodeguard-attribution", daemon=True)
         self._thread.start()
 
@@ -164,6 +168,7 @@ class AttributionSink:
                 with self._lock:
                     self._episode.pop(self._key(event), None)
             return
+        self._last_drift = time.monotonic()
         try:
             with self._lock:  # the fast and the slow lane may both emit
                 self._enqueue(event)
@@ -238,8 +243,11 @@ class AttributionSink:
                     item = self._queue.get_nowait()
             except queue.Empty:
                 pass
-            due = [p for p in pending if time.monotonic() >= p.seen_mono + FIRST_LOOK_S]
-            if not due and not stopping:
+            now = time.monotonic()
+            due = [p for p in pending if now >= p.seen_mono + FIRST_LOOK_S]
+            quiet = now - self._last_drift >= QUIET_S
+            overdue = any(now >= p.seen_mono + max(FIRST_LOOK_S, self.settings.wait_ms / 2000) for p in pending)
+            if not stopping and (not due or not (quiet or overdue)):
                 continue
             if pending:
                 try:
