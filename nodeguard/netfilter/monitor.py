@@ -26,7 +26,6 @@ import logging
 import os
 import select
 import socket
-import struct
 import threading
 from collections.abc import Callable
 
@@ -42,8 +41,8 @@ log = logging.getLogger(__name__)
 # Kernel ABI numbers (linux/netlink.h, netfilter/nfnetlink.h, netfilter/nf_tables.h), as pyroute2
 # spells them: importing its nftables modules for four integers would cost the agent ~11 MiB of
 # RSS. tests/unit/test_firewall_rules.py checks they still equal pyroute2's.
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
+NETLINK_NETFILTER = nftnl.NETLINK_NETFILTER
+NFNL_SUBSYS_NFTABLES = nftnl.NFNL_SUBSYS_NFTABLES
 NFNLGRP_NFTABLES = 7
 NFT_MSG_NEWGEN = 15
 
@@ -52,7 +51,6 @@ CONTROL = "firewall"
 LEGACY_POLL_SECONDS = 0.75
 _SOL_NETLINK = 270
 _NETLINK_ADD_MEMBERSHIP = 1
-_NLMSG_HDR = struct.Struct("=IHHII")
 _NFGENMSG_LEN = 4
 _NFTA_GEN_ID, _NFTA_GEN_PROC_PID, _NFTA_GEN_PROC_NAME = 1, 2, 3
 _NEWGEN_TYPE = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN
@@ -61,31 +59,13 @@ _NEWGEN_TYPE = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN
 def parse_newgen(data: bytes) -> list[tuple[int | None, int | None, str | None]]:
     """(generation, pid, process name) of every NEWGEN message in one netlink datagram."""
     out = []
-    off = 0
-    while off + _NLMSG_HDR.size <= len(data):
-        length, mtype, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, off)
-        if length < _NLMSG_HDR.size:
-            break
-        if mtype == _NEWGEN_TYPE:
-            gen = pid = None
-            name = None
-            a = off + _NLMSG_HDR.size + _NFGENMSG_LEN
-            end = off + length
-            while a + 4 <= end:
-                alen, atype = struct.unpack_from("=HH", data, a)
-                if alen < 4:
-                    break
-                payload = data[a + 4:a + alen]
-                atype &= 0x3FFF
-                if atype == _NFTA_GEN_ID and len(payload) >= 4:
-                    gen = struct.unpack(">I", payload[:4])[0]
-                elif atype == _NFTA_GEN_PROC_PID and len(payload) >= 4:
-                    pid = struct.unpack(">I", payload[:4])[0]
-                elif atype == _NFTA_GEN_PROC_NAME:
-                    name = payload.split(b"\0", 1)[0].decode(errors="replace")
-                a += (alen + 3) & ~3
-            out.append((gen, pid, name))
-        off += (length + 3) & ~3
+    for mtype, _seq, start, end in nftnl.messages(data):
+        if mtype != _NEWGEN_TYPE:
+            continue
+        a = nftnl.attributes(data, start + _NFGENMSG_LEN, end)
+        raw_name = a.get(_NFTA_GEN_PROC_NAME)
+        name = raw_name.split(b"\0", 1)[0].decode(errors="replace") if raw_name is not None else None
+        out.append((nftnl.u32(a.get(_NFTA_GEN_ID)), nftnl.u32(a.get(_NFTA_GEN_PROC_PID)), name))
     return out
 
 

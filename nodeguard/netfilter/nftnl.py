@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,24 @@ class TableInfo:
         return out + ([f"0x{rest:x}"] if rest else [])
 
 
-def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
+def messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(type, sequence number, payload start, payload end) of each netlink message in one datagram."""
+    off = 0
+    while off + _HDR.size <= len(data):
+        length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, off)
+        if length < _HDR.size:
+            return
+        yield mtype, seq, off + _HDR.size, min(off + length, len(data))
+        off += (length + 3) & ~3
+
+
+def error_code(data: bytes, start: int) -> int:
+    """The errno an NLMSG_ERROR payload carries (0: an acknowledgement)."""
+    return -int(struct.unpack_from("=i", data, start)[0])
+
+
+def attributes(data: bytes, off: int, end: int) -> dict[int, bytes]:
+    """A message's netlink attributes by type (nested flag stripped), the last of a type winning."""
     out: dict[int, bytes] = {}
     while off + 4 <= end:
         alen, atype = struct.unpack_from("=HH", data, off)
@@ -67,27 +85,24 @@ def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
     return out
 
 
+def u32(value: bytes | None) -> int | None:
+    """A big-endian 32-bit attribute (nf_tables' byte order), or None when absent or short."""
+    return int(struct.unpack(">I", value[:4])[0]) if value is not None and len(value) >= 4 else None
+
+
 def parse_tables(data: bytes) -> tuple[list[TableInfo], bool, int]:
     """Tables in one datagram of a GETTABLE dump; (tables, done, errno of an error message or 0)."""
     tables: list[TableInfo] = []
-    off = 0
-    while off + _HDR.size <= len(data):
-        length, mtype, _flags, _seq, _pid = _HDR.unpack_from(data, off)
-        if length < _HDR.size:
-            break
+    for mtype, _seq, start, end in messages(data):
         if mtype == _NLMSG_DONE:
             return tables, True, 0
         if mtype == _NLMSG_ERROR:
-            err = -struct.unpack_from("=i", data, off + _HDR.size)[0]
-            return tables, True, err
+            return tables, True, error_code(data, start)
         if mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE:
-            family = data[off + _HDR.size]
-            a = _attrs(data, off + _HDR.size + _NFGEN.size, off + length)
+            family = data[start]
+            a = attributes(data, start + _NFGEN.size, end)
             name = a.get(NFTA_TABLE_NAME, b"").split(b"\0", 1)[0].decode(errors="replace")
-            flags = struct.unpack(">I", a[NFTA_TABLE_FLAGS][:4])[0] if len(a.get(NFTA_TABLE_FLAGS, b"")) >= 4 else 0
-            owner = struct.unpack(">I", a[NFTA_TABLE_OWNER][:4])[0] if len(a.get(NFTA_TABLE_OWNER, b"")) >= 4 else None
-            tables.append(TableInfo(family, name, flags, owner))
-        off += (length + 3) & ~3
+            tables.append(TableInfo(family, name, u32(a.get(NFTA_TABLE_FLAGS)) or 0, u32(a.get(NFTA_TABLE_OWNER))))
     return tables, False, 0
 
 

@@ -32,6 +32,8 @@ from nodeguard.netfilter.nftnl import (
     NFT_TABLE_F_OWNER,
     NFT_TABLE_F_PERSIST,
     NetlinkError,
+    error_code,
+    messages,
 )
 
 _HDR = struct.Struct("=IHHII")
@@ -210,17 +212,12 @@ class OwnedTable:
                 data = self._sock.recv(1 << 16)
             except TimeoutError as exc:
                 raise NetlinkError(0, "nf_tables did not answer the batch within 10 s") from exc
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _f, seq, _pid = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    break
+            for mtype, seq, start, _end in messages(data):
                 if mtype == _NLMSG_ERROR and seq in pending:
-                    err = -struct.unpack_from("=i", data, off + _HDR.size)[0]
+                    err = error_code(data, start)
                     pending.discard(seq)
                     if err:
                         # The kernel aborted the whole batch; it may not answer every message.
                         errors.append(err)
-                off += (length + 3) & ~3
         if errors:
             raise NetlinkError(errors[0], f"nf_tables refused the batch: {os.strerror(errors[0])}")
