@@ -134,14 +134,26 @@ def as_int(value: str | None, base: int = 10) -> int | None:
         return None
 
 
-def group_events(records: Iterable[Record]) -> list[AuditEvent]:
-    """Records gathered by event, in the order each event first appeared."""
-    by_key: dict[tuple[int, int, int], AuditEvent] = {}
+EventKey = tuple[int, int, int]
+
+
+def gather(by_key: dict[EventKey, AuditEvent], records: Iterable[Record]) -> dict[EventKey, AuditEvent]:
+    """Add records to their events in `by_key` (created in the order first seen); returns the
+    events these records touched (a record read later may complete an event read earlier)."""
+    touched: dict[EventKey, AuditEvent] = {}
     for r in records:
         ev = by_key.get(r.event_key)
         if ev is None:
             ev = by_key[r.event_key] = AuditEvent(r.sec, r.ms, r.serial)
         ev.records.append(r)
+        touched[r.event_key] = ev
+    return touched
+
+
+def group_events(records: Iterable[Record]) -> list[AuditEvent]:
+    """Records gathered by event, in the order each event first appeared."""
+    by_key: dict[EventKey, AuditEvent] = {}
+    gather(by_key, records)
     return list(by_key.values())
 
 

@@ -30,7 +30,7 @@ from nodeguard.attribution.enrich import actor_attributes, describe, user_names
 from nodeguard.attribution.logfile import DEFAULT_MAX_BYTES, LogUnreadable, TailScan, log_path_from_conf
 from nodeguard.attribution.match import Actor, find_actor
 from nodeguard.attribution.reasons import auditd_running, rule_covers
-from nodeguard.attribution.records import AuditEvent
+from nodeguard.attribution.records import AuditEvent, EventKey, gather
 from nodeguard.events.model import Event, EventName, EventSink
 from nodeguard.host import HostPathError, HostRoot
 from nodeguard.structs import JSONValue
@@ -283,17 +283,11 @@ class AttributionSink:
             return []
         targets = {id(p): (target_matcher(self.host, str(p.path)), self._inode(str(p.path))) for p in with_path}
         found: dict[int, Actor] = {}
-        by_key: dict[tuple[int, int, int], AuditEvent] = {}
+        by_key: dict[EventKey, AuditEvent] = {}
         for chunk in scan.chunks():
             # Newest chunk first; an event whose records straddle two chunks is completed by the
             # older one (its SYSCALL comes first in the file), so only events touched now are tried.
-            touched: dict[tuple[int, int, int], AuditEvent] = {}
-            for rec in chunk:
-                ev = by_key.get(rec.event_key)
-                if ev is None:
-                    ev = by_key[rec.event_key] = AuditEvent(rec.sec, rec.ms, rec.serial)
-                ev.records.append(rec)
-                touched[rec.event_key] = ev
+            touched = gather(by_key, chunk)
             for p in with_path:
                 if id(p) in found:
                     continue
