@@ -14,7 +14,7 @@ from types import FrameType
 from nodeguard.attribution import AttributionSink, attribution_for
 from nodeguard.engine import Engine, EngineOptions
 from nodeguard.events.metrics import set_open_drifts_source
-from nodeguard.events.model import Event, EventSink
+from nodeguard.events.model import Event, EventSink, enable_group_commit, sync
 from nodeguard.health import write_heartbeat
 from nodeguard.host import HostRoot
 from nodeguard.memory import limit_arenas
@@ -47,19 +47,15 @@ class FanoutSink:
     def enable_group_commit(self) -> None:
         """Events are written at once and made durable by sync(), once per pass (see engine.py)."""
         for sink in self.sinks:
-            enable = getattr(sink, "enable_group_commit", None)
-            if callable(enable):
-                enable()
+            enable_group_commit(sink)
 
     def sync(self) -> None:
         # Not under the emit lock: a lane's emit never waits for this fsync.
         for sink in self.sinks:
-            sync = getattr(sink, "sync", None)
-            if callable(sync):
-                try:
-                    sync()
-                except Exception:
-                    log.exception("sink %r failed to sync", sink)
+            try:
+                sync(sink)
+            except Exception:
+                log.exception("sink %r failed to sync", sink)
 
     def close(self) -> None:
         for sink in self.sinks:

@@ -38,7 +38,15 @@ from nodeguard._version import __version__
 from nodeguard.audit import evaluate_control
 from nodeguard.controls import Context, Control, Outcome, all_controls
 from nodeguard.events.metrics import record_reconcile
-from nodeguard.events.model import Event, EventName, EventSink, event_for_finding, lifecycle_event
+from nodeguard.events.model import (
+    Event,
+    EventName,
+    EventSink,
+    enable_group_commit,
+    event_for_finding,
+    lifecycle_event,
+    sync,
+)
 from nodeguard.host import HostPathError, HostRoot
 from nodeguard.lanes import POLICY_TARGET, SLOW_LANE, Committer, Lane
 from nodeguard.memory import give_back
@@ -121,9 +129,7 @@ class Engine:
         else:
             self.store = StateStore(options.state_dir)
             self.source = PolicySource(options.policy_path, self.store, options.mode_override)
-            self.source.policy = policy.with_mode(options.mode_override) if options.mode_override else policy
-            raw = self.source._read()
-            self.source.digest = self.source.loaded_digest = PolicySource.digest_of(raw) if raw is not None else ""
+            self.source.adopt(policy)
         assert self.source.policy is not None
         self.policy: Policy = self.source.policy
         self.controls = list(controls) if controls is not None else all_controls()
@@ -191,7 +197,7 @@ class Engine:
         for key, known in list(self._known.items()):
             if known.status != Status.FAIL.value:
                 continue
-            control, rule = [*key.split("/", 2), ""][:2]
+            control, rule, _subject = split_key(key)
             try:
                 severity = self._by_name[control].rule(rule).severity.value
             except KeyError:
@@ -502,12 +508,10 @@ class Engine:
             log.exception("event sink failed for %s", event.name)
 
     def _enable_group_commit(self) -> None:
-        enable = getattr(self.sink, "enable_group_commit", None)
-        if callable(enable):
-            try:
-                enable()
-            except Exception:
-                log.exception("cannot switch the event sink to one commit per pass")
+        try:
+            enable_group_commit(self.sink)
+        except Exception:
+            log.exception("cannot switch the event sink to one commit per pass")
 
     # -- state -------------------------------------------------------------------------------
 
@@ -522,12 +526,10 @@ class Engine:
         if self._big_pass:
             self._big_pass = False
             give_back()
-        sync = getattr(self.sink, "sync", None)
-        if callable(sync):
-            try:
-                sync()
-            except Exception:
-                log.exception("cannot commit the spooled events")
+        try:
+            sync(self.sink)
+        except Exception:
+            log.exception("cannot commit the spooled events")
         with self._state_lock:
             # findings.json appears once every fast lane has looked at the host once (the start-up
             # evaluation of the host files is complete); the slow lane's findings join later.

@@ -54,11 +54,11 @@ class PolicySource:
         """The policy file (or the embedded default); if invalid, the last good copy; else PolicyError."""
         if self.path is None:
             text = default_policy_text()
-            self.digest = self.loaded_digest = hashlib.sha256(text.encode()).hexdigest()
+            self.digest = self.loaded_digest = self.digest_of(text.encode())
             self.policy = self._effective(parse_policy(text, "<embedded default>"))
             return self.policy
         raw = self._read()
-        self.digest = hashlib.sha256(raw or b"").hexdigest()
+        self.digest = self.digest_of(raw or b"")
         try:
             if raw is None:
                 raise PolicyError(str(self.path), [(None, "", "cannot read the file")])
@@ -71,7 +71,7 @@ class PolicySource:
                                  policy_source=str(self.path), problems=[p[2] for p in exc.problems]))
             if kept is None:
                 raise
-            self.loaded_digest = hashlib.sha256(kept).hexdigest()
+            self.loaded_digest = self.digest_of(kept)
             self.policy = self._effective(parse_policy(kept.decode("utf-8", errors="replace"),
                                                        "<last good policy>"))
             return self.policy
@@ -80,12 +80,20 @@ class PolicySource:
         self.policy = self._effective(policy)
         return self.policy
 
+    def adopt(self, policy: Policy) -> Policy:
+        """Put a policy validated elsewhere in force (tests, embedders); the file's bytes as they are
+        now are its digest, so only a later change of the file reloads."""
+        raw = self._read()
+        self.digest = self.loaded_digest = self.digest_of(raw) if raw is not None else ""
+        self.policy = self._effective(policy)
+        return self.policy
+
     def reload(self, emit: Emit) -> Policy | None:
         """A new valid policy now in force, or None (unchanged, unreadable or rejected)."""
         raw = self._read()
         if raw is None:
             return None
-        digest = hashlib.sha256(raw).hexdigest()
+        digest = self.digest_of(raw)
         if digest == self.digest:
             return None
         self.digest = digest

@@ -31,6 +31,7 @@ from nodeguard.attribution.logfile import DEFAULT_MAX_BYTES, LogUnreadable, Tail
 from nodeguard.attribution.match import Actor, find_actor
 from nodeguard.attribution.reasons import auditd_running, rule_covers
 from nodeguard.attribution.records import AuditEvent, EventKey, gather
+from nodeguard.events import model
 from nodeguard.events.model import Event, EventName, EventSink
 from nodeguard.host import HostPathError, HostRoot
 from nodeguard.structs import JSONValue
@@ -177,14 +178,10 @@ class AttributionSink:
 
     # The engine's group commit (one fsync per pass) goes through to the sink that spools.
     def enable_group_commit(self) -> None:
-        enable = getattr(self.inner, "enable_group_commit", None)
-        if callable(enable):
-            enable()
+        model.enable_group_commit(self.inner)
 
     def sync(self) -> None:
-        sync = getattr(self.inner, "sync", None)
-        if callable(sync):
-            sync()
+        model.sync(self.inner)
 
     def _key(self, event: Event) -> tuple[str, ...]:
         a = event.attributes

@@ -122,6 +122,21 @@ class EventSink(Protocol):
     def close(self) -> None: ...
 
 
+# A sink that spools durably may also offer the engine's group commit: `enable_group_commit()`
+# (appends are then written without an fsync) and `sync()` (one fsync for all of them, once per
+# pass). Wrappers (fan-out, attribution) pass both through; sinks without them ignore them.
+def enable_group_commit(sink: object) -> None:
+    hook = getattr(sink, "enable_group_commit", None)
+    if callable(hook):
+        hook()
+
+
+def sync(sink: object) -> None:
+    hook = getattr(sink, "sync", None)
+    if callable(hook):
+        hook()
+
+
 def event_for_finding(
     name: EventName,
     finding: Finding,
