@@ -5,7 +5,9 @@ a lane only decides *when* its controls are looked at again.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +26,7 @@ SLOW_LANE = "slow"
 # The slow lane lets a burst settle this long before its pass: the fast lanes woken by the same
 # event revert first (a pass of the slow lane is CPU work that would compete with them).
 SLOW_LANE_SETTLE_S = 0.05
+TIMER_GRID_S = 0.01
 
 
 class Lane:
@@ -36,7 +39,10 @@ class Lane:
         self.names = {c.name for c in self.controls}
         self._cv = threading.Condition(threading.Lock())
         self._pending: dict[str, str] = {}
-        self._timers: dict[str, float] = {}
+        # Every wake-up asked for is kept (a heap of (when, target)), not only the earliest per
+        # target: a back-off ending at t+2 must not swallow a failed revert's retry due at t+5.
+        self._timers: list[tuple[float, str]] = []
+        self._timer_set: set[tuple[float, str]] = set()
         self._last_pass_end = 0.0
         self.thread = threading.Thread(target=self._run, name=f"nodeguard-lane-{name}", daemon=True)
 
@@ -47,10 +53,12 @@ class Lane:
 
     def wake_at(self, target: str, when: float) -> None:
         """Look at `target` again at monotonic time `when` (a retry or the end of a back-off)."""
+        # Rounded up to a 10 ms grid: 20,000 failed reverts of one pass are one timer, not 20,000.
+        timer = (math.ceil(when / TIMER_GRID_S) * TIMER_GRID_S, target)
         with self._cv:
-            current = self._timers.get(target)
-            if current is None or when < current:
-                self._timers[target] = when
+            if timer not in self._timer_set:
+                self._timer_set.add(timer)
+                heapq.heappush(self._timers, timer)
             self._cv.notify()
 
     def notify(self) -> None:
@@ -70,7 +78,7 @@ class Lane:
         while not eng.stopping.is_set():
             with self._cv:
                 if not self._pending:
-                    wake = min([next_resync, *self._timers.values()])
+                    wake = min(next_resync, self._timers[0][0]) if self._timers else next_resync
                     self._cv.wait(max(0.0, wake - time.monotonic()))
             if eng.stopping.is_set():
                 break
@@ -86,10 +94,10 @@ class Lane:
             now = time.monotonic()
             with self._cv:
                 pending, self._pending = self._pending, {}
-                for target, due in list(self._timers.items()):
-                    if due <= now:
-                        del self._timers[target]
-                        pending.setdefault(target, "retry")
+                while self._timers and self._timers[0][0] <= now:
+                    timer = heapq.heappop(self._timers)
+                    self._timer_set.discard(timer)
+                    pending.setdefault(timer[1], "retry")
             if now >= next_resync:
                 pending[RESYNC] = "periodic resync"
             if RESYNC in pending:
