@@ -26,6 +26,7 @@ from typing import Protocol
 
 from nodeguard.events.model import Event
 from nodeguard.events.spool import Spool
+from nodeguard.reconcile import Backoff as ExponentialBackoff
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,16 @@ class Exporter(Protocol):
 
 
 class Backoff:
+    """An exporter's retry delays: the ceilings of the one back-off computation
+    (nodeguard.reconcile.Backoff), each with equal jitter, counted across consecutive failures."""
+
     def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
-        self.initial = initial
-        self.maximum = maximum
+        self.ceilings = ExponentialBackoff(initial, maximum)
         self.failures = 0
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
 
     def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.initial * float(2 ** min(self.failures, 30)))
+        ceiling = self.ceilings.delay(self.failures)
         self.failures += 1
         return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
 
