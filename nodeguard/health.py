@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodeguard.atomic import replace_path
+from nodeguard.exit_codes import ExitCode
 
 HEARTBEAT_FILE = "heartbeat"
 DEFAULT_MAX_AGE = 180.0  # seconds: three default resync periods
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = check_heartbeat(args.state_dir, args.max_age)
     print(result.message)
-    return 0 if result.ok else 1
+    return ExitCode.OK if result.ok else ExitCode.FAILED
 
 
 if __name__ == "__main__":
