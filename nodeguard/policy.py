@@ -379,6 +379,10 @@ class Controls(_Strict):
     host: HostPolicy = Field(default_factory=HostPolicy)
 
 
+# policy key ("daemonConfig") -> field name ("daemon_config"), for Policy.control.
+_CONTROL_FIELDS = {(info.alias or name): name for name, info in Controls.model_fields.items()}
+
+
 class DaemonLocation(_Strict):
     """Where to find the running dockerd (its pidfile), to read the flags it really runs with."""
 
@@ -436,6 +440,23 @@ class Policy(_Strict):
     kind: Literal["NodeGuardPolicy"]
     metadata: Metadata = Field(default_factory=Metadata)
     spec: Spec = Field(default_factory=Spec)
+
+    def control(self, policy_key: str) -> ControlPolicy:
+        """A control's settings by its key under spec.controls: "daemonConfig", "firewall"..."""
+        controls = self.spec.controls
+        field_name = _CONTROL_FIELDS.get(policy_key)
+        if field_name is None:
+            raise KeyError(policy_key)
+        value: ControlPolicy = getattr(controls, field_name)
+        return value
+
+    def mode_of(self, policy_key: str, rule_id: str = "") -> Mode:
+        """Is this control (or one of its rules) off, observed or enforced: the one answer.
+
+        The control's own `mode`, else spec.mode; a control that is off has every rule off;
+        otherwise a rule's entry under `rules` wins. `rule_id` "" asks about the control itself.
+        """
+        return self.control(policy_key).rule_mode(rule_id, self.spec.mode)
 
     def with_mode(self, mode: Mode) -> Policy:
         """The same policy with spec.mode overridden (the CLI's --mode)."""
