@@ -123,7 +123,7 @@ def run_audit(
     for control in controls if controls is not None else all_controls():
         if wanted is not None and control.name not in wanted and control.policy_key not in wanted:
             continue
-        if control.settings(policy).rule_mode("", policy.spec.mode) is Mode.OFF and wanted is None:
+        if policy.mode_of(control.policy_key) is Mode.OFF and wanted is None:
             continue
         rule_ids = {r.id for r in control.rules}
         if select is not None and not any((control.name, r) in select for r in rule_ids):

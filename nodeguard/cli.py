@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from nodeguard._version import __version__
 from nodeguard.cli_events import events_app
 from nodeguard.events import options as ev_opts
+from nodeguard.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from typer._click import Command, Context  # typer vendors click; its group API takes these
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 # Each command imports what it needs when it runs: `version`, `health` (the pod's probe), `policy
 # validate` and `events verify` load none of docker, kubernetes, opentelemetry, pyroute2,
 # cryptography or iptc (tests/unit/test_cli_imports.py holds them to it).
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class _LazyGroup(TyperGroup):
@@ -110,7 +110,7 @@ def _load_policy_or_exit(path: Path | None) -> Policy:
         return load_policy(path)
     except PolicyError as exc:
         _err(f"[red]policy rejected[/]\n{exc.render()}")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
 
 
 def _host_or_exit(path: Path) -> HostRoot:
@@ -120,7 +120,7 @@ def _host_or_exit(path: Path) -> HostRoot:
         return HostRoot(path)
     except HostPathError as exc:
         _err(f"[red]{exc.strerror}[/]")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
 
 
 def _ids(values: list[str] | None) -> list[str]:
@@ -138,7 +138,7 @@ def _rules_or_exit(flag: str, values: list[str] | None) -> set[tuple[str, str]] 
     if unknown:
         _err(f"[red]{flag}: unknown id {', '.join(repr(u) for u in unknown)}[/]; give a CIS id (2.2, 1.1), a rule "
              "id (icc, daemon-config/icc) or a control name; `nodeguard cis list` shows them")
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(ExitCode.USAGE)
     return found
 
 
@@ -194,13 +194,13 @@ def check(
     for name in only or []:
         if name not in known:
             _err(f"[red]unknown control {name!r}[/]; known: {', '.join(sorted(known))}")
-            raise typer.Exit(EXIT_USAGE)
+            raise typer.Exit(ExitCode.USAGE)
     selected = _rules_or_exit("--check", select)
     skipped = _rules_or_exit("--skip", skip) or set()
     host = _host_or_exit(host_root)
     if output is not None and not output.parent.is_dir():
         _err(f"[red]--output: {output.parent} is not a folder[/]")
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(ExitCode.USAGE)
 
     from nodeguard.audit import AuditReport, docker_engine_evidence, run_audit
     from nodeguard.events.resource import host_name, machine_id
@@ -217,7 +217,7 @@ def check(
         report = AuditReport(started=time.time(), ended=time.time())
         if output_format is OutputFormat.table:
             _emit(output, message + "\n")
-            raise typer.Exit(EXIT_OK)
+            raise typer.Exit(ExitCode.OK)
         extra = {"docker_engine": False, "message": message}
     else:
         report = run_audit(host, pol, only=only, select=selected, skip=skipped)
@@ -229,7 +229,7 @@ def check(
                           verbose=verbose, remediation=remediation))
     # `low` keeps the first behaviour: any failing rule fails the run, an info-severity one included.
     failing = report.failed if fail_on is FailOn.low else report.failed_at(Severity(fail_on.value))
-    raise typer.Exit(EXIT_FAILED if failing else EXIT_OK)
+    raise typer.Exit(ExitCode.FAILED if failing else ExitCode.OK)
 
 
 def _emit(output: Path | None, text: str) -> None:
@@ -240,7 +240,7 @@ def _emit(output: Path | None, text: str) -> None:
         write_output(output, text)
     except OSError as exc:
         _err(f"[red]--output {output}: {exc.strerror or exc}[/]")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
 
 
 def _render(report: Any, info: Any, fmt: OutputFormat, host_attrs: dict[str, str], extra: dict[str, Any], *,
@@ -339,7 +339,7 @@ def _least_privilege_or_exit(host_root: Path, policy: Path | None, state_dir: Pa
             check_not_writable_by_others(path)
         except UnsafePath as exc:
             _err(f"[red]refused:[/] {exc}")
-            raise typer.Exit(EXIT_USAGE) from None
+            raise typer.Exit(ExitCode.USAGE) from None
     try:
         after = drop_capabilities(AGENT_CAPABILITIES)
     except PrivilegeError as exc:
@@ -364,7 +364,7 @@ def _event_folders_safe_or_exit(*targets: str | None) -> None:
             check_not_writable_by_others(folder)
         except UnsafePath as exc:
             _err(f"[red]refused:[/] {exc}")
-            raise typer.Exit(EXIT_USAGE) from None
+            raise typer.Exit(ExitCode.USAGE) from None
 
 
 @app.command()
@@ -416,7 +416,7 @@ def run(
         endpoint = PrometheusEndpoint(parse_bind_address(metrics_bind_address)) if metrics_bind_address else None
     except ValueError as exc:
         _err(f"[red]--metrics-bind-address: {exc}[/]")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     host = _host_or_exit(host_root)
     _least_privilege_or_exit(host_root, policy, state_dir)
     options = EngineOptions(host, state_dir, policy, Mode(mode.value) if mode else None)
@@ -428,21 +428,21 @@ def run(
             ocsf_file=ocsf_file, spool_max_bytes=spool_max_bytes, aggregate_seconds=aggregate_seconds, metrics=metrics)
     except ValueError as exc:  # an OTEL_*/NODEGUARD_* variable that does not parse
         _err(f"[red]event export settings: {exc}[/]")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     _event_folders_safe_or_exit(export.events_file, export.ocsf_file)
     try:
         # Events are spooled durably under the state dir, then exported (OTLP, --events-file, --ocsf-file).
         sink = build_pipeline(export, state_dir, metric_readers=[endpoint.reader] if endpoint else ())
     except SpoolBusy as exc:
         _err(f"[red]{exc}[/]")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     try:
         if endpoint is not None:
             endpoint.start()
     except OSError as exc:
         sink.close()
         _err(f"[red]--metrics-bind-address {endpoint.address if endpoint else ''}: {exc.strerror or exc}[/]")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     from nodeguard.kube import kube_sink_from_env
 
     # In a cluster, each node's state also shows as a Node condition and Node Events.
@@ -451,7 +451,7 @@ def run(
         run_agent(options, [sink] if kube is None else [sink, kube])
     except PolicyError as exc:
         _err(f"[red]policy rejected and no last good policy to fall back to[/]\n{exc.render()}")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     finally:
         if endpoint is not None:
             endpoint.close()
@@ -476,7 +476,7 @@ def health(
 
     result = check_heartbeat(state_dir, max_age)
     typer.echo(result.message)
-    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.FAILED)
 
 
 def main() -> None:

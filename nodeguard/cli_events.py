@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-events_app = typer.Typer(help="Work with exported events.", no_args_is_help=True)
+from nodeguard.exit_codes import ExitCode
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+events_app = typer.Typer(help="Work with exported events.", no_args_is_help=True)
 
 
 @events_app.command("verify")
@@ -28,7 +28,7 @@ def events_verify(
         report = verify_file(file)
     except OSError as exc:
         typer.echo(f"{file}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     remarks = sorted(report.problems + ([] if quiet else report.notes), key=lambda r: r.line)
     for remark in remarks:
         level = "error" if remark in report.problems else "note"
@@ -36,6 +36,6 @@ def events_verify(
     if report.ok:
         dup = f", {report.duplicates} duplicate line(s)" if report.duplicates else ""
         typer.echo(f"{file}: chain intact: {report.events} events{dup}")
-        raise typer.Exit(EXIT_OK)
+        raise typer.Exit(ExitCode.OK)
     typer.echo(f"{file}: chain BROKEN: {len(report.problems)} problem(s) in {report.events} events")
-    raise typer.Exit(EXIT_FAILED)
+    raise typer.Exit(ExitCode.FAILED)

@@ -14,13 +14,12 @@ from typing import Annotated
 
 import typer
 
+from nodeguard.exit_codes import ExitCode
 from nodeguard.host import HostRoot
 from nodeguard.netfilter.backend import BackendError
 from nodeguard.netfilter.model import Desired
 from nodeguard.netfilter.select import Selection, backend_for, legacy_usable, nft_usable, select_backend, writes_refused
 from nodeguard.policy import FirewallPolicy
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 firewall_app = typer.Typer(help="nodeguard's own firewall rules: show, apply, remove.", no_args_is_help=True)
 
@@ -49,7 +48,7 @@ def show(
     _, fw, sel = _selection(host_root, policy)
     if sel.backend is None:
         typer.echo(f"no firewall backend: {sel.reason}", err=True)
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(ExitCode.USAGE)
     state = sel.backend.read_state()
     desired = Desired.from_policy(fw)
     in_place = sel.backend.in_place(desired, state)
@@ -67,7 +66,7 @@ def show(
         for line in state.render():
             typer.echo(f"  {line}")
         typer.echo("in place: yes" if in_place else "in place: NO (differs from the policy)")
-    raise typer.Exit(EXIT_OK if in_place else EXIT_FAILED)
+    raise typer.Exit(ExitCode.OK if in_place else ExitCode.FAILED)
 
 
 @firewall_app.command("apply")
@@ -76,13 +75,13 @@ def apply(host_root: HostRootOpt = Path("/"), policy: PolicyOpt = None) -> None:
     host, fw, sel = _selection(host_root, policy)
     if sel.backend is None:
         typer.echo(f"no firewall backend: {sel.reason}", err=True)
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(ExitCode.USAGE)
     _refuse_or_continue(host)
     try:
         changed = sel.backend.apply(Desired.from_policy(fw))
     except BackendError as exc:
         typer.echo(f"{sel.name}: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        raise typer.Exit(ExitCode.FAILED) from None
     typer.echo(f"{sel.name}: {'applied' if changed else 'already in place'} ({sel.backend.describe()})")
 
 
@@ -113,7 +112,7 @@ def remove(host_root: HostRootOpt = Path("/"), policy: PolicyOpt = None) -> None
             failed = failed or name != "iptables-nft"
             continue
         typer.echo(f"{name}: {'removed ' + backend.describe() if removed else 'nothing of nodeguard there'}")
-    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+    raise typer.Exit(ExitCode.FAILED if failed else ExitCode.OK)
 
 
 def nft_usable_ok() -> bool:
@@ -126,4 +125,4 @@ def _refuse_or_continue(host: HostRoot) -> None:
     refused = writes_refused(host)
     if refused is not None:
         typer.echo(refused, err=True)
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(ExitCode.USAGE)

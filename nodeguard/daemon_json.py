@@ -12,12 +12,12 @@ import json
 import os
 import signal
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodeguard import gojson
 from nodeguard.controls.base import Context, Outcome
 from nodeguard.controls.daemon_config import DELETE, RELOADABLE_KEYS, DaemonConfigObservation
+from nodeguard.dockerd import dockerd_argv
 from nodeguard.gojson import Member
 from nodeguard.structs import Finding
 
@@ -153,14 +153,6 @@ def unified_diff(before: bytes, after: bytes, path: str) -> str:
     return text if len(text) <= DIFF_LIMIT else text[:DIFF_LIMIT] + "\n... (truncated)\n"
 
 
-def _is_dockerd(proc: Path, pid: int) -> bool:
-    try:
-        argv0 = (proc / str(pid) / "cmdline").read_bytes().split(b"\0", 1)[0]
-    except OSError:
-        return False
-    return Path(argv0.decode(errors="replace")).name == "dockerd"
-
-
 def reload_daemon(ctx: Context, changed_keys: set[str]) -> tuple[bool, str]:
     """SIGHUP dockerd when every changed key is reloadable; else say a restart is required."""
     needs_restart = sorted(k for k in changed_keys if k not in RELOADABLE_KEYS)
@@ -169,7 +161,7 @@ def reload_daemon(ctx: Context, changed_keys: set[str]) -> tuple[bool, str]:
     daemon = ctx.daemon
     if daemon is None:
         return False, "no running dockerd found; the change applies at its next start"
-    if not _is_dockerd(ctx.proc, daemon.pid):  # the pid was recycled since we looked
+    if dockerd_argv(ctx.proc, daemon.pid) is None:  # the pid was recycled since we looked
         return False, f"pid {daemon.pid} is no longer dockerd; not signalled"
     os.kill(daemon.pid, signal.SIGHUP)
     return False, f"SIGHUP sent to dockerd (pid {daemon.pid})"

@@ -92,18 +92,17 @@ def parse_flags(argv: list[str]) -> dict[str, list[str]]:
     return flags
 
 
-def _read_cmdline(proc: Path, pid: int) -> list[str] | None:
+def dockerd_argv(proc: Path, pid: int) -> list[str] | None:
+    """The command line of `pid` when it runs dockerd, else None (gone, unreadable, or another
+    program: a pid recycled since it was looked at included). The one "is this dockerd" check."""
     try:
         raw = (proc / str(pid) / "cmdline").read_bytes()
     except OSError:
         return None
     if not raw:
         return None
-    return [a.decode("utf-8", errors="replace") for a in raw.rstrip(b"\0").split(b"\0")]
-
-
-def _is_dockerd(argv: list[str]) -> bool:
-    return bool(argv) and os.path.basename(argv[0]) == "dockerd"
+    argv = [a.decode("utf-8", errors="replace") for a in raw.rstrip(b"\0").split(b"\0")]
+    return argv if os.path.basename(argv[0]) == "dockerd" else None
 
 
 def find_daemon(host: HostRoot, pid_file: str, proc: Path = Path("/proc")) -> DaemonProcess | None:
@@ -114,8 +113,8 @@ def find_daemon(host: HostRoot, pid_file: str, proc: Path = Path("/proc")) -> Da
     except (OSError, ValueError):
         pid = 0
     if pid > 0:
-        argv = _read_cmdline(proc, pid)
-        if argv and _is_dockerd(argv):
+        argv = dockerd_argv(proc, pid)
+        if argv:
             return DaemonProcess(pid, argv, "pidfile", parse_flags(argv))
     # A scan of /proc sees this machine's processes; that is the host only when the root is `/`
     # or the agent runs with the host's pid namespace in a pod (root `/host`). In a sandbox
@@ -129,7 +128,7 @@ def find_daemon(host: HostRoot, pid_file: str, proc: Path = Path("/proc")) -> Da
         return None
     for entry in entries:
         if entry.isdigit():
-            argv = _read_cmdline(proc, int(entry))
-            if argv and _is_dockerd(argv):
+            argv = dockerd_argv(proc, int(entry))
+            if argv:
                 found.append(DaemonProcess(int(entry), argv, "scan", parse_flags(argv)))
     return found[0] if len(found) == 1 else None

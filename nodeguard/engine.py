@@ -250,7 +250,7 @@ class Engine:
         policy = self.policy  # one policy and one context per pass: dockerd and /etc/group are read once
         ctx = self._context(policy)
         for control in controls:
-            if control.settings(policy).rule_mode("", policy.spec.mode) is Mode.OFF:
+            if policy.mode_of(control.policy_key) is Mode.OFF:
                 continue
             started = time.monotonic()
             try:

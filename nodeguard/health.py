@@ -10,12 +10,14 @@ idle); the probe's `--max-age` must be larger than that period.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from nodeguard.atomic import replace_path
+from nodeguard.exit_codes import ExitCode
 
 HEARTBEAT_FILE = "heartbeat"
 DEFAULT_MAX_AGE = 180.0  # seconds: three default resync periods
@@ -37,23 +39,9 @@ def write_heartbeat(state_dir: str | os.PathLike[str], *, now: float | None = No
 
     No fsync: a heartbeat lost in a crash only makes the probe fail sooner, which is its job.
     """
-    folder = Path(state_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     stamp = time.time() if now is None else now
-    tmp = folder / f".{HEARTBEAT_FILE}.{os.getpid()}.tmp"
-    # The name is predictable: never write through whatever may have been planted there (a symlink
-    # or hard link would carry the write out of the state dir). Remove it, then create exclusively.
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(json.dumps({"time": stamp, "pid": os.getpid()}) + "\n")
-    try:
-        os.replace(tmp, heartbeat_path(folder))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    record = json.dumps({"time": stamp, "pid": os.getpid()}) + "\n"
+    replace_path(heartbeat_path(state_dir), record.encode(), mode=0o644, durable=False)
 
 
 def check_heartbeat(state_dir: str | os.PathLike[str], max_age: float = DEFAULT_MAX_AGE, *,
@@ -87,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = check_heartbeat(args.state_dir, args.max_age)
     print(result.message)
-    return 0 if result.ok else 1
+    return ExitCode.OK if result.ok else ExitCode.FAILED
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from nodeguard.atomic import replace_file
+
 MAX_SYMLINKS = 40
 # A host file larger than this is not read whole: it is reported instead. 64 MiB covers any
 # sane daemon.json or /etc/group while bounding the agent's memory on a hostile host.
@@ -425,31 +427,16 @@ class HostRoot:
             finally:
                 if old_fd is not None:
                     os.close(old_fd)
-            tmp = f".{name}.nodeguard-{os.getpid()}.tmp"
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dfd)
-            # Mode 0: until its own attributes are set, the new file grants nothing, whatever the
-            # folder's default ACL would hand down (the inherited ACL is replaced just below).
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
-                         dir_fd=dfd)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+            def prepare(fd: int) -> None:
                 os.fchown(fd, *owner)
                 _copy_attributes(fd, xattrs)
-                os.fchmod(fd, mode)
-                os.fsync(fd)
-            except BaseException as exc:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dfd)
-                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+
+            try:
+                replace_file(dfd, name, data, mode=mode, prepare=prepare)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise DiskFull(host_path, len(data)) from exc
                 raise
-            os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            os.fsync(dfd)
         finally:
             os.close(dfd)
 

@@ -27,7 +27,6 @@ Every node's state (the README and the chart's NOTES have it with the reason and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nodeguard.atomic import replace_path
 from nodeguard.events.model import Event, EventName
 
 log = logging.getLogger(__name__)
@@ -312,16 +312,9 @@ class KubeSink:
     def _save_open(self, open_now: set[str]) -> None:
         if self._state_file is None or open_now == self._open_saved:
             return
-        tmp = self._state_file.with_name(f".{self._state_file.name}.tmp")
         try:
-            self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            # A predictable name: never write through a symlink or hard link planted there.
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(json.dumps({"open": sorted(open_now)}) + "\n")
-            os.replace(tmp, self._state_file)
+            replace_path(self._state_file, (json.dumps({"open": sorted(open_now)}) + "\n").encode(),
+                         mode=0o600, durable=False)
             self._open_saved = set(open_now)
         except OSError as exc:
             log.warning("cannot keep the open drifts in %s: %s", self._state_file, exc)

@@ -157,6 +157,12 @@ def _alias_expansion(root: yaml.Node) -> int:
     return size[id(root)] - len(size)
 
 
+# The defaults live in one place, nodeguard/data/policy.yaml, which is merged under every document
+# before validation: the models below carry none of their own (a second copy drifts), so a setting
+# missing from that file fails every load (tests/unit/test_policy_defaults.py). Two kinds of field
+# keep a model default, because the YAML cannot hold it: ControlPolicy's `mode`/`rules` (unset
+# means "inherit", not a value), and the fields of list items (FileRequirement, FirewallPort): a
+# list replaces the default's whole, so its items have nothing to be merged under.
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
@@ -176,20 +182,20 @@ class ControlPolicy(_Strict):
 
 class LogRotation(_Strict):
     # Numbers written the way dockerd's json-file driver reads them; max-file below 1 stops dockerd.
-    max_size: str = Field(default="10m", alias="maxSize", pattern=r"^[1-9][0-9]{0,9}[kmg]?$")
-    max_file: str = Field(default="3", alias="maxFile", pattern=r"^[1-9][0-9]{0,3}$")
+    max_size: str = Field(alias="maxSize", pattern=r"^[1-9][0-9]{0,9}[kmg]?$")
+    max_file: str = Field(alias="maxFile", pattern=r"^[1-9][0-9]{0,3}$")
 
 
 class DaemonConfigPolicy(ControlPolicy):
-    path: str = "/etc/docker/daemon.json"
-    allowed_insecure_registries: list[str] = Field(default_factory=list, alias="allowedInsecureRegistries")
-    log_rotation: LogRotation = Field(default_factory=LogRotation, alias="logRotation")
-    log_level: str = Field(default="info", alias="logLevel")
+    path: str
+    allowed_insecure_registries: list[str] = Field(alias="allowedInsecureRegistries")
+    log_rotation: LogRotation = Field(alias="logRotation")
+    log_level: str = Field(alias="logLevel")
     # CIS 2.10: a cgroup-parent other than the default is a finding unless confirmed here.
-    allowed_cgroup_parents: list[str] = Field(default_factory=list, alias="allowedCgroupParents")
+    allowed_cgroup_parents: list[str] = Field(alias="allowedCgroupParents")
     # A revert never restarts dockerd: a key that needs a restart is reported as "restart required".
     # `true` is refused (see _no_restart): kept in the schema so existing files keep validating.
-    restart_daemon: bool = Field(default=False, alias="restartDaemon")
+    restart_daemon: bool = Field(alias="restartDaemon")
 
     @field_validator("restart_daemon")
     @classmethod
@@ -211,30 +217,21 @@ class FileRequirement(_Strict):
 
 
 class DaemonFilesPolicy(ControlPolicy):
-    config_dir: str = Field(default="/etc/docker", alias="configDir")
-    unit_dirs: list[str] = Field(
-        default_factory=lambda: ["/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system",
-                                 "/usr/lib/systemd/system"],
-        alias="unitDirs",
-    )
-    extra: list[FileRequirement] = Field(default_factory=list)
+    config_dir: str = Field(alias="configDir")
+    unit_dirs: list[str] = Field(alias="unitDirs")
+    extra: list[FileRequirement]
     # CIS 3.23/3.24: containerd's socket is root on the host as much as dockerd's.
-    containerd_socket: str = Field(default="/run/containerd/containerd.sock", alias="containerdSocket")
+    containerd_socket: str = Field(alias="containerdSocket")
 
 
 class HostAuditPolicy(ControlPolicy):
     """CIS 1.1.3-1.1.18: where the host's audit rules and Docker's binaries are looked for."""
 
-    audit_rules_files: list[str] = Field(default_factory=lambda: ["/etc/audit/audit.rules"],
-                                         alias="auditRulesFiles")
-    audit_rules_dirs: list[str] = Field(default_factory=lambda: ["/etc/audit/rules.d"], alias="auditRulesDirs")
+    audit_rules_files: list[str] = Field(alias="auditRulesFiles")
+    audit_rules_dirs: list[str] = Field(alias="auditRulesDirs")
     # `auditctl -l` shows what the kernel really has loaded; only meaningful when the host root is `/`.
-    auditctl: Literal["auto", "never"] = "auto"
-    binary_dirs: list[str] = Field(
-        default_factory=lambda: ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin",
-                                 "/usr/libexec/docker", "/usr/libexec/containerd", "/opt/bin"],
-        alias="binaryDirs",
-    )
+    auditctl: Literal["auto", "never"]
+    binary_dirs: list[str] = Field(alias="binaryDirs")
 
 
 class HostLayoutPolicy(ControlPolicy):
@@ -242,16 +239,16 @@ class HostLayoutPolicy(ControlPolicy):
 
     # Read inside the host root (the host's init sees the host's mounts); when it is missing the
     # agent's own /proc/self/mountinfo is used and matched against real paths.
-    mountinfo: str = "/proc/1/mountinfo"
+    mountinfo: str
 
 
 class SocketPolicy(ControlPolicy):
-    path: str = "/var/run/docker.sock"
-    owner: str = "root"
-    group: str = "docker"
-    file_mode: FileMode = Field(default="0660", alias="fileMode")
+    path: str
+    owner: str
+    group: str
+    file_mode: FileMode = Field(alias="fileMode")
     # Extra ACL entries tolerated on the socket, as "user:NAME:PERMS" or "group:NAME:PERMS".
-    allowed_acl: list[str] = Field(default_factory=list, alias="allowedAcl")
+    allowed_acl: list[str] = Field(alias="allowedAcl")
 
     @field_validator("allowed_acl")
     @classmethod
@@ -263,8 +260,8 @@ class SocketPolicy(ControlPolicy):
 
 
 class DockerGroupPolicy(ControlPolicy):
-    group: str = "docker"
-    allowed_members: list[str] = Field(default_factory=list, alias="allowedMembers")
+    group: str
+    allowed_members: list[str] = Field(alias="allowedMembers")
 
     @field_validator("allowed_members")
     @classmethod
@@ -293,8 +290,8 @@ class FirewallPort(_Strict):
 
 
 class FirewallPolicy(ControlPolicy):
-    backend: Literal["auto", "nftables", "iptables-legacy", "iptables-nft"] = "auto"
-    ports: list[FirewallPort] = Field(default_factory=list)
+    backend: Literal["auto", "nftables", "iptables-legacy", "iptables-nft"]
+    ports: list[FirewallPort]
 
     @model_validator(mode="after")
     def _unique_ports(self) -> FirewallPolicy:
@@ -320,22 +317,19 @@ class RuntimePolicy(ControlPolicy):
     """What the running daemon's containers and settings may be (read through the Docker API)."""
 
     # CIS 1.2.2: the oldest engine accepted as patched; compared numerically (20.10.24+dfsg1 -> 20.10.24).
-    min_engine_version: str = Field(default="20.10.0", alias="minEngineVersion", pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
+    min_engine_version: str = Field(alias="minEngineVersion", pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
     # CIS 5.6: host paths a bind mount may not expose; the host root `/` is always one.
-    sensitive_mounts: list[str] = Field(
-        default_factory=lambda: ["/etc", "/proc", "/sys", "/boot", "/dev", "/var/lib/docker", "/root"],
-        alias="sensitiveMounts",
-    )
+    sensitive_mounts: list[str] = Field(alias="sensitiveMounts")
     # Containers (whole names) allowed to do what the rule forbids: an agent that needs the socket, say.
-    allowed_privileged: list[str] = Field(default_factory=list, alias="allowedPrivileged")
-    allowed_socket_mounts: list[str] = Field(default_factory=list, alias="allowedSocketMounts")
-    allowed_sensitive_mounts: list[str] = Field(default_factory=list, alias="allowedSensitiveMounts")
-    allowed_host_namespaces: list[str] = Field(default_factory=list, alias="allowedHostNamespaces")
+    allowed_privileged: list[str] = Field(alias="allowedPrivileged")
+    allowed_socket_mounts: list[str] = Field(alias="allowedSocketMounts")
+    allowed_sensitive_mounts: list[str] = Field(alias="allowedSensitiveMounts")
+    allowed_host_namespaces: list[str] = Field(alias="allowedHostNamespaces")
     # Capabilities any container may add beyond Docker's default set (e.g. NET_ADMIN).
-    allowed_capabilities: list[str] = Field(default_factory=list, alias="allowedCapabilities")
+    allowed_capabilities: list[str] = Field(alias="allowedCapabilities")
     # Per-user daemons outside the policy's reach (rootless Docker).
-    rootless_sockets: str = Field(default="/run/user/*/docker.sock", alias="rootlessSockets")
-    timeout_seconds: float = Field(default=10.0, ge=0.1, le=300, allow_inf_nan=False, alias="timeoutSeconds")
+    rootless_sockets: str = Field(alias="rootlessSockets")
+    timeout_seconds: float = Field(ge=0.1, le=300, allow_inf_nan=False, alias="timeoutSeconds")
 
     _names = field_validator("allowed_privileged", "allowed_socket_mounts", "allowed_sensitive_mounts",
                              "allowed_host_namespaces")(_container_names)
@@ -357,32 +351,35 @@ class RuntimePolicy(ControlPolicy):
 class HostPolicy(ControlPolicy):
     """Host-side checks: the daemon's TLS material, sshd, the data root's block device."""
 
-    cert_expiry_warn_days: int = Field(default=30, ge=0, le=3650, alias="certExpiryWarnDays")
-    min_rsa_bits: int = Field(default=2048, ge=1024, le=16384, alias="minRsaBits")
-    min_ec_bits: int = Field(default=256, ge=160, le=571, alias="minEcBits")
-    sshd_config: str = Field(default="/etc/ssh/sshd_config", alias="sshdConfig")
+    cert_expiry_warn_days: int = Field(ge=0, le=3650, alias="certExpiryWarnDays")
+    min_rsa_bits: int = Field(ge=1024, le=16384, alias="minRsaBits")
+    min_ec_bits: int = Field(ge=160, le=571, alias="minEcBits")
+    sshd_config: str = Field(alias="sshdConfig")
     # PermitRootLogin values accepted (without-password is the old name of prohibit-password).
-    permit_root_login: list[str] = Field(default_factory=lambda: ["no", "prohibit-password", "without-password"],
-                                         alias="permitRootLogin")
+    permit_root_login: list[str] = Field(alias="permitRootLogin")
 
 
 class Controls(_Strict):
-    daemon_config: DaemonConfigPolicy = Field(default_factory=DaemonConfigPolicy, alias="daemonConfig")
-    daemon_files: DaemonFilesPolicy = Field(default_factory=DaemonFilesPolicy, alias="daemonFiles")
-    socket: SocketPolicy = Field(default_factory=SocketPolicy)
-    docker_group: DockerGroupPolicy = Field(default_factory=DockerGroupPolicy, alias="dockerGroup")
-    firewall: FirewallPolicy = Field(default_factory=FirewallPolicy)
-    listeners: ListenersPolicy = Field(default_factory=ListenersPolicy)
-    host_audit: HostAuditPolicy = Field(default_factory=HostAuditPolicy, alias="hostAudit")
-    host_layout: HostLayoutPolicy = Field(default_factory=HostLayoutPolicy, alias="hostLayout")
-    runtime: RuntimePolicy = Field(default_factory=RuntimePolicy)
-    host: HostPolicy = Field(default_factory=HostPolicy)
+    daemon_config: DaemonConfigPolicy = Field(alias="daemonConfig")
+    daemon_files: DaemonFilesPolicy = Field(alias="daemonFiles")
+    socket: SocketPolicy
+    docker_group: DockerGroupPolicy = Field(alias="dockerGroup")
+    firewall: FirewallPolicy
+    listeners: ListenersPolicy
+    host_audit: HostAuditPolicy = Field(alias="hostAudit")
+    host_layout: HostLayoutPolicy = Field(alias="hostLayout")
+    runtime: RuntimePolicy
+    host: HostPolicy
+
+
+# policy key ("daemonConfig") -> field name ("daemon_config"), for Policy.control.
+_CONTROL_FIELDS = {(info.alias or name): name for name, info in Controls.model_fields.items()}
 
 
 class DaemonLocation(_Strict):
     """Where to find the running dockerd (its pidfile), to read the flags it really runs with."""
 
-    pid_file: str = Field(default="/var/run/docker.pid", alias="pidFile")
+    pid_file: str = Field(alias="pidFile")
 
 
 # Every number has a range (issue 17): a value outside it is refused with its line by `policy
@@ -393,49 +390,66 @@ DAY_S = 86_400.0
 
 class Flapping(_Strict):
     # A threshold out of reach (1000000) is how a benchmark or a noisy host switches flapping off.
-    threshold: int = Field(default=5, ge=1, le=1_000_000, description="reverts of one finding within the window")
-    window_seconds: float = Field(default=60.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="windowSeconds")
-    max_backoff_seconds: float = Field(default=300.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="maxBackoffSeconds")
+    threshold: int = Field(ge=1, le=1_000_000, description="reverts of one finding within the window")
+    window_seconds: float = Field(ge=1, le=DAY_S, allow_inf_nan=False, alias="windowSeconds")
+    max_backoff_seconds: float = Field(ge=1, le=DAY_S, allow_inf_nan=False, alias="maxBackoffSeconds")
 
 
 class Attribution(_Strict):
     """Who made a drift, read from the host's audit log (nodeguard/attribution/)."""
 
-    enabled: bool = True
-    audit_log: str | None = Field(default=None, alias="auditLog", pattern=r"^/",
+    enabled: bool
+    audit_log: str | None = Field(alias="auditLog", pattern=r"^/",
                                   description="host path; unset: log_file of the host's /etc/audit/auditd.conf")
-    wait_ms: int = Field(default=500, ge=0, le=5000, alias="waitMs",
+    wait_ms: int = Field(ge=0, le=5000, alias="waitMs",
                          description="how long the actor may follow the drift event")
-    max_per_finding_per_minute: int = Field(default=60, ge=1, alias="maxPerFindingPerMinute",
+    max_per_finding_per_minute: int = Field(ge=1, alias="maxPerFindingPerMinute",
                                             description="beyond it (a fight), only flapping events are attributed")
 
 
 class AgentSettings(_Strict):
-    resync_seconds: float = Field(default=60.0, ge=1, le=DAY_S, allow_inf_nan=False, alias="resyncSeconds")
-    coalesce_ms: int = Field(default=5, ge=0, le=5000, alias="coalesceMs")
+    resync_seconds: float = Field(ge=1, le=DAY_S, allow_inf_nan=False, alias="resyncSeconds")
+    coalesce_ms: int = Field(ge=0, le=5000, alias="coalesceMs")
     # Events per rule per pass before the rest are folded into one summary event (issue 12.3).
-    max_events_per_rule: int = Field(default=100, ge=1, le=100_000, alias="maxEventsPerRule")
-    flapping: Flapping = Field(default_factory=Flapping)
-    attribution: Attribution = Field(default_factory=Attribution)
+    max_events_per_rule: int = Field(ge=1, le=100_000, alias="maxEventsPerRule")
+    flapping: Flapping
+    attribution: Attribution
 
 
 class Spec(_Strict):
-    mode: Mode = Mode.OBSERVE
-    daemon: DaemonLocation = Field(default_factory=DaemonLocation)
-    agent: AgentSettings = Field(default_factory=AgentSettings)
-    controls: Controls = Field(default_factory=Controls)
+    mode: Mode
+    daemon: DaemonLocation
+    agent: AgentSettings
+    controls: Controls
 
 
 class Metadata(_Strict):
-    name: str = "default"
-    labels: dict[str, str] = Field(default_factory=dict)
+    name: str
+    labels: dict[str, str]
 
 
 class Policy(_Strict):
     api_version: Literal["nodeguard.io/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["NodeGuardPolicy"]
-    metadata: Metadata = Field(default_factory=Metadata)
-    spec: Spec = Field(default_factory=Spec)
+    metadata: Metadata
+    spec: Spec
+
+    def control(self, policy_key: str) -> ControlPolicy:
+        """A control's settings by its key under spec.controls: "daemonConfig", "firewall"..."""
+        controls = self.spec.controls
+        field_name = _CONTROL_FIELDS.get(policy_key)
+        if field_name is None:
+            raise KeyError(policy_key)
+        value: ControlPolicy = getattr(controls, field_name)
+        return value
+
+    def mode_of(self, policy_key: str, rule_id: str = "") -> Mode:
+        """Is this control (or one of its rules) off, observed or enforced: the one answer.
+
+        The control's own `mode`, else spec.mode; a control that is off has every rule off;
+        otherwise a rule's entry under `rules` wins. `rule_id` "" asks about the control itself.
+        """
+        return self.control(policy_key).rule_mode(rule_id, self.spec.mode)
 
     def with_mode(self, mode: Mode) -> Policy:
         """The same policy with spec.mode overridden (the CLI's --mode)."""

@@ -65,8 +65,7 @@ class DockerEventsWatcher:
     def start(self, trigger: Trigger) -> None:
         if self._thread is not None:
             raise RuntimeError("watcher already started")
-        runtime = self.policy.spec.controls.runtime
-        if (runtime.mode or self.policy.spec.mode) is Mode.OFF:
+        if self.policy.mode_of("runtime") is Mode.OFF:
             # The runtime control is off: no reason to hold a connection to a root-equivalent socket.
             log.info("runtime control is off: not following the docker events stream")
             return

@@ -111,15 +111,10 @@ class Control:
         raise KeyError(f"{cls.name} has no rule {rule_id!r}")
 
     def settings(self, policy: Policy) -> ControlPolicy:
-        controls = policy.spec.controls
-        for field_name, info in type(controls).model_fields.items():
-            if (info.alias or field_name) == self.policy_key:
-                value: ControlPolicy = getattr(controls, field_name)
-                return value
-        raise KeyError(self.policy_key)
+        return policy.control(self.policy_key)
 
     def rule_mode(self, policy: Policy, rule_id: str) -> Mode:
-        return self.settings(policy).rule_mode(rule_id, policy.spec.mode)
+        return policy.mode_of(self.policy_key, rule_id)
 
     def watch_paths(self, ctx: Context) -> list[str]:
         """Host folders whose changes should wake this control."""

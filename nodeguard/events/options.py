@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,10 +25,6 @@ from nodeguard.events.spool import DEFAULT_MAX_BYTES
 class OtlpProtocol(enum.StrEnum):
     GRPC = "grpc"
     HTTP_PROTOBUF = "http/protobuf"
-
-
-def _bool(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def parse_headers(value: str) -> dict[str, str]:
@@ -89,107 +85,169 @@ class ExportOptions:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ExportOptions:
-        """The OTEL_* variables (and NODEGUARD_* ones for the rest), then `overrides` that are not None."""
+        """The settings reader: for each field, `overrides` (the flags) when not None, else its
+        variable (SETTINGS), else the default. A variable that does not parse is a ValueError
+        naming it."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-            values["otlp_endpoint"] = env["OTEL_EXPORTER_OTLP_ENDPOINT"]
-        if env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
-            values["otlp_logs_endpoint"] = env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"]
-        if env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
-            values["otlp_metrics_endpoint"] = env["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]
-        protocol = env.get("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        if protocol:
-            values["otlp_protocol"] = OtlpProtocol(protocol.strip())
-        if env.get("OTEL_EXPORTER_OTLP_HEADERS"):
-            values["otlp_headers"] = parse_headers(env["OTEL_EXPORTER_OTLP_HEADERS"])
-        for var, key in (("OTEL_EXPORTER_OTLP_CERTIFICATE", "otlp_certificate"),
-                         ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "otlp_client_key"),
-                         ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "otlp_client_certificate")):
-            if env.get(var):
-                values[key] = Path(env[var])
-        timeout = env.get("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT")
-        if timeout:  # seconds, as the Python SDK has always read it
-            values["otlp_timeout"] = float(timeout)
-        compression = env.get("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION") or env.get("OTEL_EXPORTER_OTLP_COMPRESSION")
-        if compression and compression.strip().lower() != "none":
-            if compression.strip().lower() not in ("gzip", "deflate"):
-                raise ValueError(f"OTEL_EXPORTER_OTLP_COMPRESSION must be gzip, deflate or none, not {compression!r}")
-            values["otlp_compression"] = compression.strip().lower()
-        if env.get("OTEL_EXPORTER_OTLP_INSECURE"):
-            values["otlp_insecure"] = _bool(env["OTEL_EXPORTER_OTLP_INSECURE"])
-        if env.get("OTEL_METRICS_EXPORTER", "").strip() == "none":
-            values["metrics"] = False
-        if env.get("OTEL_METRIC_EXPORT_INTERVAL"):  # milliseconds, per the OpenTelemetry spec
-            values["metrics_interval"] = float(env["OTEL_METRIC_EXPORT_INTERVAL"]) / 1000
-        if env.get("NODEGUARD_EVENTS_FILE"):
-            values["events_file"] = env["NODEGUARD_EVENTS_FILE"]
-        if env.get("NODEGUARD_OCSF_FILE"):
-            values["ocsf_file"] = env["NODEGUARD_OCSF_FILE"]
-        if env.get("NODEGUARD_HOST_ROOT"):
-            values["host_root"] = Path(env["NODEGUARD_HOST_ROOT"])
-        numeric = {"NODEGUARD_SPOOL_MAX_BYTES": ("spool_max_bytes", int),
-                   "NODEGUARD_AGGREGATE_SECONDS": ("aggregate_seconds", float),
-                   "NODEGUARD_EXPORT_RETRY_MAX_SECONDS": ("retry_max_seconds", float),
-                   "NODEGUARD_EXPORT_RETRY_AFTER_MAX_SECONDS": ("retry_after_max_seconds", float),
-                   "NODEGUARD_EXPORT_CLOSE_TIMEOUT_SECONDS": ("close_timeout_seconds", float)}
-        for var, (key, kind) in numeric.items():
-            if env.get(var):
-                values[key] = kind(env[var])
-        values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
+        unknown = set(overrides) - known
         if unknown:
             raise TypeError(f"unknown export options: {sorted(unknown)}")
+        values = {k: v for k, v in overrides.items() if v is not None}
+        for setting in SETTINGS:
+            if setting.field not in values:
+                value = setting.read(env)
+                if value is not None:
+                    values[setting.field] = value
         return cls(**values)
 
     def with_(self, **changes: Any) -> ExportOptions:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+# -- the variables -------------------------------------------------------------------------------
+# Each setting's variables are read here and only here: the `nodeguard run` flags below carry no
+# typer `envvar` (two readers disagreed: typer handed OTEL_EXPORTER_OTLP_PROTOCOL over as a flag,
+# which beat OTEL_EXPORTER_OTLP_LOGS_PROTOCOL). A flag given beats the variable, which beats the
+# default.
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One export setting: its ExportOptions field, the variables that set it (the first one set
+    wins: signal-specific before generic), how to read one (None: as if unset)."""
+
+    field: str
+    env: tuple[str, ...]
+    parse: Callable[[str], Any]
+    minimum: float | None = None  # the flag's own `min`, so the variable gets the same check
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        for var in self.env:
+            raw = env.get(var)
+            if not raw:
+                continue
+            try:
+                value = self.parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"{var}: {exc}") from None
+            if self.minimum is not None and value is not None and value < self.minimum:
+                raise ValueError(f"{var}: {raw} is below the minimum {self.minimum:g}")
+            return value
+        return None
+
+    @property
+    def help(self) -> str:
+        """The variable(s), for the flag's --help."""
+        # Not "[env var: X]" as typer writes it: rich would take the brackets for markup.
+        return f" Env: {' or '.join(self.env)}."
+
+
+def _strict_bool(value: str) -> bool:
+    # click's own spellings (what typer accepted for these variables): anything else is an error.
+    word = value.strip().lower()
+    if word in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if word in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean")
+
+
+def _compression(value: str) -> str | None:
+    word = value.strip().lower()
+    if word == "none":
+        return None
+    if word not in ("gzip", "deflate"):
+        raise ValueError(f"must be gzip, deflate or none, not {value!r}")
+    return word
+
+
+def _metrics_exporter(value: str) -> bool | None:
+    return False if value.strip() == "none" else None  # any other exporter name: the default (on)
+
+
+MIN_SPOOL_BYTES = 65536
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("otlp_endpoint", ("OTEL_EXPORTER_OTLP_ENDPOINT",), str),
+    Setting("otlp_logs_endpoint", ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",), str),
+    Setting("otlp_metrics_endpoint", ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",), str),
+    Setting("otlp_protocol", ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+            lambda v: OtlpProtocol(v.strip())),
+    Setting("otlp_headers", ("OTEL_EXPORTER_OTLP_HEADERS",), parse_headers),
+    Setting("otlp_certificate", ("OTEL_EXPORTER_OTLP_CERTIFICATE",), Path),
+    Setting("otlp_client_key", ("OTEL_EXPORTER_OTLP_CLIENT_KEY",), Path),
+    Setting("otlp_client_certificate", ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",), Path),
+    Setting("otlp_insecure", ("OTEL_EXPORTER_OTLP_INSECURE",), _strict_bool),
+    # Seconds, as the Python SDK has always read it.
+    Setting("otlp_timeout", ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), float),
+    Setting("otlp_compression", ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"),
+            _compression),
+    Setting("metrics", ("OTEL_METRICS_EXPORTER",), _metrics_exporter),
+    # Milliseconds, per the OpenTelemetry spec.
+    Setting("metrics_interval", ("OTEL_METRIC_EXPORT_INTERVAL",), lambda v: float(v) / 1000),
+    Setting("events_file", ("NODEGUARD_EVENTS_FILE",), str),
+    Setting("ocsf_file", ("NODEGUARD_OCSF_FILE",), str),
+    Setting("host_root", ("NODEGUARD_HOST_ROOT",), Path),
+    Setting("spool_max_bytes", ("NODEGUARD_SPOOL_MAX_BYTES",), int, minimum=MIN_SPOOL_BYTES),
+    Setting("aggregate_seconds", ("NODEGUARD_AGGREGATE_SECONDS",), float, minimum=0),
+    Setting("retry_max_seconds", ("NODEGUARD_EXPORT_RETRY_MAX_SECONDS",), float),
+    Setting("retry_after_max_seconds", ("NODEGUARD_EXPORT_RETRY_AFTER_MAX_SECONDS",), float),
+    Setting("close_timeout_seconds", ("NODEGUARD_EXPORT_CLOSE_TIMEOUT_SECONDS",), float),
+)
+_BY_FIELD = {s.field: s for s in SETTINGS}
+
+
+def _env(field_name: str) -> str:
+    return _BY_FIELD[field_name].help
+
+
 # -- `nodeguard run` flags ------------------------------------------------------------------------
-# Each flag reads the same variable the OpenTelemetry SDK reads; `export_options_from_flags` turns
-# the parsed values into ExportOptions.
+# Each flag means what its variable (SETTINGS) means; `export_options_from_flags` hands the flags
+# given to the one reader, ExportOptions.from_env.
 
 OtlpEndpointOpt = Annotated[str | None, typer.Option(
-    "--otlp-endpoint", envvar="OTEL_EXPORTER_OTLP_ENDPOINT", rich_help_panel="Event export",
+    "--otlp-endpoint", rich_help_panel="Event export",
     help="OTLP collector, e.g. http://collector:4318 (http/protobuf) or http://collector:4317 (grpc). "
-         "Unset: no OTLP.")]
+         "Unset: no OTLP." + _env('otlp_endpoint'))]
 OtlpProtocolOpt = Annotated[OtlpProtocol | None, typer.Option(
-    "--otlp-protocol", envvar="OTEL_EXPORTER_OTLP_PROTOCOL", rich_help_panel="Event export",
-    help="grpc or http/protobuf (default).")]
+    "--otlp-protocol", rich_help_panel="Event export",
+    help="grpc or http/protobuf (default)." + _env('otlp_protocol'))]
 OtlpHeadersOpt = Annotated[str | None, typer.Option(
-    "--otlp-headers", envvar="OTEL_EXPORTER_OTLP_HEADERS", rich_help_panel="Event export",
-    help="Extra request headers: key1=value1,key2=value2 (URL-encoded values).")]
+    "--otlp-headers", rich_help_panel="Event export",
+    help="Extra request headers: key1=value1,key2=value2 (URL-encoded values)." + _env('otlp_headers'))]
 OtlpCertificateOpt = Annotated[Path | None, typer.Option(
-    "--otlp-certificate", envvar="OTEL_EXPORTER_OTLP_CERTIFICATE", rich_help_panel="Event export",
-    help="CA bundle (PEM) that verifies the collector's certificate.")]
+    "--otlp-certificate", rich_help_panel="Event export",
+    help="CA bundle (PEM) that verifies the collector's certificate." + _env('otlp_certificate'))]
 OtlpClientKeyOpt = Annotated[Path | None, typer.Option(
-    "--otlp-client-key", envvar="OTEL_EXPORTER_OTLP_CLIENT_KEY", rich_help_panel="Event export",
-    help="Client private key (PEM) for mutual TLS.")]
+    "--otlp-client-key", rich_help_panel="Event export",
+    help="Client private key (PEM) for mutual TLS." + _env('otlp_client_key'))]
 OtlpClientCertificateOpt = Annotated[Path | None, typer.Option(
-    "--otlp-client-certificate", envvar="OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", rich_help_panel="Event export",
-    help="Client certificate (PEM) for mutual TLS.")]
+    "--otlp-client-certificate", rich_help_panel="Event export",
+    help="Client certificate (PEM) for mutual TLS." + _env('otlp_client_certificate'))]
 OtlpInsecureOpt = Annotated[bool | None, typer.Option(
-    "--otlp-insecure/--otlp-secure", envvar="OTEL_EXPORTER_OTLP_INSECURE", rich_help_panel="Event export",
-    help="gRPC: plaintext even without an http:// endpoint / TLS even with one. Default: the scheme decides.")]
+    "--otlp-insecure/--otlp-secure", rich_help_panel="Event export",
+    help="gRPC: plaintext even without an http:// endpoint / TLS even with one. Default: the scheme decides."
+         + _env('otlp_insecure'))]
 OtlpTimeoutOpt = Annotated[float | None, typer.Option(
     "--otlp-timeout", min=0.1, rich_help_panel="Event export",
-    help="Total seconds one export request may take, response included (default: OTEL_EXPORTER_OTLP_TIMEOUT "
-         "or 10).")]
+    help="Total seconds one export request may take, response included (default 10)." + _env('otlp_timeout'))]
 OcsfFileOpt = Annotated[str | None, typer.Option(
-    "--ocsf-file", envvar="NODEGUARD_OCSF_FILE", rich_help_panel="Event export",
-    help="Also write each event as an OCSF Compliance Finding (class 2003) JSON line here ('-': stdout).")]
+    "--ocsf-file", rich_help_panel="Event export",
+    help="Also write each event as an OCSF Compliance Finding (class 2003) JSON line here ('-': stdout)."
+         + _env('ocsf_file'))]
 SpoolMaxBytesOpt = Annotated[int | None, typer.Option(
-    "--spool-max-bytes", envvar="NODEGUARD_SPOOL_MAX_BYTES", min=65536, rich_help_panel="Event export",
-    help=f"Cap of the durable event spool; when full the oldest events are dropped (default {DEFAULT_MAX_BYTES}).")]
+    "--spool-max-bytes", min=MIN_SPOOL_BYTES, rich_help_panel="Event export",
+    help=f"Cap of the durable event spool; when full the oldest events are dropped (default {DEFAULT_MAX_BYTES})."
+         + _env('spool_max_bytes'))]
 AggregateSecondsOpt = Annotated[float | None, typer.Option(
-    "--aggregate-seconds", envvar="NODEGUARD_AGGREGATE_SECONDS", min=0, rich_help_panel="Event export",
+    "--aggregate-seconds", min=0, rich_help_panel="Event export",
     help="Identical drifts repeated within this window are sent once plus one summary with a count "
-         "(default 60; 0: off).")]
+         "(default 60; 0: off)." + _env('aggregate_seconds'))]
 MetricsOpt = Annotated[bool | None, typer.Option(
     "--metrics/--no-metrics", rich_help_panel="Event export",
-    help="Send metrics over OTLP too, when an OTLP endpoint is set (default: on).")]
+    help="Send metrics over OTLP too, when an OTLP endpoint is set (default: on; OTEL_METRICS_EXPORTER=none: "
+         "off).")]
 
 
 def export_options_from_flags(

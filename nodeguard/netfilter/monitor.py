@@ -260,9 +260,9 @@ def watchers_for(host: HostRoot, policy: Policy) -> list[_ThreadWatcher]:
     the watcher always fits it: legacy rules get the poll even when `auto` chose them.
     """
     fw = policy.spec.controls.firewall
-    if fw.rule_mode("", policy.spec.mode) is Mode.OFF:
+    if policy.mode_of("firewall") is Mode.OFF:
         return []
     from nodeguard.netfilter.select import decided_backend
 
-    hold = fw.rule_mode("table-owner", policy.spec.mode) is Mode.ENFORCE
+    hold = policy.mode_of("firewall", "table-owner") is Mode.ENFORCE
     return firewall_watchers(decided_backend(fw.backend, host).backend, hold=hold)

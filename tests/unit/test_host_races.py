@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from nodeguard.atomic import temp_name
 from nodeguard.host import HardLinked, HostRoot, NotRegularFile
 from nodeguard.shadow import lckpwdf, remove_group_member
 from tests.support.sandbox import Sandbox, require_root
@@ -444,8 +445,8 @@ def test_heartbeat_never_follows_a_planted_link(tmp_path: Path) -> None:
     before = snapshot(canary)
     state = tmp_path / "state"
     state.mkdir()
-    # The temporary name is predictable (.<file>.<pid>.tmp): whoever can write the state dir can plant it.
-    os.symlink(canary / "target", state / f".{health.HEARTBEAT_FILE}.{os.getpid()}.tmp")
+    # The temporary name is predictable (one per process): whoever can write the state dir can plant it.
+    os.symlink(canary / "target", state / temp_name(health.HEARTBEAT_FILE))
     with contextlib.suppress(OSError):
         health.write_heartbeat(state)
     assert snapshot(canary) == before
@@ -459,7 +460,7 @@ def test_kube_open_drifts_file_never_follows_a_planted_link(tmp_path: Path) -> N
     before = snapshot(canary)
     state = tmp_path / "state"
     state.mkdir()
-    os.symlink(canary / "target", state / f".{kube.OPEN_DRIFTS_FILE}.tmp")
+    os.symlink(canary / "target", state / temp_name(kube.OPEN_DRIFTS_FILE))
     sink = kube.KubeSink(None, "node-1", state_dir=state)
     try:
         sink._save_open({"docker-group/member-allowed/mallory"})
