@@ -41,6 +41,7 @@ from typing import Any
 
 from nodeguard.atomic import replace_path
 from nodeguard.events.model import Event, EventName
+from nodeguard.reconcile import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -199,18 +200,20 @@ class KubeSink:
 
     def _run(self) -> None:
         self._read_condition()
-        backoff = 0.0
+        retries = Backoff(1.0, self._retry_max)  # the one back-off computation (reconcile.py)
+        failures = 0
         while True:
             with self._changed:
                 # A failed PATCH (API server down) is retried with back-off, capped at retry_max.
-                self._changed.wait_for(lambda: self._seq > self._done or self._stopping, timeout=backoff or None)
+                self._changed.wait_for(lambda: self._seq > self._done or self._stopping,
+                                       timeout=retries.delay(failures - 1) if failures else None)
                 seq, stopping = self._seq, self._stopping
                 batch = list(self._pending.values())
                 self._pending.clear()
             for work in batch:
                 self._record(work)
             synced = self._sync_condition()
-            backoff = 0.0 if synced else min(self._retry_max, max(1.0, backoff * 2))
+            failures = 0 if synced else failures + 1
             with self._changed:
                 self._done = seq
                 self._changed.notify_all()
