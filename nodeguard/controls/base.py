@@ -8,78 +8,55 @@ finding and says what it did.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from nodeguard.accounts import AccountDB, load_accounts
-from nodeguard.dockerd import DaemonProcess, find_daemon
-from nodeguard.host import HostPathError, HostRoot
+from nodeguard.accounts import AccountDB
+from nodeguard.daemon_settings import DaemonConfigObservation
+from nodeguard.dockerd import DaemonProcess
+from nodeguard.host import HostRoot
+from nodeguard.observations import Observations
 from nodeguard.policy import ControlPolicy, Policy
 from nodeguard.structs import Finding, JSONValue, Mode, Rule, Status
 
 if TYPE_CHECKING:
+    from nodeguard.netfilter.observed import FirewallObservation
     from nodeguard.state import StateStore
-
-
-ACCOUNT_FILES = ("/etc/passwd", "/etc/group", "/etc/gshadow")
-_ACCOUNTS_CACHE: dict[str, tuple[tuple[object, ...], AccountDB]] = {}
-
-
-def _accounts_key(host: HostRoot) -> tuple[object, ...] | None:
-    """What identifies the account files' contents: inode, size, mtime and ctime (any write moves ctime)."""
-    key: list[object] = []
-    for path in ACCOUNT_FILES:
-        try:
-            st = os.stat(host.resolve(path))
-        except FileNotFoundError:
-            key.append(None)
-            continue
-        except (OSError, HostPathError):
-            return None  # not cacheable: read it every time
-        key.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    return tuple(key)
 
 
 @dataclass
 class Context:
-    """One pass over the host: what several controls need is read once and shared."""
+    """One pass over the host. What several controls need (the running daemon, daemon.json, the
+    account files, netfilter) is read once, on first use, and shared (nodeguard.observations);
+    a new pass, and the look that verifies a revert, make a new Context and read the host again."""
 
     host: HostRoot
     policy: Policy
     proc: Path = Path("/proc")
     # State that outlives a pass (last good daemon.json, quarantine): the agent's --state-dir.
     state_dir: Path | None = None
+    observed: Observations = field(init=False, repr=False, compare=False)
 
-    @cached_property
+    def __post_init__(self) -> None:
+        self.observed = Observations(self.host, self.policy, self.proc)
+
+    @property
     def daemon(self) -> DaemonProcess | None:
-        return find_daemon(self.host, self.policy.spec.daemon.pid_file, self.proc)
+        return self.observed.daemon()
 
-    @cached_property
+    @property
     def accounts(self) -> AccountDB:
-        # The agent asks every pass (the socket's group name, the docker group): parsed again only
-        # when one of the files changed. A 20,000-member /etc/group is not re-read for a chmod.
-        key = _accounts_key(self.host)
-        root = str(self.host.root)
-        cached = _ACCOUNTS_CACHE.get(root)
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
-        db = load_accounts(self.host)
-        if key is not None:
-            _ACCOUNTS_CACHE.clear()  # one host root per process in practice: never more than one kept
-            _ACCOUNTS_CACHE[root] = (key, db)
-        return db
+        return self.observed.accounts()
 
-    @cached_property
-    def daemon_config(self) -> Any:
-        # Several controls need the effective daemon configuration (TLS file paths, hosts, the
-        # socket's group); it is observed once per pass by the daemon-config control.
-        from nodeguard.controls.daemon_config import DaemonConfigControl
+    @property
+    def daemon_config(self) -> DaemonConfigObservation:
+        return self.observed.daemon_config()
 
-        return DaemonConfigControl().observe(self)
+    @property
+    def netfilter(self) -> FirewallObservation:
+        return self.observed.netfilter()
 
 
 @dataclass

@@ -11,31 +11,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from nodeguard.controls.base import Context, Control, Outcome
 from nodeguard.netfilter.backend import BackendError, chains_match
 from nodeguard.netfilter.model import ChainState, Desired, FirewallState
-from nodeguard.netfilter.select import Selection, decided_backend, select_backend, writes_refused
+from nodeguard.netfilter.observed import FirewallObservation
+from nodeguard.netfilter.select import writes_refused
+from nodeguard.observations import Surface
 from nodeguard.policy import FirewallPolicy, Policy
 from nodeguard.structs import Finding, Rule, Severity, Status
 
 PLAINTEXT_PORT = 2375
-
-
-@dataclass
-class FirewallObservation:
-    selection: Selection  # the backend decided at start and kept
-    state: FirewallState | None
-    # `auto` only: what the host's netfilter would decide now, when that differs from `selection`.
-    now: Selection | None = None
-    # The agent holds nodeguard's nf_tables table (flags owner) while it runs in enforce mode.
-    held: bool = False
-
-    @property
-    def where(self) -> str | None:
-        return self.selection.backend.describe() if self.selection.backend else None
 
 
 def _settings(policy: Policy) -> FirewallPolicy:
@@ -67,16 +54,8 @@ class FirewallControl(Control):
     )
 
     def observe(self, ctx: Context) -> FirewallObservation:
-        requested = _settings(ctx.policy).backend
-        selection = decided_backend(requested, ctx.host)
-        state = selection.backend.read_state() if selection.backend is not None else None
-        now = None
-        if requested == "auto" and selection.backend is not None:
-            # Looked at again on every pass, acted on never: a changed answer is a finding.
-            fresh = select_backend(requested, ctx.host)
-            now = fresh if fresh.name != selection.name else None
-        held = bool(getattr(selection.backend, "hold", False))
-        return FirewallObservation(selection, state, now, held)
+        # Read once per pass, shared with the listeners control (which ports our chains close).
+        return ctx.netfilter
 
     def evaluate(self, observed: FirewallObservation, policy: Policy) -> list[Finding]:
         sel, state = observed.selection, observed.state
@@ -188,11 +167,15 @@ class FirewallControl(Control):
     def remediate_many(self, ctx: Context, findings: Sequence[Finding], observed: Any) -> list[Outcome]:
         """Every failing firewall rule is fixed by the same write: make it once, report it on each."""
         outcomes: list[Outcome] = []
-        for f in findings:
-            outcome = self.remediate(ctx, f, observed)
-            if outcomes and outcome.ok and not outcome.changed and any(o.changed for o in outcomes):
-                outcome = Outcome(True, True, next(o for o in outcomes if o.changed).message, outcome.details)
-            outcomes.append(outcome)
+        try:
+            for f in findings:
+                outcome = self.remediate(ctx, f, observed)
+                if outcomes and outcome.ok and not outcome.changed and any(o.changed for o in outcomes):
+                    outcome = Outcome(True, True, next(o for o in outcomes if o.changed).message, outcome.details)
+                outcomes.append(outcome)
+        finally:
+            # Whatever was written, the rest of the pass (the listeners control) dumps netfilter again.
+            ctx.observed.forget(Surface.NETFILTER)
         return outcomes
 
     def remediate(self, ctx: Context, finding: Finding, observed: Any) -> Outcome:

@@ -15,13 +15,16 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nodeguard.controls.base import Context, Control
-from nodeguard.controls.daemon_config import tls_enabled
+from nodeguard.daemon_settings import tls_enabled
 from nodeguard.netfilter.model import RuleSpec
 from nodeguard.policy import Policy
 from nodeguard.structs import Finding, Rule, Severity, Status
+
+if TYPE_CHECKING:
+    from nodeguard.netfilter.observed import FirewallObservation
 
 PLAINTEXT_PORT = 2375
 _SS_LISTEN = 10
@@ -126,6 +129,14 @@ def _closed_ports(rules: Sequence[RuleSpec]) -> set[int]:
     return closed
 
 
+def _firewalled_ports(fw: FirewallObservation) -> set[int] | None:
+    """Ports for which nodeguard's chains are hooked and end in a drop/reject for all sources."""
+    if fw.state is None or fw.state.error is not None or not fw.state.chains:
+        return None
+    per_chain = [_closed_ports(c.rules) if c.exists and c.hooked else set() for c in fw.state.chains]
+    return set.intersection(*per_chain)
+
+
 class ListenersControl(Control):
     name: ClassVar[str] = "listeners"
     policy_key: ClassVar[str] = "listeners"
@@ -156,19 +167,8 @@ class ListenersControl(Control):
         cfg = ctx.daemon_config
         if cfg is not None and (cfg.config is not None or cfg.flags):
             obs.daemon_tls = tls_enabled(cfg.effective)
-        obs.firewalled_ports = self._firewalled_ports(ctx)
+        obs.firewalled_ports = _firewalled_ports(ctx.netfilter)
         return obs
-
-    @staticmethod
-    def _firewalled_ports(ctx: Context) -> set[int] | None:
-        """Ports for which nodeguard's chains are hooked and end in a drop/reject for all sources."""
-        from nodeguard.controls.firewall import FirewallControl
-
-        fw = FirewallControl().observe(ctx)
-        if fw.state is None or fw.state.error is not None or not fw.state.chains:
-            return None
-        per_chain = [_closed_ports(c.rules) if c.exists and c.hooked else set() for c in fw.state.chains]
-        return set.intersection(*per_chain)
 
     def evaluate(self, observed: ListenersObservation, policy: Policy) -> list[Finding]:
         obs = observed

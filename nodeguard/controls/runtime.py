@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from nodeguard.controls.base import Context, Control
-from nodeguard.controls.daemon_config import RELOADABLE_KEYS, hosts_of
+from nodeguard.daemon_settings import RELOADABLE_KEYS, hosts_of
 from nodeguard.docker_api import (
     CallCounter,
     DaemonUnavailable,
@@ -206,7 +206,7 @@ class RuntimeControl(Control):
             cfg_obs = None
         cfg: dict[str, Any] = dict(cfg_obs.effective) if cfg_obs is not None else {}
         obs.configured = cfg
-        obs.config_path = getattr(cfg_obs, "path", None)
+        obs.config_path = cfg_obs.path if cfg_obs is not None else None
         obs.data_root = canonical(host, str(cfg.get("data-root") or cfg.get("graph") or DEFAULT_DATA_ROOT)) \
             or DEFAULT_DATA_ROOT
         sockets = {canonical(host, socket_host_path)}

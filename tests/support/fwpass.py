@@ -114,19 +114,24 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=3.0)
     args = ap.parse_args()
     policy = load_policy(args.policy).with_mode(Mode(args.mode))
-    ctx = Context(HostRoot(args.host_root), policy)
+    host = HostRoot(args.host_root)
+
+    def new_pass() -> Context:
+        # As the agent does: a Context is one pass (netfilter is dumped once per Context).
+        return Context(host, policy)
+
     control = FirewallControl()
     if args.command == "pass":
-        sys.stdout.write(json.dumps(one_pass(ctx, control)) + "\n")
+        sys.stdout.write(json.dumps(one_pass(new_pass(), control)) + "\n")
         return
     triggers: queue.Queue[str] = queue.Queue()
     signal.signal(signal.SIGTERM, lambda *_: triggers.put("__stop__"))
     # As the agent does: the watchers (and with them the table's holding) before the first pass.
-    backend = control.observe(ctx).selection.backend
+    backend = control.observe(new_pass()).selection.backend
     assert backend is not None
     watcher = firewall_watchers(backend, args.poll, hold=args.mode == "enforce")[0]
     watcher.start(lambda _control, reason: triggers.put(reason))
-    first = one_pass(ctx, control)
+    first = one_pass(new_pass(), control)
     print(json.dumps({"t": time.time(), "reason": "start", "ready": True, "backend": backend.name,
                       **_summary(first)}), flush=True)
     try:
@@ -138,7 +143,7 @@ def main() -> None:
             while not triggers.empty():
                 if triggers.get_nowait() == "__stop__":
                     return
-            out = one_pass(ctx, control)
+            out = one_pass(new_pass(), control)
             print(json.dumps({"t": time.time(), "reason": reason, **_summary(out)}), flush=True)
     finally:
         watcher.stop()
