@@ -16,12 +16,14 @@ through `require_root`.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import os
 import shutil
 import textwrap
 import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,6 +80,33 @@ def _resolve(expr: ast.expr, scope: dict[str, Any]) -> Any:
     return None
 
 
+@functools.cache
+def _definitions(filename: str) -> dict[int, ast.AST]:
+    """A source file's functions, by the first line of their code object (the first decorator's)."""
+    try:
+        tree = ast.parse(Path(filename).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    # Module level and class bodies only: a nested function is never reached through a global name.
+    nodes = [*tree.body, *(n for c in tree.body if isinstance(c, ast.ClassDef) for n in c.body)]
+    out: dict[int, ast.AST] = {}
+    for node in nodes:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            out[min([d.lineno for d in node.decorator_list] + [node.lineno])] = node
+    return out
+
+
+def _tree_of(fn: Any) -> ast.AST | None:
+    # One parse per file rather than inspect.getsource per function: collection reads every test.
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        return _definitions(code.co_filename).get(code.co_firstlineno)
+    try:
+        return ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+
+
 def needs_root(fn: Callable[..., Any]) -> bool:
     """Whether `fn`, or a helper under tests/ it calls, calls require_root()."""
     fn = inspect.unwrap(fn)
@@ -85,10 +114,8 @@ def needs_root(fn: Callable[..., Any]) -> bool:
     if key in _verdicts:
         return _verdicts[key]
     _verdicts[key] = False  # a recursive helper does not loop
-    try:
-        source = textwrap.dedent(inspect.getsource(fn))
-        tree = ast.parse(source)
-    except (OSError, TypeError, SyntaxError):
+    tree = _tree_of(fn)
+    if tree is None:
         return False
     scope = dict(getattr(fn, "__globals__", {}))
     if isinstance(fn, type):
