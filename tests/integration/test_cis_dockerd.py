@@ -7,7 +7,7 @@ settings CIS wants, one with the settings it warns about.
 Not started for real here: `--storage-opt dm.basesize=...` (2.11; overlay2 refuses the option and
 dockerd exits) and `--authorization-plugin` (2.12; without the plugin installed every API call
 fails). Both are checked from a real command line parsed by `parse_flags` in
-tests/unit/test_cis_daemon_config.py.
+tests/unit/test_control_daemon_config.py.
 """
 
 from __future__ import annotations

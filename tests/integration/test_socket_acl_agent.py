@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.agent import is_event, running_agent
 from tests.support.sandbox import BOB_UID, DOCKER_GID, Sandbox, require_root, require_tool
 
@@ -31,6 +33,7 @@ def _getfacl(path: Path) -> str:
                           text=True).stdout
 
 
+@pytest.mark.root
 def test_enforce_keeps_bobs_allowed_entry_and_removes_only_the_forbidden_one(sandbox: Sandbox, tmp_path: Path) -> None:
     require_root()
     require_tool("setfacl")

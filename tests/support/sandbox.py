@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import root_marker
+
 # CI sets this: a test that needs root, namespaces or dockerd fails instead of skipping.
 REQUIRE_ENV = "NODEGUARD_TESTS_REQUIRE_PRIVILEGED"
 
@@ -31,6 +33,8 @@ def require(condition: bool, why: str) -> None:
 
 
 def require_root() -> None:
+    """Skip (or fail, in CI) a test run without root; fail one that does not carry the root marker."""
+    root_marker.check()
     require(os.geteuid() == 0, "needs root")
 
 
@@ -123,7 +127,8 @@ def make_sandbox(root: Path) -> Sandbox:
 
 
 def usermod_add(sb: Sandbox, user: str, group: str = "docker") -> None:
-    """The real shadow-utils, editing the sandbox through --prefix."""
+    """The real shadow-utils, editing the sandbox through --prefix (usermod refuses to run without root)."""
+    require_root()
     require_tool("usermod")
     subprocess.run(["usermod", "--prefix", str(sb.root), "-aG", group, user], check=True,
                    capture_output=True, text=True)
@@ -131,5 +136,6 @@ def usermod_add(sb: Sandbox, user: str, group: str = "docker") -> None:
 
 def gpasswd_delete(sb: Sandbox, user: str, group: str = "docker") -> None:
     # --root, the long name: the short chroot flag is -R before shadow 4.13 and -Q since (-R became --restrict).
+    require_root()
     require_tool("gpasswd")
     subprocess.run(["gpasswd", "--root", str(sb.root), "-d", user, group], check=True, capture_output=True, text=True)

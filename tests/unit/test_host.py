@@ -147,6 +147,7 @@ def test_stat_and_lstat(sandbox: Sandbox, host: HostRoot) -> None:
 # -- writing ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_write_atomic_keeps_owner_and_mode_and_leaves_no_temp_file(sandbox: Sandbox, host: HostRoot) -> None:
     require_root()
     p = sandbox.write("/etc/docker/daemon.json", '{"old": 1}\n', 0o640)
@@ -160,6 +161,7 @@ def test_write_atomic_keeps_owner_and_mode_and_leaves_no_temp_file(sandbox: Sand
     assert os.listdir(p.parent) == ["daemon.json"]
 
 
+@pytest.mark.root
 def test_write_atomic_creates_a_missing_file_with_the_defaults(sandbox: Sandbox, host: HostRoot) -> None:
     require_root()
     host.write_atomic("/etc/docker/daemon.json", b"{}\n", default_mode=0o600)

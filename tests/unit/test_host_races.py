@@ -212,6 +212,7 @@ PLANTS = {
 }
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("plant", sorted(PLANTS))
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_planted_object_never_redirects_a_change(scene: Scene, op: str, plant: str) -> None:
@@ -222,6 +223,7 @@ def test_planted_object_never_redirects_a_change(scene: Scene, op: str, plant: s
     assert scene.snap() == before, f"{op} with a planted {plant} changed a file outside the root ({exc!r})"
 
 
+@pytest.mark.root
 def test_hardlinked_target_is_refused_for_metadata_changes(scene: Scene) -> None:
     require_root()
     plant_hardlink_outside(scene, "docker/daemon.json")
@@ -234,6 +236,7 @@ def test_hardlinked_target_is_refused_for_metadata_changes(scene: Scene) -> None
     assert (scene.canary / "docker/daemon.json").read_text() == '{"canary": true}\n'
 
 
+@pytest.mark.root
 def test_symlink_and_fifo_targets_are_refused_not_followed(scene: Scene) -> None:
     plant_symlink_outside(scene, "docker/daemon.json")
     for op in (op_write, op_chmod, op_chown, op_removexattr):
@@ -244,6 +247,7 @@ def test_symlink_and_fifo_targets_are_refused_not_followed(scene: Scene) -> None
     assert isinstance(exc, NotRegularFile) and exc.kind == "fifo"
 
 
+@pytest.mark.root
 def test_lock_tmp_file_hardlinked_outside_is_not_truncated(scene: Scene) -> None:
     require_root()
     # shadow-utils' lock protocol writes <file>.<pid> first: a hard link planted under that name
@@ -256,6 +260,7 @@ def test_lock_tmp_file_hardlinked_outside_is_not_truncated(scene: Scene) -> None
     assert scene.snap() == before
 
 
+@pytest.mark.root
 def test_device_node_is_never_opened(scene: Scene) -> None:
     require_root()
     # /dev/null's numbers: harmless here, but a planted /dev/watchdog would arm a reboot on open().
@@ -327,6 +332,7 @@ def _count_calls(sc_factory: Callable[[], Scene], op: str, monkeypatch: pytest.M
     return counter.calls
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_parent_swapped_between_check_and_change(sandbox: Sandbox, tmp_path: Path, op: str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,6 +370,7 @@ def test_parent_swapped_between_check_and_change(sandbox: Sandbox, tmp_path: Pat
         assert sc.snap() == before, f"{op}: /etc swapped before call {n}/{total} redirected a change ({exc!r})"
 
 
+@pytest.mark.root
 def test_racing_thread_never_redirects_a_change(scene: Scene) -> None:
     require_root()
     before = scene.snap()
@@ -402,6 +409,7 @@ def test_racing_thread_never_redirects_a_change(scene: Scene) -> None:
 # -- the agent's own state dir -------------------------------------------------------------------
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("plant", ["symlink", "hardlink"])
 def test_state_dir_writes_never_follow_planted_links(tmp_path: Path, plant: str) -> None:
     from nodeguard.state import StateStore
@@ -437,6 +445,7 @@ def test_state_dir_writes_never_follow_planted_links(tmp_path: Path, plant: str)
     assert snapshot(canary) == before
 
 
+@pytest.mark.root
 def test_heartbeat_never_follows_a_planted_link(tmp_path: Path) -> None:
     from nodeguard import health
 
@@ -452,6 +461,7 @@ def test_heartbeat_never_follows_a_planted_link(tmp_path: Path) -> None:
     assert snapshot(canary) == before
 
 
+@pytest.mark.root
 def test_kube_open_drifts_file_never_follows_a_planted_link(tmp_path: Path) -> None:
     from nodeguard import kube
 

@@ -1,10 +1,15 @@
 """KubeSink: the Node condition and Node Events, through the real `kubernetes` client.
 
-No Kubernetes API server runs here, so these tests run against a small local HTTP server on
-127.0.0.1 (tests/support/kube_api.py) that speaks the API's JSON for the few endpoints the agent
-uses (read a Node, PATCH its status with a strategic merge keyed by condition type, create and
-PATCH core/v1 Events). It is the only stand-in in these tests; the client, its serialisation,
-its HTTP stack and TLS are the real ones.
+The Kubernetes API server is faked, because it cannot run here: there is no kube-apiserver, etcd or
+cluster on this machine. These tests run against a small local HTTP server on 127.0.0.1
+(tests/support/kube_api.py) that speaks the API's JSON for the few endpoints the agent uses (read a
+Node, PATCH its status, create and PATCH core/v1 Events). It is the only stand-in in these tests;
+the client, its serialisation, its HTTP stack and TLS are the real ones.
+
+What the fake does with a PATCH (strategic merge keyed by condition type, JSON merge patch) is the
+fake's own logic; it is tested on its own in test_kube_api_fake.py and is not what these tests
+count on. They assert what the sink sends (which condition, which content type, which counts) and
+what it does when the API server hangs, forgets an Event or is reached in-cluster over TLS.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pytest
 from kubernetes import client
 
 from nodeguard.events.model import Event, EventName
-from nodeguard.kube import STRATEGIC_MERGE, KubeSink, kube_sink_from_env
+from nodeguard.kube import CONDITION_TYPE, STRATEGIC_MERGE, KubeSink, kube_sink_from_env
 from tests.support.kube_api import NODE, FakeApi, node_object, serving
 
 
@@ -78,9 +83,15 @@ def test_condition_is_patched_only_when_it_changes(fake_api: tuple[FakeApi, clie
         assert cond is not None and cond["status"] == "True"
     finally:
         sink.close()
-    # The kubelet's own condition survived every patch (strategic merge keyed by type).
-    assert any(c["type"] == "Ready" and c["status"] == "True" for c in api.node["status"]["conditions"])
+    # The sink's part in keeping the kubelet's conditions: every status PATCH is a strategic merge that
+    # names nodeguard's condition only, so the API server merges it by type and touches no other.
     assert all(ct == STRATEGIC_MERGE for m, p, ct, _ in api.requests if m == "PATCH")
+    status_patches = api.calls("PATCH", "/status")
+    assert status_patches and all([c["type"] for c in body["status"]["conditions"]] == [CONDITION_TYPE]
+                                  for body in status_patches)
+    # The end result on the (faked) Node: the kubelet's own condition survived every patch. This leans on
+    # the fake's strategic merge (tested in test_kube_api_fake.py) for what the API server would do.
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in api.node["status"]["conditions"])
 
 
 def test_a_restart_with_the_same_open_drifts_patches_nothing(fake_api: tuple[FakeApi, client.CoreV1Api],

@@ -142,6 +142,7 @@ def small_tmpfs(size: str = "1m") -> Iterator[Path]:
         folder.rmdir()
 
 
+@pytest.mark.root
 def test_full_disk_write_fails_cleanly_and_keeps_the_old_file() -> None:
     with small_tmpfs() as folder:
         io = HostRoot(folder)
@@ -157,6 +158,7 @@ def test_full_disk_write_fails_cleanly_and_keeps_the_old_file() -> None:
         assert (folder / "findings.json").read_bytes() == b'{"new": true}'
 
 
+@pytest.mark.root
 def test_full_disk_under_the_state_store() -> None:
     from nodeguard.state import StateStore
 
@@ -267,6 +269,7 @@ def test_explain_names_the_instance_limit_for_emfile() -> None:
     assert "denied" in explain_inotify_error(OSError(errno.EACCES, "denied"), "/etc")
 
 
+@pytest.mark.root
 def test_agent_with_a_full_state_dir_keeps_enforcing_what_it_can(sandbox: Sandbox) -> None:
     """One engine pass, enforce mode, state dir on a full tmpfs: the socket is still fixed; the
     daemon.json revert (which must quarantine the old file first) fails, says why, and writes nothing."""

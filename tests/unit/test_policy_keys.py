@@ -478,6 +478,7 @@ def test_the_readme_policy_table_names_every_key() -> None:
         assert f"{leaf}`" in table or f".{leaf}" in table, f"{key} is not in the README's policy table"
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("key", KEYS)
 def test_changing_the_key_changes_behaviour(world: World, key: str) -> None:
     case = CASES.get(key)

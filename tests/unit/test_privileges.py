@@ -58,6 +58,7 @@ def test_agent_set_names_real_capabilities() -> None:
     assert not AGENT_CAPABILITIES & {"SYS_ADMIN", "SYS_PTRACE", "DAC_OVERRIDE", "SYS_MODULE", "SETUID", "SETPCAP"}
 
 
+@pytest.mark.root
 def test_drop_leaves_exactly_the_kept_set_and_no_new_privs() -> None:
     require_root()
     had = current_capabilities().permitted
@@ -72,6 +73,7 @@ def test_drop_leaves_exactly_the_kept_set_and_no_new_privs() -> None:
     assert after["no_new_privs"] is True
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(("cap", "operation"), [
     # chown to another uid: CAP_CHOWN.
     ("CHOWN", "attempt('op', lambda: os.chown(sys.argv[2], 1234, 1234))"),
@@ -103,6 +105,7 @@ def test_each_kept_capability_is_what_makes_its_operation_work(tmp_path: Path, c
     assert run(AGENT_CAPABILITIES - {cap}) in ("EPERM", "EACCES")
 
 
+@pytest.mark.root
 def test_net_admin_is_kept_and_sys_admin_is_not() -> None:
     require_root()
     # In a network namespace of its own (made before the drop, never the machine's own network),
@@ -129,6 +132,7 @@ attempt("link_up", link_up)
     assert with_net_admin["unshare_net"] == "EPERM"
 
 
+@pytest.mark.root
 def test_dropped_process_cannot_read_another_root_process_namespaces() -> None:
     require_root()
     # The documented consequence of not keeping SYS_PTRACE: /proc/1/ns/* is out of reach after the
@@ -139,6 +143,7 @@ def test_dropped_process_cannot_read_another_root_process_namespaces() -> None:
     assert out["cmdline"] == "ok"  # what dockerd.py reads to find the daemon's flags
 
 
+@pytest.mark.root
 def test_exec_after_drop_regains_nothing() -> None:
     require_root()
     body = """
@@ -197,6 +202,7 @@ def safe_dir(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.mark.root
 def test_root_owned_policy_is_accepted(safe_dir: Path) -> None:
     require_root()
     p = safe_dir / "policy.yaml"
@@ -206,6 +212,7 @@ def test_root_owned_policy_is_accepted(safe_dir: Path) -> None:
     check_not_writable_by_others(safe_dir)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
 def test_group_or_world_writable_policy_is_refused(safe_dir: Path, mode: int) -> None:
     require_root()
@@ -216,6 +223,7 @@ def test_group_or_world_writable_policy_is_refused(safe_dir: Path, mode: int) ->
         check_not_writable_by_others(p)
 
 
+@pytest.mark.root
 def test_policy_owned_by_a_user_is_refused(safe_dir: Path) -> None:
     require_root()
     p = safe_dir / "policy.yaml"
@@ -225,6 +233,7 @@ def test_policy_owned_by_a_user_is_refused(safe_dir: Path) -> None:
         check_not_writable_by_others(p)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("how", ["world-writable", "user-owned", "sticky-but-user-owned-child"])
 def test_writable_parent_folder_is_refused(safe_dir: Path, how: str) -> None:
     require_root()
@@ -243,6 +252,7 @@ def test_writable_parent_folder_is_refused(safe_dir: Path, how: str) -> None:
         check_not_writable_by_others(p)
 
 
+@pytest.mark.root
 def test_sticky_root_folder_above_root_owned_entries_is_accepted(safe_dir: Path) -> None:
     require_root()
     sub = safe_dir / "tmp-like"
@@ -255,6 +265,7 @@ def test_sticky_root_folder_above_root_owned_entries_is_accepted(safe_dir: Path)
     check_not_writable_by_others(p)
 
 
+@pytest.mark.root
 def test_symlink_through_an_unsafe_folder_is_refused(safe_dir: Path) -> None:
     require_root()
     real = safe_dir / "real.yaml"
@@ -269,6 +280,7 @@ def test_symlink_through_an_unsafe_folder_is_refused(safe_dir: Path) -> None:
         check_not_writable_by_others(link)
 
 
+@pytest.mark.root
 def test_read_only_mount_is_accepted_whatever_its_modes(safe_dir: Path) -> None:
     require_root()
     # A ConfigMap volume: world-writable modes, but mounted read-only; nobody can change it.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from nodeguard.controls.base import Context
 from nodeguard.controls.runtime import RuntimeControl
 from nodeguard.host import HostRoot
@@ -16,6 +18,7 @@ POLICY = ("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\n"
           "spec:\n  controls:\n    runtime:\n      timeoutSeconds: 0.5\n")
 
 
+@pytest.mark.root
 def test_a_hung_daemon_is_reported_within_the_timeout(sandbox: Sandbox) -> None:
     policy = parse_policy(POLICY)
     with hung_socket(sandbox.path("/run/docker.sock")) as held:

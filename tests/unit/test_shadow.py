@@ -110,6 +110,7 @@ def _dead_pid() -> int:
     return proc.pid  # reaped: no process has this pid until the kernel hands it out again
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("locked", ["group", "gshadow"])
 def test_a_lock_of_a_dead_pid_is_released_like_shadow_utils_does(sandbox: Sandbox, host: HostRoot,
                                                                   locked: str) -> None:
@@ -160,6 +161,7 @@ edit_group_files(HostRoot(sys.argv[1]), edit)
 """
 
 
+@pytest.mark.root
 def test_a_sigkill_in_the_middle_of_a_rewrite_does_not_stop_the_next_one(sandbox: Sandbox, host: HostRoot) -> None:
     """Issue 17.2: an OOM kill or an eviction while nodeguard holds group.lock must not disable the
     group control for good. A real process runs nodeguard's own rewrite and is SIGKILLed inside it."""
@@ -250,6 +252,7 @@ def grpck(sb: Sandbox) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["grpck", "-r", "--root", str(sb.root)], capture_output=True, text=True, timeout=30)
 
 
+@pytest.mark.root
 def test_shadow_utils_agree_after_our_edit(sandbox: Sandbox) -> None:
     require_root()
     host = HostRoot(sandbox.root)
@@ -271,6 +274,7 @@ def test_shadow_utils_agree_after_our_edit(sandbox: Sandbox) -> None:
     assert f"docker:x:{DOCKER_GID}:bobby\n" in sandbox.read("/etc/group")
 
 
+@pytest.mark.root
 def test_our_lock_files_stop_gpasswd(sandbox: Sandbox) -> None:
     require_root()
     host = HostRoot(sandbox.root)

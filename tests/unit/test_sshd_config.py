@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from nodeguard import sshd_config
 from nodeguard.controls.base import Context
 from nodeguard.controls.host_checks import HostControl
 from nodeguard.host import HostRoot
 from nodeguard.policy import load_policy
 from nodeguard.sshd_config import SshdConfig, parse, split_args, split_line
 from nodeguard.structs import Finding, Status
+from tests.fuzz.targets import TARGETS
 from tests.support.sandbox import Sandbox
 
 
@@ -121,3 +126,32 @@ def test_no_sshd_is_a_skip(sandbox: Sandbox) -> None:
     assert not Path(sandbox.path("/etc/ssh")).exists()
     found = sshd_findings(sandbox)
     assert {f.status for f in found.values()} == {Status.SKIP}
+
+
+@settings(max_examples=40, deadline=None)
+@given(width=st.integers(2, 6), n_files=st.integers(1, 4))
+@example(width=3, n_files=1)  # the fuzz finding: sshd_config includes itself three times
+def test_sshd_config_self_including_fan_out_is_bounded(width: int, n_files: int) -> None:
+    """Files that include each other `width` times a line would be parsed width**16 times without a
+    budget (the depth limit alone stops at 16); the budget is MAX_INCLUDED_FILES parses in all."""
+    names = ["/etc/ssh/sshd_config"] + [f"/etc/ssh/sshd_config.d/{i}.conf" for i in range(1, n_files)]
+    files = {name: "Include " + " ".join(names[(i + k) % n_files] for k in range(width)) + "\nX y\n"
+             for i, name in enumerate(names)}
+    reads: list[str] = []
+
+    def read(path: str) -> str | None:
+        reads.append(path)
+        return files.get(path)
+
+    cfg = sshd_config.parse(read, lambda folder: [])
+    budget = sshd_config.MAX_INCLUDED_FILES
+    # Every file is read once per parse, and there are no more parses than the budget.
+    assert len(reads) == len(cfg.files) <= budget
+    # Parses and problems (too deep) use the budget up, plus the one note that it ran out; then nothing.
+    assert len(cfg.files) + len(cfg.problems) == budget + 1
+    overflow = [p for p in cfg.problems if f"more than {budget} included files" in p]
+    assert overflow == [cfg.problems[-1]]
+    assert all("deeper than 16" in p for p in cfg.problems[:-1])
+    assert len(cfg.settings) == len(cfg.files)  # each parse read its one `X y`, none twice in one parse
+    # The fuzz target's own check, on the original finding.
+    TARGETS["sshd_config"](b"Include /etc/ssh/sshd_config /etc/ssh/sshd_config /etc/ssh/sshd_config\nX y\n")

@@ -48,6 +48,7 @@ def statuses(found: list[Finding]) -> dict[str, Status]:
     return {f.rule: f.status for f in found}
 
 
+@pytest.mark.root
 def test_dockerds_defaults_pass(sandbox: Sandbox, sock: Path) -> None:
     found = run(CTL, sandbox)
     assert statuses(found) == {"socket-owner": Status.PASS, "socket-mode": Status.PASS, "socket-acl": Status.PASS}
@@ -55,12 +56,14 @@ def test_dockerds_defaults_pass(sandbox: Sandbox, sock: Path) -> None:
     assert one(found, "socket-owner").path == SOCK
 
 
+@pytest.mark.root
 def test_wrong_owner_fails(sandbox: Sandbox, sock: Path) -> None:
     os.chown(sock, BOB_UID, 0)
     f = one(run(CTL, sandbox), "socket-owner")
     assert (f.status, f.observed, f.expected, f.cis) == (Status.FAIL, "bob:root", "root:docker", "3.15")
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(("mode", "status"), [(0o660, Status.PASS), (0o600, Status.PASS), (0o666, Status.FAIL),
                                               (0o662, Status.FAIL), (0o670, Status.FAIL), (0o2660, Status.FAIL)])
 def test_mode_is_compared_as_bits(sandbox: Sandbox, sock: Path, mode: int, status: Status) -> None:
@@ -69,6 +72,7 @@ def test_mode_is_compared_as_bits(sandbox: Sandbox, sock: Path, mode: int, statu
     assert (f.status, f.observed, f.expected) == (status, f"{mode:04o}", "at most 0660")
 
 
+@pytest.mark.root
 def test_the_socket_group_is_resolved_on_the_host(sandbox: Sandbox, sock: Path) -> None:
     # The host's docker group has another gid than the socket's: a fail, whatever this machine's group file says.
     sandbox.write("/etc/group", sandbox.read("/etc/group").replace(f"docker:x:{DOCKER_GID}:", "docker:x:4321:"))
@@ -76,6 +80,7 @@ def test_the_socket_group_is_resolved_on_the_host(sandbox: Sandbox, sock: Path) 
     assert (f.status, f.observed) == (Status.FAIL, f"root:{DOCKER_GID}")
 
 
+@pytest.mark.root
 def test_a_missing_group_on_the_host_fails_the_owner_rule(sandbox: Sandbox, sock: Path) -> None:
     f = one(run(CTL, sandbox, policy_from("spec: {controls: {socket: {group: nosuchgroup}}}")), "socket-owner")
     assert f.status is Status.FAIL
@@ -116,6 +121,7 @@ def test_parse_acl_refuses_malformed_blobs(blob: bytes) -> None:
         parse_acl(blob)
 
 
+@pytest.mark.root
 def test_an_acl_on_the_socket_fails_though_the_mode_is_0660(sandbox: Sandbox, sock: Path) -> None:
     setfacl(sock, "-m", f"u:{BOB_UID}:rw")
     found = run(CTL, sandbox)
@@ -124,17 +130,20 @@ def test_an_acl_on_the_socket_fails_though_the_mode_is_0660(sandbox: Sandbox, so
     assert (f.status, f.observed, f.cis) == (Status.FAIL, ["user:bob:rw-"], "3.16")
 
 
+@pytest.mark.root
 def test_a_named_group_acl_fails_too(sandbox: Sandbox, sock: Path) -> None:
     setfacl(sock, "-m", "g:1002:rw")
     f = one(run(CTL, sandbox), "socket-acl")
     assert (f.status, f.observed) == (Status.FAIL, ["group:bobby:rw-"])
 
 
+@pytest.mark.root
 def test_an_entry_without_permissions_grants_nothing(sandbox: Sandbox, sock: Path) -> None:
     setfacl(sock, "-m", f"u:{BOB_UID}:---")
     assert one(run(CTL, sandbox), "socket-acl").status is Status.PASS
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(("allowed", "acl", "status"), [
     ("user:bob:rw-", f"u:{BOB_UID}:rw", Status.PASS),
     ("user:bob:rw-", f"u:{BOB_UID}:r", Status.PASS),  # less than allowed is fine
@@ -196,6 +205,7 @@ ALLOW_BOB = "spec: {controls: {socket: {allowedAcl: ['user:bob:rw-']}}}"
 ALLOW_BOB_AND_DOCKER = "spec: {controls: {socket: {allowedAcl: ['user:bob:rw-', 'group:docker:rw-']}}}"
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("grants", [f"u:{BOB_UID}:rw-,u:4242:rw", f"u:{BOB_UID}:rw-,u:4242:rwx,g:1002:r",
                                     f"g:{DOCKER_GID}:rw,u:{BOB_UID}:r--,u:4242:rw"])
 def test_enforce_removes_only_the_forbidden_entries_like_setfacl_x(sandbox: Sandbox, sock: Path, grants: str) -> None:
@@ -220,6 +230,7 @@ def test_enforce_removes_only_the_forbidden_entries_like_setfacl_x(sandbox: Sand
         assert one(run(CTL, sandbox, policy_from(ALLOW_BOB_AND_DOCKER)), "socket-acl").status is Status.PASS
 
 
+@pytest.mark.root
 def test_allowed_entry_records_stay_byte_identical(sandbox: Sandbox, sock: Path) -> None:
     setfacl(sock, "-m", f"u:{BOB_UID}:rw-,u:4242:rw")
     bob_record = _record(os.getxattr(sock, ACL_XATTR), tag=0x02, qualifier=BOB_UID)
@@ -239,6 +250,7 @@ def _record(blob: bytes, *, tag: int, qualifier: int) -> bytes | None:
     return None
 
 
+@pytest.mark.root
 def test_without_allowed_entries_every_granting_entry_goes_and_the_mask_stays_like_setfacl(
         sandbox: Sandbox, sock: Path) -> None:
     setfacl(sock, "-m", f"u:{BOB_UID}:rw,u:4242:---")
@@ -250,6 +262,7 @@ def test_without_allowed_entries_every_granting_entry_goes_and_the_mask_stays_li
         assert getfacl(sock) == getfacl(twin)
 
 
+@pytest.mark.root
 def test_the_mask_never_widens_the_mode_beyond_the_policy(sandbox: Sandbox, sock: Path) -> None:
     # group::rwx behind a mask of rw- (chmod 0660 after the ACL): setfacl -x alone would write
     # mask rwx and make the socket 0670; the revert keeps the policy's 0660.
@@ -262,6 +275,7 @@ def test_the_mask_never_widens_the_mode_beyond_the_policy(sandbox: Sandbox, sock
     assert one(run(CTL, sandbox), "socket-mode").status is Status.PASS
 
 
+@pytest.mark.root
 def test_containerd_socket_acl_revert_is_setfacl_x_of_the_granting_entries(sandbox: Sandbox) -> None:
     """containerd.sock has no allow-list: every named entry that grants something goes, the rest stays."""
     from nodeguard.controls.daemon_files import DaemonFilesControl

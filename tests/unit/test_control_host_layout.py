@@ -87,6 +87,7 @@ def tmpfs_data_root(sandbox: Sandbox) -> Iterator[Sandbox]:
         subprocess.run(["umount", "-l", str(target)], check=False)
 
 
+@pytest.mark.root
 def test_agent_own_mount_table_is_the_fallback(tmpfs_data_root: Sandbox) -> None:
     sb = tmpfs_data_root
     # No /proc/1/mountinfo in the sandbox: the agent's own table, matched on real paths.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from nodeguard.controls.docker_group import DockerGroupControl, DockerGroupObservation
 from nodeguard.structs import Finding, Status
 from tests.support.rules import observe, one, policy_from, run
@@ -117,6 +119,7 @@ def test_malformed_lines_do_not_stop_the_audit(sandbox: Sandbox) -> None:
     assert one(found, "single-entry").status is Status.FAIL
 
 
+@pytest.mark.root
 def test_the_real_usermod_is_seen(sandbox: Sandbox) -> None:
     usermod_add(sandbox, "alice")
     found = run(CTL, sandbox)
