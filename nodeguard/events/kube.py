@@ -17,7 +17,10 @@ dropped and counted; the condition is recomputed from the set, so it is never lo
 The open-drift set is keyed by the one finding identity (`reconcile.finding_key`, as the engine
 and findings.json key it); the condition and the Node Events show each drift as
 `control/rule[subject]` (`drift_name`). The set is kept in the state dir, so an agent restart does
-not flip the condition to True until the drifts are really resolved.
+not flip the condition to True until the drifts are really resolved: the engine emits nothing for
+a drift still failing at start. (It is the failing part of the engine's findings.json, kept a
+second time because the sink is built before the engine and also runs without one; a drift
+resolved while the agent was down is closed by the engine's drift.resolved at start.)
 
 Outside a cluster (no KUBERNETES_SERVICE_HOST) `kube_sink_from_env` returns None: nothing to do.
 
