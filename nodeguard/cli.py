@@ -443,7 +443,7 @@ def run(
         sink.close()
         _err(f"[red]--metrics-bind-address {endpoint.address if endpoint else ''}: {exc.strerror or exc}[/]")
         raise typer.Exit(ExitCode.USAGE) from None
-    from nodeguard.kube import kube_sink_from_env
+    from nodeguard.events.kube import kube_sink_from_env
 
     # In a cluster, each node's state also shows as a Node condition and Node Events.
     kube = kube_sink_from_env(state_dir=state_dir)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nodeguard.structs import Finding, JSONValue, Status
@@ -34,6 +34,14 @@ SUMMARY_SAMPLE = 20
 def finding_key(f: Finding) -> str:
     """The one identity of a finding, shared by the state file, the engine and the events: control/rule/subject."""
     return "/".join(f.key)
+
+
+def event_finding_key(attributes: Mapping[str, object]) -> str:
+    """`finding_key` of the finding an event is about, from its nodeguard.control/rule/subject
+    attributes (event_for_finding writes them from the finding, leaving out an empty subject)."""
+    subject = attributes.get("nodeguard.subject")
+    return "/".join((str(attributes.get("nodeguard.control") or ""), str(attributes.get("nodeguard.rule") or ""),
+                     "" if subject is None else str(subject)))
 
 
 def split_key(key: str) -> tuple[str, str, str]:

@@ -50,7 +50,10 @@ class _Window:
     last: Event | None = None
 
 
-def drift_key(event: Event) -> str | None:
+def aggregation_key(event: Event) -> str | None:
+    """What makes two events repeats of each other (name, finding and observed value), or None
+    for an event never aggregated. Not a finding's identity (that is `reconcile.finding_key`):
+    a drift detected and the same drift reverted, or seen with another value, are different keys."""
     if event.name not in _AGGREGATED:
         return None
     a = event.attributes
@@ -79,7 +82,7 @@ class Aggregator:
         return len(held)
 
     def offer(self, event: Event) -> None:
-        key = drift_key(event) if self.window > 0 else None
+        key = aggregation_key(event) if self.window > 0 else None
         passthrough: Event | None = event
         with self._lock:
             now = self._clock()

@@ -64,7 +64,7 @@ def probe_cpu(runs: int) -> None:
 def kube_sink(trials: int) -> None:
     from kubernetes import client
 
-    from nodeguard.kube import KubeSink
+    from nodeguard.events.kube import KubeSink
     from tests.support.kube_api import NODE, FakeApi, node_object, serving
 
     api = FakeApi(node_object())

@@ -196,7 +196,7 @@ def test_changing_mode_or_policy_does_not_restart_a_pod() -> None:
     assert one(before, "ConfigMap") != one(after, "ConfigMap")
 
 
-# Each Kubernetes API call nodeguard/kube.py makes, and the RBAC rule it needs: (resource, verb).
+# Each Kubernetes API call nodeguard/events/kube.py makes, and the RBAC rule it needs: (resource, verb).
 API_CALL_RBAC = {
     "read_node": ("nodes", "get"),
     "patch_node_status": ("nodes/status", "patch"),
@@ -210,9 +210,9 @@ def test_every_api_call_of_the_agent_has_its_rule_and_no_rule_lacks_a_call() -> 
     import ast
     import inspect
 
-    import nodeguard.kube
+    import nodeguard.events.kube
 
-    tree = ast.parse(inspect.getsource(nodeguard.kube))
+    tree = ast.parse(inspect.getsource(nodeguard.events.kube))
     calls = {node.func.attr for node in ast.walk(tree)
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
              and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "api"}

@@ -4,7 +4,7 @@ No API server can run here, so this plays its part, and only that part: it evalu
 matchConditions, variables (in order, as `variables.<name>`) and validations exactly as rendered,
 with cel-python (a CEL implementation of the spec Kubernetes' cel-go follows), on the
 `request`/`object`/`oldObject` a PATCH of nodes/status produces. What the agent's own patch looks
-like is taken from nodeguard/kube.py's condition, so a change there that the policy would deny
+like is taken from nodeguard/events/kube.py's condition, so a change there that the policy would deny
 fails here.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import celpy
 import pytest
 
-from nodeguard.kube import CONDITION_TYPE, Condition
+from nodeguard.events.kube import CONDITION_TYPE, Condition
 from tests.support.chart import objects, one
 
 AGENT = "system:serviceaccount:nodeguard:ng-nodeguard"
@@ -48,7 +48,7 @@ def node(name: str) -> dict[str, Any]:
 
 
 def with_our_condition(obj: dict[str, Any], open_drifts: list[str]) -> dict[str, Any]:
-    """`obj` after the agent's strategic-merge patch of its condition (nodeguard/kube.py)."""
+    """`obj` after the agent's strategic-merge patch of its condition (nodeguard/events/kube.py)."""
     c = Condition.for_open(open_drifts)
     out = copy.deepcopy(obj)
     conditions = [x for x in out["status"]["conditions"] if x["type"] != CONDITION_TYPE]

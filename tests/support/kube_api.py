@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from nodeguard.kube import CONDITION_TYPE, STRATEGIC_MERGE
+from nodeguard.events.kube import CONDITION_TYPE, STRATEGIC_MERGE
 
 NODE = "worker-1"
 MERGE_PATCH = "application/merge-patch+json"

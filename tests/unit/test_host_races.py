@@ -463,7 +463,7 @@ def test_heartbeat_never_follows_a_planted_link(tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_kube_open_drifts_file_never_follows_a_planted_link(tmp_path: Path) -> None:
-    from nodeguard import kube
+    from nodeguard.events import kube
 
     canary = tmp_path / "canary"
     _canary_file(canary / "target", "canary\n")

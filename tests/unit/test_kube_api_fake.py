@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nodeguard.kube import STRATEGIC_MERGE
+from nodeguard.events.kube import STRATEGIC_MERGE
 from tests.support.kube_api import (
     MERGE_PATCH,
     NODE,

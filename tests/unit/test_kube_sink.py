@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from nodeguard.events.kube import CONDITION_TYPE, STRATEGIC_MERGE, KubeSink, kube_sink_from_env
 from nodeguard.events.model import Event, EventName
-from nodeguard.kube import CONDITION_TYPE, STRATEGIC_MERGE, KubeSink, kube_sink_from_env
 from tests.support.kube_api import NODE, FakeApi, node_object, serving
 
 

@@ -14,8 +14,13 @@ It never blocks the engine: `emit` updates the open-drift set and a bounded tabl
 Events under a lock (a repeat bumps its entry's count) and wakes a thread of its own that makes
 the API calls. When the API server is slow and `queue_size` distinct Events already wait, more are
 dropped and counted; the condition is recomputed from the set, so it is never lost.
-The open-drift set is kept in the state dir, so an agent restart does not flip the condition to
-True until the drifts are really resolved.
+The open-drift set is keyed by the one finding identity (`reconcile.finding_key`, as the engine
+and findings.json key it); the condition and the Node Events show each drift as
+`control/rule[subject]` (`drift_name`). The set is kept in the state dir, so an agent restart does
+not flip the condition to True until the drifts are really resolved: the engine emits nothing for
+a drift still failing at start. (It is the failing part of the engine's findings.json, kept a
+second time because the sink is built before the engine and also runs without one; a drift
+resolved while the agent was down is closed by the engine's drift.resolved at start.)
 
 Outside a cluster (no KUBERNETES_SERVICE_HOST) `kube_sink_from_env` returns None: nothing to do.
 
@@ -41,7 +46,7 @@ from typing import Any
 
 from nodeguard.atomic import replace_path
 from nodeguard.events.model import Event, EventName
-from nodeguard.reconcile import Backoff
+from nodeguard.reconcile import Backoff, event_finding_key, split_key
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +81,21 @@ def _short(text: str, limit: int = MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def drift_key(event: Event) -> str:
-    """control/rule[subject]: the identity of one drift, as the agent keys its findings."""
-    a = event.attributes
-    key = f"{a.get('nodeguard.control', '')}/{a.get('nodeguard.rule', '')}"
-    subject = a.get("nodeguard.subject")
-    return f"{key}[{subject}]" if subject else key
+def drift_name(key: str) -> str:
+    """How the Node shows a drift (condition message, Event message): control/rule[subject],
+    from the finding's identity `control/rule/subject`."""
+    control, rule, subject = split_key(key)
+    return f"{control}/{rule}[{subject}]" if subject else f"{control}/{rule}"
+
+
+def _key_of_name(name: str) -> str:
+    """The identity of a drift named `control/rule[subject]`: the open-drift file before it kept
+    identities held names (read once, on the upgrade)."""
+    control, _, rest = name.partition("/")
+    rule, bracket, subject = rest.partition("[")
+    if bracket and subject.endswith("]"):
+        return f"{control}/{rule}/{subject[:-1]}"
+    return f"{control}/{rest}/"
 
 
 @dataclass(frozen=True)
@@ -154,7 +168,7 @@ class KubeSink:
 
     def emit(self, event: Event) -> None:
         """Cheap and non-blocking: update the open set and the pending Events, wake the worker."""
-        key = drift_key(event)
+        key = event_finding_key(event.attributes)
         kind_reason = _NODE_EVENTS.get(event.name)
         with self._changed:
             if event.name in _OPENS:
@@ -165,7 +179,7 @@ class KubeSink:
                 kind, reason = kind_reason
                 rejected = event.name is EventName.POLICY_REJECTED
                 subject = "policy" if rejected else key
-                message = _short(event.body if rejected else f"{key}: {event.body}")
+                message = _short(event.body if rejected else f"{drift_name(key)}: {event.body}")
                 waiting = self._pending.get((reason, subject))
                 if waiting is not None:
                     waiting.count += 1
@@ -193,8 +207,9 @@ class KubeSink:
 
     @property
     def open_drifts(self) -> list[str]:
+        """The open drifts, as the Node shows them (`drift_name`), sorted."""
         with self._changed:
-            return sorted(self._open)
+            return sorted(drift_name(k) for k in self._open)
 
     # -- the worker --------------------------------------------------------------------------
 
@@ -238,7 +253,7 @@ class KubeSink:
         with self._changed:
             open_now = set(self._open)
         self._save_open(open_now)
-        want = Condition.for_open(list(open_now))
+        want = Condition.for_open([drift_name(k) for k in open_now])
         if want == self._applied:
             return True
         now = _now()
@@ -305,7 +320,9 @@ class KubeSink:
             return set()
         try:
             data = json.loads(self._state_file.read_text(encoding="utf-8"))
-            return {str(k) for k in data.get("open", [])}
+            if "keys" in data:
+                return {str(k) for k in data["keys"]}
+            return {_key_of_name(str(n)) for n in data.get("open", [])}
         except FileNotFoundError:
             return set()
         except (OSError, ValueError, AttributeError) as exc:
@@ -316,7 +333,7 @@ class KubeSink:
         if self._state_file is None or open_now == self._open_saved:
             return
         try:
-            replace_path(self._state_file, (json.dumps({"open": sorted(open_now)}) + "\n").encode(),
+            replace_path(self._state_file, (json.dumps({"keys": sorted(open_now)}) + "\n").encode(),
                          mode=0o600, durable=False)
             self._open_saved = set(open_now)
         except OSError as exc:
