@@ -7,8 +7,8 @@ surface. A control that writes a surface (a daemon.json revert, restored firewal
 `forget`, so the rest of its pass reads the host as the write left it.
 
 Controls reach the surfaces through the Context (`ctx.daemon`, `ctx.daemon_config`,
-`ctx.accounts`, `ctx.netfilter`) and never build another control to get at what it observes. The
-Docker API has one reader per pass, the runtime control.
+`ctx.accounts`, `ctx.netfilter`, `ctx.mounts`) and never build another control to get at what it
+observes. The Docker API has one reader per pass, the runtime control.
 
 Only the account files' parse outlives a pass: a 20,000-member /etc/group is parsed again only
 when a stat of the files (made every pass) says they changed.
@@ -28,6 +28,7 @@ from nodeguard.accounts import AccountDB, load_accounts
 from nodeguard.daemon_settings import DaemonConfigObservation, config_path, read_daemon_config
 from nodeguard.dockerd import DaemonProcess, find_daemon
 from nodeguard.host import HostPathError, HostRoot
+from nodeguard.mountinfo import MountTable, read_mount_table
 from nodeguard.policy import Policy
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Surface(StrEnum):
     DAEMON_CONFIG = "daemon.json"  # with the seccomp profile it names
     ACCOUNTS = "accounts"  # /etc/passwd, /etc/group, /etc/gshadow
     NETFILTER = "netfilter"  # nodeguard's chains, through the backend chosen at start
+    MOUNTS = "mountinfo"  # the host's mount table (or the agent's own), for the data root's mount
 
 
 ACCOUNT_FILES = ("/etc/passwd", "/etc/group", "/etc/gshadow")
@@ -130,3 +132,7 @@ class Observations:
             return read_firewall(self.host, self.policy.spec.controls.firewall.backend)
 
         return self._once(Surface.NETFILTER, read)
+
+    def mounts(self) -> MountTable:
+        return self._once(Surface.MOUNTS, lambda: read_mount_table(
+            self.host, self.policy.spec.controls.host_layout.mountinfo, self.proc))

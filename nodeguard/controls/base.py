@@ -22,6 +22,7 @@ from nodeguard.policy import ControlPolicy, Policy
 from nodeguard.structs import Finding, JSONValue, Mode, Rule, Status
 
 if TYPE_CHECKING:
+    from nodeguard.mountinfo import MountTable
     from nodeguard.netfilter.observed import FirewallObservation
     from nodeguard.state import StateStore
 
@@ -34,7 +35,7 @@ class Context:
 
     host: HostRoot
     policy: Policy
-    proc: Path = Path("/proc")
+    proc: Path = Path("/proc")  # fixed for the pass: the shared observations read under it
     # State that outlives a pass (last good daemon.json, quarantine): the agent's --state-dir.
     state_dir: Path | None = None
     observed: Observations = field(init=False, repr=False, compare=False)
@@ -57,6 +58,10 @@ class Context:
     @property
     def netfilter(self) -> FirewallObservation:
         return self.observed.netfilter()
+
+    @property
+    def mounts(self) -> MountTable:
+        return self.observed.mounts()
 
 
 @dataclass

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from nodeguard.blockdev import DeviceStack, device_of_source, device_stack
 from nodeguard.controls.base import Context, Control
-from nodeguard.controls.host_layout import MOUNTINFO_LIMIT, MountEntry, mount_of, parse_mountinfo
 from nodeguard.host import HostPathError, HostRoot
+from nodeguard.mountinfo import MountEntry, mount_of
 from nodeguard.policy import HostPolicy, Policy
 from nodeguard.sshd_config import SshdConfig
 from nodeguard.sshd_config import parse as parse_sshd
@@ -147,22 +147,17 @@ class HostControl(Control):
         view = DataRootView(path, host.stat(path) is not None)
         if not view.exists:
             return view
-        table = ctx.policy.spec.controls.host_layout.mountinfo
         try:
             real = host.resolve(path)
-            try:
-                text = host.read_text(table, limit=MOUNTINFO_LIMIT)
-                # The host's init names host paths.
-                view.mountinfo, view.compared_path = f"{table} (host root)", host.host_path_of(real)
-            except FileNotFoundError:
-                own = ctx.proc / "self" / "mountinfo"
-                text = own.read_text(errors="replace")
-                # The agent's own table names real paths (a sandbox, or a pod without the host's /proc).
-                view.mountinfo, view.compared_path = f"{own} (the agent's own)", str(real)
-        except (OSError, HostPathError) as exc:
+            table = ctx.mounts
+        except OSError as exc:  # HostPathError and NoMountTable included
             view.error = f"no mount table for {path}: {exc.strerror or exc}"
             return view
-        view.mount = mount_of(parse_mountinfo(text), view.compared_path)
+        view.mountinfo = table.label
+        # The host's init names host paths; the agent's own table names real paths (a sandbox, or a
+        # pod without the host's /proc).
+        view.compared_path = host.host_path_of(real) if table.host_named else str(real)
+        view.mount = mount_of(table.entries, view.compared_path)
         if view.mount is None:
             return view
         # Block devices are not namespaced: without the host's /sys under the root (a pod that does

@@ -20,63 +20,12 @@ from typing import ClassVar
 
 from nodeguard.controls.base import Context, Control
 from nodeguard.host import HostPathError
+from nodeguard.mountinfo import MountEntry, NoMountTable, mount_of, parse_mountinfo
 from nodeguard.policy import HostLayoutPolicy, Policy
 from nodeguard.structs import Finding, Rule, Severity, Status
 
-MOUNTINFO_LIMIT = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    mount_id: int
-    parent_id: int
-    device: str  # major:minor
-    root: str  # the folder of the filesystem that is mounted here ("/" unless a bind mount)
-    mount_point: str
-    fstype: str
-    source: str
-
-
-def _unescape(field: str) -> str:
-    r"""mountinfo escapes space, tab, newline and backslash as \040, \011, \012, \134."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and len(field[i + 1:i + 4]) == 3 and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """proc(5): `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`."""
-    out = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 10 or "-" not in fields[6:]:
-            continue
-        sep = fields.index("-", 6)
-        if sep + 2 >= len(fields):
-            continue
-        try:
-            out.append(MountEntry(int(fields[0]), int(fields[1]), fields[2], _unescape(fields[3]),
-                                  _unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2])))
-        except ValueError:
-            continue
-    return out
-
-
-def mount_of(entries: list[MountEntry], path: str) -> MountEntry | None:
-    """The mount a path lives on: the deepest mount point above it; the last one mounted there wins."""
-    best: MountEntry | None = None
-    for e in entries:
-        mp = e.mount_point.rstrip("/") or "/"
-        above = path == mp or mp == "/" or path.startswith(mp + "/")
-        if above and (best is None or len(mp) >= len(best.mount_point.rstrip("/") or "/")):
-            best = e
-    return best
+# The mount table's parser lives in nodeguard.mountinfo; these names stay importable from here.
+__all__ = ["HostLayoutControl", "HostLayoutObservation", "MountEntry", "mount_of", "parse_mountinfo"]
 
 
 @dataclass
@@ -117,26 +66,22 @@ class HostLayoutControl(Control):
             obs.error = f"cannot resolve {data_root}: {exc}"
             return obs
         try:
-            text = ctx.host.read_text(s.mountinfo, limit=MOUNTINFO_LIMIT)
-            obs.mountinfo = f"{s.mountinfo} (host root)"
-            # The host's table names host paths.
-            obs.compared_path, obs.root_path = ctx.host.host_path_of(real), "/"
-        except FileNotFoundError:
-            own = ctx.proc / "self" / "mountinfo"
-            try:
-                text = own.read_text(errors="replace")
-            except OSError as exc:
-                obs.error = f"no mount table: {s.mountinfo} is missing and {own}: {exc.strerror or exc}"
-                return obs
-            obs.mountinfo = f"{own} (the agent's own)"
-            # The agent's table names the agent's paths: the host root sits at ctx.host.root.
-            obs.compared_path, obs.root_path = str(real), str(ctx.host.root)
-        except OSError as exc:
+            table = ctx.mounts
+        except NoMountTable as exc:
+            obs.error = f"no mount table: {s.mountinfo} is missing and {exc.filename}: {exc.strerror or exc}"
+            return obs
+        except OSError as exc:  # HostPathError included
             obs.error = f"{s.mountinfo}: cannot read: {exc.strerror or exc}"
             return obs
-        entries = parse_mountinfo(text)
-        obs.mount = mount_of(entries, obs.compared_path)
-        obs.root_mount = mount_of(entries, obs.root_path)
+        obs.mountinfo = table.label
+        if table.host_named:
+            # The host's table names host paths.
+            obs.compared_path, obs.root_path = ctx.host.host_path_of(real), "/"
+        else:
+            # The agent's table names the agent's paths: the host root sits at ctx.host.root.
+            obs.compared_path, obs.root_path = str(real), str(ctx.host.root)
+        obs.mount = mount_of(table.entries, obs.compared_path)
+        obs.root_mount = mount_of(table.entries, obs.root_path)
         return obs
 
     def evaluate(self, observed: HostLayoutObservation, policy: Policy) -> list[Finding]:

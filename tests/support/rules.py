@@ -26,9 +26,9 @@ def policy_from(text: str | None = None) -> Policy:
     return parse_policy(text if "apiVersion" in text else POLICY_HEADER + textwrap.dedent(text), "<test>")
 
 
-def context(sb: Sandbox | Path, policy: Policy | None = None) -> Context:
+def context(sb: Sandbox | Path, policy: Policy | None = None, proc: Path = EMPTY_PROC) -> Context:
     root = sb.root if isinstance(sb, Sandbox) else sb
-    return Context(HostRoot(root), policy or load_policy(), EMPTY_PROC)
+    return Context(HostRoot(root), policy or load_policy(), proc)
 
 
 def observe(control: Control, sb: Sandbox | Path, policy: Policy | None = None) -> Any:

@@ -91,8 +91,7 @@ def tmpfs_data_root(sandbox: Sandbox) -> Iterator[Sandbox]:
 def test_agent_own_mount_table_is_the_fallback(tmpfs_data_root: Sandbox) -> None:
     sb = tmpfs_data_root
     # No /proc/1/mountinfo in the sandbox: the agent's own table, matched on real paths.
-    ctx = context(sb)
-    ctx.proc = Path("/proc")
+    ctx = context(sb, proc=Path("/proc"))
     obs = CTL.observe(ctx)
     assert "agent's own" in obs.mountinfo
     f = one(CTL.evaluate(obs, ctx.policy), "data-root-partition")
@@ -102,7 +101,6 @@ def test_agent_own_mount_table_is_the_fallback(tmpfs_data_root: Sandbox) -> None
 
 def test_agent_own_mount_table_without_a_mount_fails(sandbox: Sandbox) -> None:
     sandbox.path("/var/lib/docker").mkdir(parents=True)
-    ctx = context(sandbox)
-    ctx.proc = Path("/proc")
+    ctx = context(sandbox, proc=Path("/proc"))
     f = one(CTL.evaluate(CTL.observe(ctx), ctx.policy), "data-root-partition")
     assert f.status is Status.FAIL, f.message

@@ -27,6 +27,11 @@ NETFILTER_CONTROLS = {"firewall", "listeners"}
 def test_one_check_pass_reads_daemon_json_the_pid_file_and_group_once(sandbox: Sandbox) -> None:
     sandbox.write(DAEMON_JSON, json.dumps({"icc": False, "log-level": "info", "data-root": "/var/lib/docker"}))
     policy = load_policy()
+    # The data root and a mount table in the host root: the host and host-layout controls both
+    # look the data root up in it.
+    sandbox.path("/var/lib/docker").mkdir(parents=True, exist_ok=True)
+    mountinfo = policy.spec.controls.host_layout.mountinfo
+    sandbox.write(mountinfo, "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n60 22 8:2 / /var/lib/docker rw - xfs /dev/sdb1 rw\n")
     host = CountingHost(sandbox.root)
     controls = [c for c in all_controls() if c.name not in NETFILTER_CONTROLS]
     report = run_audit(host, policy, proc=EMPTY_PROC, controls=controls)
@@ -37,6 +42,9 @@ def test_one_check_pass_reads_daemon_json_the_pid_file_and_group_once(sandbox: S
     assert host.reads[DAEMON_JSON] == 1, host.reads
     assert host.reads[policy.spec.daemon.pid_file] == 1, host.reads
     assert host.reads["/etc/group"] == 1, host.reads
+    assert host.reads[mountinfo] == 1, host.reads
+    layout = next(r for r in report.results if r.control.name == "host-layout")
+    assert [f.status for f in layout.findings] == [Status.PASS], layout.findings
 
 
 def test_the_context_shares_a_surface_and_a_new_pass_reads_it_again(sandbox: Sandbox) -> None:
