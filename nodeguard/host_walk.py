@@ -141,10 +141,12 @@ class Openat2Walker:
     def open(self, root_fd: int, path: str, *, follow_last: bool, directory: bool = False) -> int:
         if self._refused:
             return self._fallback.open(root_fd, path, follow_last=follow_last, directory=directory)
+        # The names as the userspace walker sees them: a trailing "/" or "/." does not demand a folder.
+        path = "/".join(components(path)) or "."
         flags = os.O_PATH | os.O_CLOEXEC | (0 if follow_last else os.O_NOFOLLOW) | (os.O_DIRECTORY if directory else 0)
         for _ in range(_EAGAIN_RETRIES):
             try:
-                return openat2(root_fd, path or ".", flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+                return openat2(root_fd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
             except OSError as exc:
                 if exc.errno == errno.EAGAIN:
                     continue
