@@ -32,6 +32,7 @@ import functools
 import os
 import stat
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS: the 41st symlink of one walk is a loop
@@ -114,16 +115,16 @@ class _OpenHow(ctypes.Structure):
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+def _syscall() -> Callable[..., int]:
+    fn = ctypes.CDLL(None, use_errno=True).syscall
+    fn.restype = ctypes.c_long
+    return fn
 
 
 def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
     """The raw openat2(2) call; an OSError carries the kernel's errno."""
     how = _OpenHow(flags, 0, resolve)
-    syscall = _libc().syscall
-    syscall.restype = ctypes.c_long
-    fd = syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)),
+    fd = _syscall()(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)),
                  ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
     if fd < 0:
         err = ctypes.get_errno()
