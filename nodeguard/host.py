@@ -2,7 +2,10 @@
 
 Paths are resolved *inside* the root the way a chroot would: an absolute symlink such as
 `/var/run -> /run` lands on `<root>/run`, and `..` never climbs above the root. No module builds a
-host path by string concatenation; they all ask a HostRoot.
+host path by string concatenation; they all ask a HostRoot. Every resolution, read, metadata change
+and write goes through one walker (nodeguard.host_walk: openat2 with RESOLVE_IN_ROOT where the
+kernel has it, a descriptor-by-descriptor userspace walk otherwise); `resolve` names the result
+for messages and other programs, it is never what HostRoot itself opens.
 
 Writes are safe by construction: a temporary file in the same folder (opened relative to the
 folder's descriptor), fsync, rename over, fsync the folder; the target must be a regular file

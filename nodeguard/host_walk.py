@@ -40,7 +40,8 @@ MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS: the 41st symlink of one walk is a
 _SYS_OPENAT2 = 437  # the same number on every architecture (asm-generic and x86_64 agree)
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
-# openat2 returns EAGAIN when a rename raced a `..` inside the walk: try again, a bounded number of times.
+# openat2 returns EAGAIN when a rename raced a `..` inside the walk: try again, a bounded number of
+# times, then walk in userspace (which holds the folders it climbs back to).
 _EAGAIN_RETRIES = 64
 
 
@@ -158,7 +159,8 @@ class Openat2Walker:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise HostPathError(exc.errno, f"{path}: {os.strerror(exc.errno)}") from None
                 raise
-        raise HostPathError(errno.EAGAIN, f"{path}: kept being renamed while resolving")
+        # Renames kept racing the kernel's `..` checks: the userspace walker answers without them.
+        return self._fallback.open(root_fd, path, follow_last=follow_last, directory=directory)
 
 
 @functools.cache

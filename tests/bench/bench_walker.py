@@ -3,8 +3,9 @@
     .venv/bin/python -m tests.bench.bench_walker [--loops 2000] [--runs 15]
 
 On a sandbox host root (tests/support/sandbox.py), for a few host paths, the time of one
-`walker.open(root_fd, path)` + close, and of one whole `HostRoot.stat(path)` (which also opens the
-root and fstats) on each walker. The floor is measured in the same run: a plain
+`walker.open(root_fd, path)` + close, of one whole `HostRoot.stat(path)` (which also opens the
+root and fstats) and of one `HostRoot.resolve(path)` (the folder walked, the last name looked at
+by HostRoot, the name read back from /proc/self/fd), on each walker. The floor is measured in the same run: a plain
 `os.open(<root>/<path>, O_PATH)` + close, the kernel's own walk with no in-root guarantee. Each
 figure is the median over `--runs` runs of the mean over `--loops` calls, in microseconds. The
 machine is shared: figures under load are noisy, read them as ratios to the floor.
@@ -79,7 +80,8 @@ def main() -> None:
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         print(f"kernel {os.uname().release}; openat2 available: {host_walk.openat2_available()}; "
               f"{args.loops} calls x {args.runs} runs; microseconds per call (median of the runs' means)")
-        cols = ["floor os.open", *[f"{n} open" for n in walkers], *[f"{n} HostRoot.stat" for n in walkers]]
+        cols = ["floor os.open", *[f"{n} open" for n in walkers], *[f"{n} HostRoot.stat" for n in walkers],
+                *[f"{n} HostRoot.resolve" for n in walkers]]
         print(f"{'path':28} {'':40} " + " ".join(f"{c:>22}" for c in cols))
         for path, what in PATHS.items():
             # The floor walks the already-resolved name: the kernel's walk with no in-root guarantee.
@@ -87,6 +89,7 @@ def main() -> None:
             fns: list[Callable[[], object]] = [functools.partial(floor, real)]
             fns += [functools.partial(walk, w, root_fd, path) for w in walkers.values()]
             fns += [functools.partial(HostRoot(root, walker=w).stat, path) for w in walkers.values()]
+            fns += [functools.partial(HostRoot(root, walker=w).resolve, path) for w in walkers.values()]
             row = per_call_us(fns, args.loops, args.runs)
             print(f"{path:28} {what:40} " + " ".join(f"{v:>22.2f}" for v in row))
         os.close(root_fd)
