@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import functools
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -135,8 +136,17 @@ class HostRoot:
         callers that hand a path to another program: HostRoot's own reads and writes go through
         descriptors, never through this string.
         """
-        with self._locate(host_path, follow_last=follow_last) as (dfd, name, missing):
-            base = Path(os.readlink(f"/proc/self/fd/{dfd}"))
+        try:
+            # Where it exists: one walk, and the kernel's name for what it opened.
+            fd = self._open(host_path, follow_last=follow_last)
+        except FileNotFoundError:
+            with self._locate(host_path, follow_last=follow_last) as (dfd, name, missing):
+                base = Path(os.readlink(f"/proc/self/fd/{dfd}"))
+        else:
+            try:
+                base, name, missing = Path(os.readlink(f"/proc/self/fd/{fd}")), ".", []
+            finally:
+                os.close(fd)
         try:
             walked = base.relative_to(self.root).parts
         except ValueError:  # the folder was moved out of the root while we looked
@@ -174,11 +184,17 @@ class HostRoot:
 
     def _open(self, host_path: str, *, follow_last: bool, directory: bool = False) -> int:
         """An O_PATH descriptor on `host_path` inside the root, opened by the one walker."""
-        root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
+        with self._root_fd() as root_fd:
             return self.walker.open(root_fd, host_path, follow_last=follow_last, directory=directory)
+
+    @contextlib.contextmanager
+    def _root_fd(self) -> Iterator[int]:
+        # Opened per call, not kept: a descriptor held across a fork or a long sleep is one more thing to get wrong.
+        fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield fd
         finally:
-            os.close(root_fd)
+            os.close(fd)
 
     @contextlib.contextmanager
     def _locate(self, host_path: str, *, follow_last: bool) -> Iterator[tuple[int, str, list[str]]]:
@@ -192,55 +208,57 @@ class HostRoot:
         is missing, the deepest one that exists is returned with the rest of the names, so that
         `resolve` can name where the file would be.
         """
-        path = host_path
-        hops = 0
-        while True:
-            parts = components(path)
-            if not parts or parts[-1] == "..":
-                fd = self._open(path, follow_last=True, directory=True)
-                name, missing = ".", list[str]()
-            else:
-                folder, name = parts[:-1], parts[-1]
-                try:
-                    fd = self._open("/".join(folder), follow_last=True, directory=True)
-                    missing = []
-                except FileNotFoundError:
-                    fd, i, link = self._deepest(folder)
-                    if i == len(folder) or link is not None:
-                        os.close(fd)
-                        hops += 1  # walked again: bounded like any symlink
-                        if hops > MAX_SYMLINKS:
-                            raise HostPathError(errno.ELOOP, f"{host_path}: too many symlinks") from None
-                        if link is not None:  # a dangling symlink on the way: its text is the way on
-                            rest = [*folder[i + 1:], name]
-                            path = "/".join([link, *rest] if link.startswith("/") else [*folder[:i], link, *rest])
-                        continue
-                    name, missing = folder[i], [*folder[i + 1:], name]
+        with self._root_fd() as root_fd:
+            walk = functools.partial(self.walker.open, root_fd, follow_last=True, directory=True)
+            path = host_path
+            hops = 0
+            while True:
+                parts = components(path)
+                if not parts or parts[-1] == "..":
+                    fd = walk(path)
+                    name, missing = ".", list[str]()
                 else:
-                    link = self._final_link(fd, name) if follow_last else None
-                    if link is not None:
-                        os.close(fd)
-                        hops += 1
-                        if hops > MAX_SYMLINKS:
-                            raise HostPathError(errno.ELOOP, f"{host_path}: too many symlinks")
-                        path = link if link.startswith("/") else "/".join([*folder, link])
-                        continue
-            try:
-                yield fd, name, missing
-            finally:
-                os.close(fd)
-            return
+                    folder, name = parts[:-1], parts[-1]
+                    try:
+                        fd = walk("/".join(folder))
+                        missing = []
+                    except FileNotFoundError:
+                        fd, i, link = self._deepest(walk, folder)
+                        if i == len(folder) or link is not None:
+                            os.close(fd)
+                            hops += 1  # walked again: bounded like any symlink
+                            if hops > MAX_SYMLINKS:
+                                raise HostPathError(errno.ELOOP, f"{host_path}: too many symlinks") from None
+                            if link is not None:  # a dangling symlink on the way: its text is the way on
+                                rest = [*folder[i + 1:], name]
+                                path = "/".join([link, *rest] if link.startswith("/") else [*folder[:i], link, *rest])
+                            continue
+                        name, missing = folder[i], [*folder[i + 1:], name]
+                    else:
+                        link = self._final_link(fd, name) if follow_last else None
+                        if link is not None:
+                            os.close(fd)
+                            hops += 1
+                            if hops > MAX_SYMLINKS:
+                                raise HostPathError(errno.ELOOP, f"{host_path}: too many symlinks")
+                            path = link if link.startswith("/") else "/".join([*folder, link])
+                            continue
+                try:
+                    yield fd, name, missing
+                finally:
+                    os.close(fd)
+                return
 
-    def _deepest(self, folder: list[str]) -> tuple[int, int, str | None]:
+    def _deepest(self, walk: Callable[[str], int], folder: list[str]) -> tuple[int, int, str | None]:
         """Where a folder path stops existing: (descriptor of the deepest folder that exists, the
         index of the first name that does not, that name's text when it is a dangling symlink).
 
         The index is len(folder) when every folder exists after all (created while we looked).
         """
-        fd = self._open("/", follow_last=True, directory=True)
+        fd = walk("/")
         for i, name in enumerate(folder):
             try:
-                nxt = self._open("/".join(folder[:i + 1]), follow_last=True, directory=True)
+                nxt = walk("/".join(folder[:i + 1]))
             except FileNotFoundError:
                 try:
                     return fd, i, self._final_link(fd, name)

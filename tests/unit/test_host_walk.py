@@ -340,3 +340,23 @@ def test_openat2_refused_by_seccomp_falls_back_to_the_userspace_walker(tree: Tre
                           cwd=repo, timeout=60, env={**os.environ, "PYTHONPATH": str(repo)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["inside", "True"]
+
+
+# -- resolve: where a missing file would be ------------------------------------------------------
+
+
+def test_resolve_follows_dangling_links_to_where_the_file_would_be(walker: Walker, tree: Tree) -> None:
+    host = HostRoot(tree.root, walker=walker)
+    os.symlink("/nope/x", tree.root / "etc/final")  # a dangling last name
+    os.symlink("../missing/dir", tree.root / "etc/middle")  # a dangling folder on the way
+    os.symlink("middle/../../..", tree.root / "etc/climb")  # `..` after a missing folder, by name
+    assert host.resolve("/etc/final") == tree.root / "nope/x"
+    assert host.resolve("/etc/final", follow_last=False) == tree.root / "etc/final"
+    assert host.resolve("/etc/middle/file") == tree.root / "missing/dir/file"
+    assert host.resolve("/etc/climb/secret") == tree.root / "secret"
+    assert host.resolve(f"/etc/{SENTINEL}") == tree.root / "etc" / SENTINEL
+    with pytest.raises(FileNotFoundError), host.open_parent("/etc/middle/file"):
+        pass
+    os.symlink("docker/new.json", tree.root / "etc/creates")
+    with host.open_parent("/etc/creates") as (dfd, name):  # the name may be missing, not its folder
+        assert (name, os.fstat(dfd).st_ino) == ("new.json", os.stat(tree.root / "etc/docker").st_ino)
