@@ -155,8 +155,8 @@ def race(walker: Walker, tree: Tree, path: str, swap: tuple[Path, Path], label: 
     """
     inside = tree.inodes()
     host = HostRoot(tree.root, walker=walker)
-    names = {tree.ident(p): p for p in (f"/{SENTINEL}", f"/etc/{SENTINEL}", f"/etc/docker/{SENTINEL}",
-                                        f"{tree.outside}/{SENTINEL}")}
+    names = {tree.ident(p): p for p in (f"/{SENTINEL}", f"/etc/{SENTINEL}", f"/etc/docker/{SENTINEL}")}
+    names[tree.ident(f"{tree.outside}/{SENTINEL}")] = "<the outside folder's name, inside the root>/secret"
     outcomes: dict[str, int] = {}
     escapes = iterations = 0
     racer = subprocess.Popen([sys.executable, "-c", RACER, *map(str, swap)],
