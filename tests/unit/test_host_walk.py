@@ -229,6 +229,7 @@ def proc_inside(tree: Tree) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+@pytest.mark.root
 def test_magic_links_never_jump_out(walker: Walker, tree: Tree, proc_inside: Path) -> None:
     out_fd = os.open(tree.outside, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     os.symlink(f"/proc/self/root{tree.outside}", tree.root / "etc/magic")
