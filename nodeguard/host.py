@@ -2,7 +2,10 @@
 
 Paths are resolved *inside* the root the way a chroot would: an absolute symlink such as
 `/var/run -> /run` lands on `<root>/run`, and `..` never climbs above the root. No module builds a
-host path by string concatenation; they all ask a HostRoot.
+host path by string concatenation; they all ask a HostRoot. Every resolution, read, metadata change
+and write goes through one walker (nodeguard.host_walk: openat2 with RESOLVE_IN_ROOT where the
+kernel has it, a descriptor-by-descriptor userspace walk otherwise); `resolve` names the result
+for messages and other programs, it is never what HostRoot itself opens.
 
 Writes are safe by construction: a temporary file in the same folder (opened relative to the
 folder's descriptor), fsync, rename over, fsync the folder; the target must be a regular file
@@ -17,22 +20,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import functools
 import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from nodeguard.atomic import replace_file
+from nodeguard.host_walk import MAX_SYMLINKS as MAX_SYMLINKS
+from nodeguard.host_walk import HostPathError as HostPathError
+from nodeguard.host_walk import Walker, components, default_walker
 
-MAX_SYMLINKS = 40
 # A host file larger than this is not read whole: it is reported instead. 64 MiB covers any
 # sane daemon.json or /etc/group while bounding the agent's memory on a hostile host.
 DEFAULT_READ_LIMIT = 64 * 1024 * 1024
-
-
-class HostPathError(OSError):
-    """A host path could not be resolved safely (loop, too deep, or a component is not a folder)."""
 
 
 class FileTooLarge(OSError):
@@ -115,8 +117,10 @@ def _to_filestat(host_path: str, st: os.stat_result) -> FileStat:
 class HostRoot:
     """A view of a host's filesystem rooted at `root`."""
 
-    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+    def __init__(self, root: str | os.PathLike[str] = "/", *, walker: Walker | None = None) -> None:
         self.root = Path(os.path.realpath(root))
+        # openat2 where the kernel has it, the userspace walker otherwise (nodeguard.host_walk).
+        self.walker = walker or default_walker()
         if not self.root.is_dir():
             raise HostPathError(errno.ENOTDIR, f"host root {self.root} is not a folder")
 
@@ -129,51 +133,32 @@ class HostRoot:
         """Map an absolute host path to a real path under the root, following symlinks inside it.
 
         A missing component is fine (the result names where it would be); a loop or a
-        non-folder in the middle raises HostPathError.
+        non-folder in the middle raises HostPathError. The name is for messages and for the
+        callers that hand a path to another program: HostRoot's own reads and writes go through
+        descriptors, never through this string.
         """
-        parts = list(PurePosixPath("/", host_path).parts[1:])
-        resolved: list[str] = []
-        hops = 0
-        while parts:
-            name = parts.pop(0)
-            if name in ("", "."):
-                continue
-            if name == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            candidate = self.root.joinpath(*resolved, name)
-            is_last = not parts
+        try:
+            # Where it exists: one walk, and the kernel's name for what it opened.
+            fd = self._open(host_path, follow_last=follow_last)
+        except FileNotFoundError:
+            with self._locate(host_path, follow_last=follow_last) as (dfd, name, missing):
+                base = Path(os.readlink(f"/proc/self/fd/{dfd}"))
+        else:
             try:
-                st = candidate.lstat()
-            except FileNotFoundError:
-                resolved.append(name)
-                resolved.extend(p for p in parts if p not in ("", "."))
-                # The rest does not exist; `..` after a missing folder is collapsed lexically.
-                return self._lexical(resolved)
-            except NotADirectoryError as exc:
-                raise HostPathError(errno.ENOTDIR, f"{host_path}: a component is not a folder") from exc
-            if stat.S_ISLNK(st.st_mode) and (follow_last or not is_last):
-                hops += 1
-                if hops > MAX_SYMLINKS:
-                    raise HostPathError(errno.ELOOP, f"{host_path}: too many symlinks")
-                target = os.readlink(candidate)
-                target_parts = list(PurePosixPath(target).parts)
-                if target.startswith("/"):
-                    resolved = []
-                    target_parts = target_parts[1:]
-                parts = target_parts + parts
-                continue
-            resolved.append(name)
-        return self.root.joinpath(*resolved)
-
-    def _lexical(self, parts: list[str]) -> Path:
+                base, name, missing = Path(os.readlink(f"/proc/self/fd/{fd}")), ".", []
+            finally:
+                os.close(fd)
+        try:
+            walked = base.relative_to(self.root).parts
+        except ValueError:  # the folder was moved out of the root while we looked
+            raise HostPathError(errno.EXDEV, f"{host_path}: left the host root while resolving") from None
         out: list[str] = []
-        for p in parts:
+        # Only what does not exist yet is collapsed by name: `..` after a missing folder.
+        for p in (*walked, name, *missing):
             if p == "..":
                 if out:
                     out.pop()
-            else:
+            elif p not in ("", "."):
                 out.append(p)
         return self.root.joinpath(*out)
 
@@ -198,69 +183,119 @@ class HostRoot:
 
     # -- descriptor-relative walking ---------------------------------------------------------
 
+    def _open(self, host_path: str, *, follow_last: bool, directory: bool = False) -> int:
+        """An O_PATH descriptor on `host_path` inside the root, opened by the one walker."""
+        with self._root_fd() as root_fd:
+            return self.walker.open(root_fd, host_path, follow_last=follow_last, directory=directory)
+
+    @contextlib.contextmanager
+    def _root_fd(self) -> Iterator[int]:
+        # Opened per call, not kept: a descriptor held across a fork or a long sleep is one more thing to get wrong.
+        fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _locate(self, host_path: str, *, follow_last: bool) -> Iterator[tuple[int, str, list[str]]]:
+        """(descriptor of the deepest existing folder, the name below it, the missing names after it).
+
+        The walker opens the folder part; the final name is looked at here because a caller that
+        creates, renames or locks needs the folder and the name, not the file. A final symlink
+        (followed) is read through its own descriptor and its text walked again: an absolute
+        target from the root, a relative one from the folder that holds it (the folder part and the
+        target joined: walking "a/b" is walking "b" from where "a" ends). When a folder on the way
+        is missing, the deepest one that exists is returned with the rest of the names, so that
+        `resolve` can name where the file would be.
+        """
+        with self._root_fd() as root_fd:
+            walk = functools.partial(self.walker.open, root_fd, follow_last=True, directory=True)
+            path = host_path
+            hops = 0
+            while True:
+                parts = components(path)
+                if not parts or parts[-1] == "..":
+                    fd = walk(path)
+                    name, missing = ".", list[str]()
+                else:
+                    folder, name = parts[:-1], parts[-1]
+                    try:
+                        fd = walk("/".join(folder))
+                        missing = []
+                    except FileNotFoundError:
+                        fd, i, link = self._deepest(walk, folder)
+                        if i == len(folder) or link is not None:
+                            os.close(fd)
+                            hops += 1  # walked again: bounded like any symlink
+                            if hops > MAX_SYMLINKS:
+                                raise HostPathError(errno.ELOOP, f"{host_path}: too many symlinks") from None
+                            if link is not None:  # a dangling symlink on the way: its text is the way on
+                                rest = [*folder[i + 1:], name]
+                                path = "/".join([link, *rest] if link.startswith("/") else [*folder[:i], link, *rest])
+                            continue
+                        name, missing = folder[i], [*folder[i + 1:], name]
+                    else:
+                        link = self._final_link(fd, name) if follow_last else None
+                        if link is not None:
+                            os.close(fd)
+                            hops += 1
+                            if hops > MAX_SYMLINKS:
+                                raise HostPathError(errno.ELOOP, f"{host_path}: too many symlinks")
+                            path = link if link.startswith("/") else "/".join([*folder, link])
+                            continue
+                try:
+                    yield fd, name, missing
+                finally:
+                    os.close(fd)
+                return
+
+    def _deepest(self, walk: Callable[[str], int], folder: list[str]) -> tuple[int, int, str | None]:
+        """Where a folder path stops existing: (descriptor of the deepest folder that exists, the
+        index of the first name that does not, that name's text when it is a dangling symlink).
+
+        The index is len(folder) when every folder exists after all (created while we looked).
+        """
+        fd = walk("/")
+        for i, name in enumerate(folder):
+            try:
+                nxt = walk("/".join(folder[:i + 1]))
+            except FileNotFoundError:
+                try:
+                    return fd, i, self._final_link(fd, name)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            os.close(fd)
+            fd = nxt
+        return fd, len(folder), None
+
+    @staticmethod
+    def _final_link(dfd: int, name: str) -> str | None:
+        """The text of `name` in `dfd` when it is a symlink; None when it is not (or is missing)."""
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            return None
+        try:
+            if not stat.S_ISLNK(os.fstat(fd).st_mode):
+                return None
+            return os.readlink("", dir_fd=fd)
+        finally:
+            os.close(fd)
+
     @contextlib.contextmanager
     def open_parent(self, host_path: str, *, follow_last: bool = True) -> Iterator[tuple[int, str]]:
         """(descriptor of the folder that holds the final component, its name), race-free.
 
-        The same in-root semantics as `resolve`, but every component is opened relative to its
-        parent's descriptor with O_NOFOLLOW, and symlinks are read with readlinkat and re-walked
-        from the root's descriptor. A folder swapped for a symlink after the check is then either
-        never followed (we hold the old folder's descriptor) or refused (O_NOFOLLOW|O_DIRECTORY on
-        a symlink fails): no path string is ever handed to the kernel to resolve on its own.
-        The final name may not exist; when the path names a folder itself the name is ".".
+        The folder is opened by the walker (see nodeguard.host_walk): no path string is ever handed
+        to the kernel to resolve outside the root. The final name may not exist (a missing folder
+        above it raises FileNotFoundError); when the path names a folder itself the name is ".".
         """
-        root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        stack = [root_fd]  # descriptors of the folders from the root down to the current one
-        try:
-            parts = list(PurePosixPath("/", host_path).parts[1:])
-            hops = 0
-            while parts:
-                name = parts.pop(0)
-                if name in ("", "."):
-                    continue
-                if name == "..":
-                    if len(stack) > 1:
-                        os.close(stack.pop())
-                    continue
-                is_last = not any(p not in ("", ".") for p in parts)
-                try:
-                    st = os.stat(name, dir_fd=stack[-1], follow_symlinks=False)
-                except FileNotFoundError:
-                    if is_last:
-                        yield stack[-1], name
-                        return
-                    raise
-                except NotADirectoryError as exc:
-                    raise HostPathError(errno.ENOTDIR, f"{host_path}: a component is not a folder") from exc
-                if stat.S_ISLNK(st.st_mode) and (follow_last or not is_last):
-                    hops += 1
-                    if hops > MAX_SYMLINKS:
-                        raise HostPathError(errno.ELOOP, f"{host_path}: too many symlinks")
-                    target = os.readlink(name, dir_fd=stack[-1])
-                    target_parts = list(PurePosixPath(target).parts)
-                    if target.startswith("/"):
-                        while len(stack) > 1:
-                            os.close(stack.pop())
-                        target_parts = target_parts[1:]
-                    parts = target_parts + parts
-                    continue
-                if is_last:
-                    yield stack[-1], name
-                    return
-                if not stat.S_ISDIR(st.st_mode):
-                    raise HostPathError(errno.ENOTDIR, f"{host_path}: a component is not a folder")
-                try:
-                    fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
-                except FileNotFoundError:
-                    raise
-                except OSError as exc:
-                    # Swapped for a symlink or a file between the check and the open.
-                    raise HostPathError(errno.ENOTDIR, f"{host_path}: {name} changed while resolving") from exc
-                stack.append(fd)
-            yield stack[-1], "."
-        finally:
-            for fd in stack:
-                os.close(fd)
+        with self._locate(host_path, follow_last=follow_last) as (dfd, name, missing):
+            if missing:
+                raise FileNotFoundError(errno.ENOENT, f"{host_path}: a folder on the way is missing")
+            yield dfd, name
 
     @contextlib.contextmanager
     def _open_inode(self, host_path: str, *, follow_last: bool) -> Iterator[tuple[int, os.stat_result]]:
@@ -270,8 +305,7 @@ class HostRoot:
         /dev/watchdog named daemon.json must not arm the watchdog). Callers check the kind on the
         descriptor, then reopen it through /proc/self/fd, which names that very inode.
         """
-        with self.open_parent(host_path, follow_last=follow_last) as (dfd, name):
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        fd = self._open(host_path, follow_last=follow_last)
         try:
             yield fd, os.fstat(fd)
         finally:
@@ -282,20 +316,18 @@ class HostRoot:
     def lstat(self, host_path: str) -> FileStat | None:
         """Metadata of the final component itself (a symlink is reported as a symlink)."""
         try:
-            with self.open_parent(host_path, follow_last=False) as (dfd, name):
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            with self._open_inode(host_path, follow_last=False) as (_, st):
+                return _to_filestat(host_path, st)
         except FileNotFoundError:
             return None
-        return _to_filestat(host_path, st)
 
     def stat(self, host_path: str) -> FileStat | None:
         """Metadata after following symlinks inside the root; None when missing."""
         try:
-            with self.open_parent(host_path) as (dfd, name):
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            with self._open_inode(host_path, follow_last=True) as (_, st):
+                return _to_filestat(host_path, st)
         except FileNotFoundError:
             return None
-        return _to_filestat(host_path, st)
 
     def exists(self, host_path: str) -> bool:
         return self.stat(host_path) is not None
@@ -328,13 +360,15 @@ class HostRoot:
 
     def listdir(self, host_path: str) -> list[str]:
         try:
-            with self.open_parent(host_path) as (dfd, name):
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            with self._open_inode(host_path, follow_last=True) as (pfd, st):
+                if not stat.S_ISDIR(st.st_mode):
+                    return []
+                fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 return sorted(os.listdir(fd))
             finally:
                 os.close(fd)
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return []
 
     def getxattr(self, host_path: str, name: str) -> bytes | None:

@@ -11,6 +11,13 @@ import pytest
 
 from nodeguard.host import FileChanged, FileTooLarge, HostPathError, HostRoot, NotRegularFile
 from tests.support.sandbox import DOCKER_GID, Sandbox, require_root
+from tests.support.walkers import WALKER_NAMES, use_walker
+
+
+@pytest.fixture(autouse=True, params=WALKER_NAMES)
+def walker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both walkers: openat2 (RESOLVE_IN_ROOT) and the userspace fallback."""
+    return use_walker(request.param, monkeypatch)
 
 
 @pytest.fixture

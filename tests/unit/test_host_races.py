@@ -23,10 +23,12 @@ from typing import Any
 
 import pytest
 
+from nodeguard import host_walk
 from nodeguard.atomic import temp_name
 from nodeguard.host import HardLinked, HostRoot, NotRegularFile
 from nodeguard.shadow import lckpwdf, remove_group_member
 from tests.support.sandbox import Sandbox, require_root
+from tests.support.walkers import WALKER_NAMES, use_walker
 
 CANARY_UID = 4242
 XATTR = "user.nodeguard-canary"
@@ -72,6 +74,12 @@ def _canary_file(p: Path, text: str, mode: int = 0o664) -> None:
     os.setxattr(p, XATTR, b"keep")
     if os.geteuid() == 0:
         os.chown(p, CANARY_UID, CANARY_UID)
+
+
+@pytest.fixture(autouse=True, params=WALKER_NAMES)
+def walker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both walkers: openat2 (RESOLVE_IN_ROOT) and the userspace fallback."""
+    return use_walker(request.param, monkeypatch)
 
 
 @pytest.fixture
@@ -335,7 +343,7 @@ def _count_calls(sc_factory: Callable[[], Scene], op: str, monkeypatch: pytest.M
 @pytest.mark.root
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_parent_swapped_between_check_and_change(sandbox: Sandbox, tmp_path: Path, op: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch, walker: str) -> None:
     require_root()
     scenes: list[Scene] = []
 
@@ -354,7 +362,8 @@ def test_parent_swapped_between_check_and_change(sandbox: Sandbox, tmp_path: Pat
         os.setxattr(sb.path(DAEMON_JSON), XATTR, b"inside")
         sb.write("/etc/group", sb.read("/etc/group").replace("docker:x:990:", "docker:x:990:mallory"))
         sb.write("/etc/gshadow", sb.read("/etc/gshadow").replace("docker:!::", "docker:!::mallory"), 0o640)
-        sc = Scene(sb, HostRoot(root), canary)
+        # The walker named explicitly: monkeypatch.undo() below also undoes the autouse fixture's choice.
+        sc = Scene(sb, HostRoot(root, walker=host_walk.WALKERS[walker]()), canary)
         scenes.append(sc)
         return sc
 
