@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.cli import REPO
 from tests.support.netns import netns, nsenter
-from tests.support.sandbox import make_sandbox
+from tests.support.sandbox import make_sandbox, require
 
 HEAVY = ("docker", "kubernetes", "opentelemetry", "pyroute2", "cryptography", "iptc", "grpc")
 
@@ -116,6 +116,9 @@ def test_check_on_an_nf_tables_host_loads_neither_pyroute2_nor_python_iptables(t
     imports python-iptables only when a legacy table must be read or legacy is chosen. The output
     shows both controls really ran: the firewall chose nf_tables, the listeners read the kernel.
     """
+    from nodeguard.netfilter.libnft import shared_nft
+
+    require(shared_nft().available, "needs libnftables or nft (the nf_tables backend)")
     sb = make_sandbox(tmp_path / "root")
     sb.write("/etc/docker/daemon.json", "{}")
     with netns("imports") as ns:
