@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from nodeguard.netfilter.observed import FirewallObservation
 
 PLAINTEXT_PORT = 2375
-_SS_LISTEN = 10
 
 
 @dataclass(frozen=True)
@@ -70,17 +69,9 @@ class ListenersObservation:
 
 def tcp_listeners() -> list[Listener]:
     """Every listening TCP socket of this network namespace (IPv4 and IPv6) via inet_diag."""
-    from pyroute2 import DiagSocket
+    from nodeguard.sock_diag import tcp_listeners as diag
 
-    out: list[Listener] = []
-    with DiagSocket() as ds:
-        ds.bind()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in ds.get_sock_stats(family=family, states=1 << _SS_LISTEN, protocol=socket.IPPROTO_TCP):
-                v6only = msg.get_attr("INET_DIAG_SKV6ONLY") if family == socket.AF_INET6 else None
-                out.append(Listener(family, str(msg["idiag_src"]), int(msg["idiag_sport"]), int(msg["idiag_inode"]),
-                                    int(msg["idiag_uid"]), None if v6only is None else bool(v6only)))
-    return out
+    return [Listener(s.family, s.address, s.port, s.inode, s.uid, s.v6only) for s in diag()]
 
 
 def socket_owners(inodes: set[int], proc: Path, first: int | None = None) -> dict[int, list[int]]:

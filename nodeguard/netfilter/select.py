@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,9 +114,17 @@ def nft_usable(nft: Nft) -> tuple[bool, str]:
     return True, f"nf_tables available via {nft.via}"
 
 
-def legacy_usable() -> tuple[bool, str]:
+def legacy_in_kernel() -> tuple[bool, str]:
+    """Does this kernel have legacy xtables at all? /proc only: nothing is imported or loaded."""
     if legacy_tables("ipv4") is None and not Path("/proc/net/ip_tables_names").exists():
         return False, "no legacy xtables in this kernel (/proc/net/ip_tables_names missing)"
+    return True, "legacy xtables in this kernel"
+
+
+def legacy_usable() -> tuple[bool, str]:
+    ok, why = legacy_in_kernel()
+    if not ok:
+        return ok, why
     try:
         # Imported on the xtables worker: libxtables' global state belongs to that thread.
         on_worker(importlib.import_module, "iptc")
@@ -127,29 +136,47 @@ def legacy_usable() -> tuple[bool, str]:
 def select_backend(requested: str, host: HostRoot) -> Selection:
     nft = shared_nft()
     nft_ok, nft_why = nft_usable(nft)
-    legacy_ok, legacy_why = legacy_usable()
-    probes = {"nftables": nft_why, "iptables-legacy": legacy_why}
+    # python-iptables (~80 ms and ~18 MiB to import) is loaded only when its answer matters: a legacy
+    # table is loaded and must be read, legacy is chosen, or nf_tables is unusable. An nf_tables
+    # host with no legacy table loaded (the usual one) never imports it, in `check` or in the agent.
+    in_kernel, kernel_why = legacy_in_kernel()
+    library: list[tuple[bool, str]] = []
+
+    def legacy() -> tuple[bool, str]:
+        if not library:
+            library.append(legacy_usable() if in_kernel else (False, kernel_why))
+        return library[0]
+
+    def probes() -> dict[str, str]:
+        if not library and in_kernel and "iptc" in sys.modules:  # already imported to read a table
+            legacy()
+        why = library[0][1] if library else (
+            f"{kernel_why}, no legacy table loaded (python-iptables not needed to decide)" if in_kernel
+            else kernel_why)
+        return {"nftables": nft_why, "iptables-legacy": why}
 
     def chosen(name: str, reason: str) -> Selection:
-        ok = {"nftables": nft_ok, "iptables-legacy": legacy_ok, "iptables-nft": nft_ok}[name]
+        ok = nft_ok if name != "iptables-legacy" else legacy()[0]
         if not ok:
-            return Selection(requested, None, f"{reason}, but {probes[name if name != 'iptables-nft' else 'nftables']}",
-                             None, probes)
-        return Selection(requested, name, reason, backend_for(name, host), probes)
+            return Selection(requested, None,
+                             f"{reason}, but {probes()[name if name != 'iptables-nft' else 'nftables']}",
+                             None, probes())
+        return Selection(requested, name, reason, backend_for(name, host), probes())
 
     if requested != "auto":
         return chosen(requested, f"the policy asks for {requested}")
-    if not nft_ok and not legacy_ok:
-        return Selection(requested, None, f"no netfilter backend: {nft_why}; {legacy_why}", None, probes)
+    if not nft_ok and not legacy()[0]:
+        return Selection(requested, None, f"no netfilter backend: {nft_why}; {legacy()[1]}", None, probes())
 
     # 0. Where nodeguard's own rules already are: switching would leave a copy behind. Asked of
-    # netlink: nft's JSON for an owner table is unreliable (see nftnl).
+    # netlink: nft's JSON for an owner table is unreliable (see nftnl). A legacy table is read
+    # (python-iptables imported) only when the kernel has it loaded; unreadable counts as absent.
     if nft_ok and _nft_table_exists(NFT_TABLE):
         return chosen("nftables", "nodeguard's own table inet nodeguard is already in nf_tables")
-    if legacy_ok and "NODEGUARD" in (legacy_chain_names("filter") or set()):
+    if in_kernel and "NODEGUARD" in (legacy_chain_names("filter") or set()):
         return chosen("iptables-legacy", "nodeguard's own chain NODEGUARD is already in legacy xtables")
     nft_mangle = _nft_chains(nft, "ip mangle") if nft_ok else None
-    legacy_mangle = legacy_chain_names("mangle") if legacy_ok else None
+    legacy_mangle = legacy_chain_names("mangle") if in_kernel else None
     for hint in HINT_CHAINS:
         if nft_mangle and hint in nft_mangle:
             return chosen("nftables", f"kubelet's {hint} chain is in nf_tables")
@@ -160,7 +187,7 @@ def select_backend(requested: str, host: HostRoot) -> Selection:
         for table in ("ip filter", "ip nat"):
             nft_docker |= _nft_chains(nft, table) or set()
     legacy_docker = set()
-    if legacy_ok:
+    if in_kernel:
         for table in ("filter", "nat"):
             legacy_docker |= legacy_chain_names(table) or set()
     in_nft = sorted(set(DOCKER_CHAINS) & nft_docker)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import REPO
+from tests.support.netns import netns, nsenter
+from tests.support.sandbox import make_sandbox, require
 
 HEAVY = ("docker", "kubernetes", "opentelemetry", "pyroute2", "cryptography", "iptc", "grpc")
 
@@ -39,11 +42,16 @@ print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 """
 
 
-def loaded_after(code: str, args: list[str]) -> set[str]:
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+def modules_after(code: str, args: list[str], prefix: Sequence[str] = ()) -> tuple[set[str], str]:
+    """Every module loaded by `code` run on `args` in a fresh interpreter (after `prefix`: nsenter), and its stdout."""
+    proc = subprocess.run([*prefix, sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
     modules: list[str] = json.loads(proc.stderr.strip().splitlines()[-1])
-    return {m.split(".")[0] for m in modules}
+    return set(modules), proc.stdout
+
+
+def loaded_after(code: str, args: list[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules_after(code, args)[0]}
 
 
 @pytest.mark.parametrize("args", [
@@ -78,5 +86,51 @@ def test_version_is_answered_before_the_cli_is_built() -> None:
             "print(json.dumps(sorted(sys.modules)), file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.stdout.strip() and proc.stdout.strip()[0].isdigit()
-    top = {m.split(".")[0] for m in json.loads(proc.stderr.strip().splitlines()[-1])}
+    loaded = set(json.loads(proc.stderr.strip().splitlines()[-1]))
+    top = {m.split(".")[0] for m in loaded}
     assert sorted(top & {*HEAVY, "typer", "pydantic", "rich"}) == []
+    # The version is a literal in nodeguard/_version.py, not looked up in the installed metadata.
+    assert "importlib.metadata" not in loaded
+
+
+def test_the_probe_does_not_look_up_the_installed_metadata(tmp_path: Path) -> None:
+    loaded, _ = modules_after(_RUN_PROBE, ["--state-dir", str(tmp_path)])
+    assert "importlib.metadata" not in loaded
+
+
+def test_the_version_literal_is_the_installed_one() -> None:
+    """pyproject.toml reads the version from nodeguard/_version.py: one place, both agree."""
+    from importlib.metadata import version
+
+    from nodeguard._version import __version__
+
+    assert version("nodeguard") == __version__
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_check_on_an_nf_tables_host_loads_neither_pyroute2_nor_python_iptables(tmp_path: Path) -> None:
+    """A full `check` in a fresh network namespace (nf_tables usable, no legacy table loaded).
+
+    The listeners control reads inet_diag with nodeguard.sock_diag, never pyroute2; `backend: auto`
+    imports python-iptables only when a legacy table must be read or legacy is chosen. The output
+    shows both controls really ran: the firewall chose nf_tables, the listeners read the kernel.
+    """
+    from nodeguard.netfilter.libnft import shared_nft
+
+    require(shared_nft().available, "needs libnftables or nft (the nf_tables backend)")
+    sb = make_sandbox(tmp_path / "root")
+    sb.write("/etc/docker/daemon.json", "{}")
+    with netns("imports") as ns:
+        loaded, out = modules_after(_RUN_CLI, ["check", "--host-root", str(sb.root), "--format", "json"],
+                                    prefix=nsenter(ns))
+    top = {m.split(".")[0] for m in loaded}
+    assert "pyroute2" not in top
+    assert "iptc" not in top
+    assert "nodeguard.sock_diag" in loaded
+    findings = json.loads(out)["findings"]
+    backend = next(f for f in findings if f["control"] == "firewall" and f["rule"] == "backend-available")
+    assert backend["status"] == "pass" and backend["observed"] == "nftables", backend
+    assert "python-iptables not needed" in backend["details"]["probes"]["iptables-legacy"]
+    listeners = [f for f in findings if f["control"] == "listeners"]
+    assert listeners and not any("socket diagnostics unavailable" in f["message"] for f in listeners), listeners
