@@ -192,7 +192,8 @@ class Engine:
     def failing_keys(self) -> list[str]:
         """The identity (`finding_key`) of every finding failing now: the Kubernetes sink's open drifts.
         Any thread may call it: it only reads, with the same one-step copy as `open_drifts`."""
-        return [key for key, known in list(self._known.items()) if known.status == Status.FAIL.value]
+        fail = Status.FAIL.value  # once: an enum member's .value is a property call
+        return [key for key, known in list(self._known.items()) if known.status == fail]
 
     def open_drifts(self) -> list[tuple[str, str, str]]:
         """(control, rule, severity) of every finding failing now: the open-drifts gauge reads it.

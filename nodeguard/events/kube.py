@@ -156,8 +156,10 @@ class KubeSink:
         self._engine_open: OpenKeys | None = None
         self._awaiting_engine = wait_for_engine
         self._open: set[str] = set()
-        self._want_keys: frozenset[str] | None = None  # the open set `_want` was computed from
+        # The condition wanted for the open set last seen, and that set's names (a change of a few
+        # among 100,000 open drifts names only the new ones).
         self._want: Condition | None = None
+        self._names: dict[str, str] = {}
         # Node Events waiting for the worker, one entry per (reason, drift): a repeat only bumps
         # its count, so a drift flapping a thousand times is one entry, not a thousand.
         self._pending: OrderedDict[tuple[str, str], _NodeEventWork] = OrderedDict()
@@ -288,8 +290,9 @@ class KubeSink:
             return False
         if open_now is None:
             return True
-        if open_now != self._want_keys or self._want is None:
-            self._want_keys, self._want = open_now, Condition.for_open([drift_name(k) for k in open_now])
+        if self._want is None or open_now != self._names.keys():
+            self._names = {k: self._names.get(k) or drift_name(k) for k in open_now}
+            self._want = Condition.for_open(self._names.values())
         want = self._want
         if want == self._applied:
             return True
