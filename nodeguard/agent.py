@@ -13,6 +13,7 @@ from types import FrameType
 
 from nodeguard.attribution import AttributionSink, attribution_for
 from nodeguard.engine import Engine, EngineOptions
+from nodeguard.events.kube import KubeSink
 from nodeguard.events.metrics import set_open_drifts_source
 from nodeguard.events.model import Event, EventSink, enable_group_commit, sync
 from nodeguard.health import write_heartbeat
@@ -115,6 +116,9 @@ def run_agent(options: EngineOptions, sinks: Iterable[EventSink], watchers: list
         engine = Engine(options, source, engine_sink, watchers=watchers, watcher_factory=factory,
                         on_pass=heartbeat_writer(options.state_dir))
         set_open_drifts_source(engine.open_drifts)  # the nodeguard_open_drifts gauge reads the engine's level
+        for each in sink.sinks:  # and so does the Node condition (held until now: findings.json is loaded)
+            if isinstance(each, KubeSink):
+                each.use_engine(engine.failing_keys)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s, stopping", signal.Signals(signum).name)

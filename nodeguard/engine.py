@@ -141,8 +141,11 @@ class Engine:
         self._on_pass = on_pass
         self.stopping = threading.Event()
         self._state_lock = threading.Lock()
-        self._known: dict[str, KnownFinding] = {}
-        self._baseline = False
+        # Loaded here, not in run(): whoever reads the open drifts (the Kubernetes sink's condition)
+        # sees findings.json's from the moment the engine exists, before any event of its own.
+        known = self.store.load_findings()
+        self._known: dict[str, KnownFinding] = known or {}
+        self._baseline = known is not None
         self._dirty = False
         flap = self.policy.spec.agent.flapping
         self.flaps = FlapTracker(flap.threshold, flap.window_seconds, flap.max_backoff_seconds)
@@ -186,6 +189,12 @@ class Engine:
         for lane in self.lanes:
             lane.notify()
 
+    def failing_keys(self) -> list[str]:
+        """The identity (`finding_key`) of every finding failing now: the Kubernetes sink's open drifts.
+        Any thread may call it: it only reads, with the same one-step copy as `open_drifts`."""
+        fail = Status.FAIL.value  # once: an enum member's .value is a property call
+        return [key for key, known in list(self._known.items()) if known.status == fail]
+
     def open_drifts(self) -> list[tuple[str, str, str]]:
         """(control, rule, severity) of every finding failing now: the open-drifts gauge reads it.
 
@@ -208,14 +217,11 @@ class Engine:
     def run(self) -> None:
         """Start-up evaluation, then watch until stop(); always ends with agent.stopped."""
         self._enable_group_commit()
-        known = self.store.load_findings()
         problems: dict[str, JSONValue] = {"state_problems": list(self.store.problems)} if self.store.problems else {}
         self._emit(lifecycle_event(EventName.AGENT_STARTED, f"nodeguard {__version__} started",
                                    version=__version__, mode=self.policy.spec.mode.value,
                                    host_root=str(self.host.root), **problems))
         self._emit(self.source.loaded_event())
-        self._baseline = known is not None
-        self._known = known or {}
         watch_map = self._watch_map(self.policy)  # watch paths cost a daemon lookup: computed once for both
         self._sweep_temp_files(watch_map)
         self._start_watchers(watch_map)

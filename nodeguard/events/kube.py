@@ -1,7 +1,7 @@
 r"""The cluster's view of each node: a Node condition and Node Events, written from inside the DaemonSet.
 
-`KubeSink` is an EventSink beside the other exporters. From the drift events it keeps the set of
-drifts still open on this node and:
+`KubeSink` is an EventSink beside the other exporters. From the drifts open on this node (the
+engine's, below) and the drift events it:
 
 - sets the Node condition `DockerDaemonCompliant` (True: no open drift; False: the drifts, named),
   the way node-problem-detector reports node problems. The condition is PATCHed (strategic merge,
@@ -10,17 +10,21 @@ drifts still open on this node and:
   EventCorrelator: a repeat of the same drift bumps `count` and `lastTimestamp` of the Event it
   already created instead of creating another object.
 
-It never blocks the engine: `emit` updates the open-drift set and a bounded table of pending Node
-Events under a lock (a repeat bumps its entry's count) and wakes a thread of its own that makes
-the API calls. When the API server is slow and `queue_size` distinct Events already wait, more are
-dropped and counted; the condition is recomputed from the set, so it is never lost.
-The open-drift set is keyed by the one finding identity (`reconcile.finding_key`, as the engine
-and findings.json key it); the condition and the Node Events show each drift as
-`control/rule[subject]` (`drift_name`). The set is kept in the state dir, so an agent restart does
-not flip the condition to True until the drifts are really resolved: the engine emits nothing for
-a drift still failing at start. (It is the failing part of the engine's findings.json, kept a
-second time because the sink is built before the engine and also runs without one; a drift
-resolved while the agent was down is closed by the engine's drift.resolved at start.)
+It never blocks the engine: `emit` updates a bounded table of pending Node Events under a lock (a
+repeat bumps its entry's count) and wakes a thread of its own that makes the API calls. When the
+API server is slow and `queue_size` distinct Events already wait, more are dropped and counted; the
+condition is recomputed at each sync, so it is never lost.
+
+The open drifts are the engine's: in the agent, each sync asks the engine for the findings failing
+now (`Engine.failing_keys`, the one finding identity `reconcile.finding_key`, what findings.json
+keeps across restarts), as the Prometheus gauge does at each scrape. The sink is built before the
+engine, so it holds the condition until the agent hands it the engine (`use_engine`); the engine
+has read findings.json by then. So an agent restart with the same drifts still open (the engine
+emits nothing for them) patches nothing, a drift resolved while the agent was down is closed by
+the engine at start, and a node whose findings.json names open drifts never shows True first.
+Without an engine (`wait_for_engine=False`: tests, benchmarks) the sink keeps the open set from
+the drift events itself. The condition and the Node Events show each drift as
+`control/rule[subject]` (`drift_name`).
 
 Outside a cluster (no KUBERNETES_SERVICE_HOST) `kube_sink_from_env` returns None: nothing to do.
 
@@ -32,19 +36,18 @@ Every node's state (the README and the chart's NOTES have it with the reason and
 
 from __future__ import annotations
 
-import json
+import heapq
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nodeguard.atomic import replace_path
 from nodeguard.events.model import Event, EventName
 from nodeguard.reconcile import Backoff, event_finding_key, split_key
 
@@ -55,8 +58,13 @@ COMPONENT = "nodeguard"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 # Events of cluster-scoped objects (a Node) live in "default", as client-go's recorder puts them.
 DEFAULT_EVENT_NAMESPACE = "default"
-OPEN_DRIFTS_FILE = "kube-open-drifts.json"
+# Where nodeguard kept a second copy of its open drifts before it read them from the engine (and
+# findings.json): removed at start, never read.
+OLD_OPEN_DRIFTS_FILE = "kube-open-drifts.json"
 MAX_MESSAGE = 1024  # events.k8s.io caps a note at 1 kB; keep condition messages as short
+# Names enough to fill a message of MAX_MESSAGE (a name and its ", " take 3 characters at least): a
+# node with 100,000 open drifts picks the smallest 512 names at each change instead of sorting all.
+_NAMES_SHOWN = MAX_MESSAGE // 2
 EVENT_CACHE_SIZE = 4096  # aggregated Events remembered, as client-go's correlator
 
 # Which agent events become Node Events, with the Event's type and reason.
@@ -88,16 +96,6 @@ def drift_name(key: str) -> str:
     return f"{control}/{rule}[{subject}]" if subject else f"{control}/{rule}"
 
 
-def _key_of_name(name: str) -> str:
-    """The identity of a drift named `control/rule[subject]`: the open-drift file before it kept
-    identities held names (read once, on the upgrade)."""
-    control, _, rest = name.partition("/")
-    rule, bracket, subject = rest.partition("[")
-    if bracket and subject.endswith("]"):
-        return f"{control}/{rule}/{subject[:-1]}"
-    return f"{control}/{rest}/"
-
-
 @dataclass(frozen=True)
 class Condition:
     status: str  # "True" | "False"
@@ -105,10 +103,11 @@ class Condition:
     message: str
 
     @classmethod
-    def for_open(cls, open_drifts: list[str]) -> Condition:
+    def for_open(cls, open_drifts: Collection[str]) -> Condition:
         if not open_drifts:
             return cls("True", "NoOpenDrift", "the Docker daemon matches the nodeguard policy")
-        names = ", ".join(sorted(open_drifts))
+        # The smallest names, sorted: the same first MAX_MESSAGE characters as sorting them all.
+        names = ", ".join(heapq.nsmallest(_NAMES_SHOWN, open_drifts))
         return cls("False", "DriftOpen", _short(f"{len(open_drifts)} open drift(s): {names}"))
 
 
@@ -127,8 +126,15 @@ class _Recorded:
     count: int
 
 
+OpenKeys = Callable[[], Iterable[str]]  # the finding_key of every drift open now
+
+
 class KubeSink:
-    """EventSink that keeps the Node's condition and Events; all API calls on its own thread."""
+    """EventSink that keeps the Node's condition and Events; all API calls on its own thread.
+
+    `wait_for_engine=True` (the agent): the condition is set only once `use_engine` gave the
+    engine's open drifts, and from them. False: from the drift events this sink sees.
+    """
 
     def __init__(
         self,
@@ -136,7 +142,7 @@ class KubeSink:
         node_name: str,
         *,
         event_namespace: str = DEFAULT_EVENT_NAMESPACE,
-        state_dir: str | os.PathLike[str] | None = None,
+        wait_for_engine: bool = False,
         queue_size: int = 1000,
         retry_max: float = 60.0,
         request_timeout: float = 10.0,
@@ -145,14 +151,20 @@ class KubeSink:
         self.node_name = node_name
         self.event_namespace = event_namespace
         self.dropped = 0  # Node Events dropped because `queue_size` distinct ones were already waiting
-        self._state_file = Path(state_dir) / OPEN_DRIFTS_FILE if state_dir is not None else None
-        self._open: set[str] = self._load_open()
-        self._open_saved = set(self._open)
+        # Where the open drifts come from: the engine once `use_engine` is called; before that the
+        # drift events (`_open`), or nothing at all while an engine is awaited (the condition waits).
+        self._engine_open: OpenKeys | None = None
+        self._awaiting_engine = wait_for_engine
+        self._open: set[str] = set()
+        # The condition wanted for the open set last seen, and that set's names (a change of a few
+        # among 100,000 open drifts names only the new ones).
+        self._want: Condition | None = None
+        self._names: dict[str, str] = {}
         # Node Events waiting for the worker, one entry per (reason, drift): a repeat only bumps
         # its count, so a drift flapping a thousand times is one entry, not a thousand.
         self._pending: OrderedDict[tuple[str, str], _NodeEventWork] = OrderedDict()
         self._queue_size = queue_size
-        self._changed = threading.Condition()  # guards _open, _pending, _seq, _done, _stopping
+        self._changed = threading.Condition()  # guards _open, _engine_open, _pending, _seq, _done, _stopping
         self._seq = 0  # emits so far
         self._done = 0  # emits the worker has handled (sent, or failed)
         self._stopping = False
@@ -171,10 +183,11 @@ class KubeSink:
         key = event_finding_key(event.attributes)
         kind_reason = _NODE_EVENTS.get(event.name)
         with self._changed:
-            if event.name in _OPENS:
-                self._open.add(key)
-            elif event.name in _CLOSES:
-                self._open.discard(key)
+            if self._engine_open is None and not self._awaiting_engine:
+                if event.name in _OPENS:
+                    self._open.add(key)
+                elif event.name in _CLOSES:
+                    self._open.discard(key)
             if kind_reason is not None:
                 kind, reason = kind_reason
                 rejected = event.name is EventName.POLICY_REJECTED
@@ -189,6 +202,17 @@ class KubeSink:
                 else:
                     self.dropped += 1
             self._seq += 1
+            self._changed.notify_all()
+
+    def use_engine(self, open_keys: OpenKeys) -> None:
+        """From now on the open drifts are `open_keys()` (the engine's `failing_keys`), asked at each
+        sync; the condition held until now is synced at once. The engine has loaded findings.json
+        when it exists, so the first condition is the state's, never an empty set's."""
+        with self._changed:
+            self._engine_open = open_keys
+            self._awaiting_engine = False
+            self._open.clear()  # the engine's state is the one source from here
+            self._seq += 1  # a no-op emit: the worker wakes and syncs the condition
             self._changed.notify_all()
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -207,9 +231,17 @@ class KubeSink:
 
     @property
     def open_drifts(self) -> list[str]:
-        """The open drifts, as the Node shows them (`drift_name`), sorted."""
+        """The open drifts, as the Node shows them (`drift_name`), sorted (none while the engine is awaited)."""
+        keys = self._open_keys()
+        return sorted(drift_name(k) for k in keys) if keys is not None else []
+
+    def _open_keys(self) -> frozenset[str] | None:
+        """The open drifts now; None while the engine is awaited (the condition waits for it)."""
         with self._changed:
-            return sorted(drift_name(k) for k in self._open)
+            engine_open, awaiting = self._engine_open, self._awaiting_engine
+            if engine_open is None:
+                return None if awaiting else frozenset(self._open)
+        return frozenset(engine_open())  # outside the lock: emit never waits for this read
 
     # -- the worker --------------------------------------------------------------------------
 
@@ -249,11 +281,19 @@ class KubeSink:
                     self._applied_status_since = cond.last_transition_time.isoformat().replace("+00:00", "Z")
 
     def _sync_condition(self) -> bool:
-        """PATCH the condition when it differs from what the Node has; False when that failed."""
-        with self._changed:
-            open_now = set(self._open)
-        self._save_open(open_now)
-        want = Condition.for_open([drift_name(k) for k in open_now])
+        """PATCH the condition when it differs from what the Node has; False when that failed.
+        Nothing while the engine is awaited: an empty set then would say True with drifts open."""
+        try:
+            open_now = self._open_keys()
+        except Exception:  # the engine's read failed: retried with back-off like a failed PATCH
+            log.exception("cannot read the open drifts for node %s's condition", self.node_name)
+            return False
+        if open_now is None:
+            return True
+        if self._want is None or open_now != self._names.keys():
+            self._names = {k: self._names.get(k) or drift_name(k) for k in open_now}
+            self._want = Condition.for_open(self._names.values())
+        want = self._want
         if want == self._applied:
             return True
         now = _now()
@@ -313,46 +353,24 @@ class KubeSink:
         while len(self._recorded) > EVENT_CACHE_SIZE:
             self._recorded.popitem(last=False)
 
-    # -- the open set across restarts --------------------------------------------------------
-
-    def _load_open(self) -> set[str]:
-        if self._state_file is None:
-            return set()
-        try:
-            data = json.loads(self._state_file.read_text(encoding="utf-8"))
-            if "keys" in data:
-                return {str(k) for k in data["keys"]}
-            return {_key_of_name(str(n)) for n in data.get("open", [])}
-        except FileNotFoundError:
-            return set()
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("ignoring unreadable %s: %s", self._state_file, exc)
-            return set()
-
-    def _save_open(self, open_now: set[str]) -> None:
-        if self._state_file is None or open_now == self._open_saved:
-            return
-        try:
-            replace_path(self._state_file, (json.dumps({"keys": sorted(open_now)}) + "\n").encode(),
-                         mode=0o600, durable=False)
-            self._open_saved = set(open_now)
-        except OSError as exc:
-            log.warning("cannot keep the open drifts in %s: %s", self._state_file, exc)
-
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 def kube_sink_from_env(env: Mapping[str, str] | None = None, *,
                        state_dir: str | os.PathLike[str] | None = None,
-                       service_account_dir: Path = SERVICE_ACCOUNT_DIR) -> KubeSink | None:
+                       service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+                       wait_for_engine: bool = True) -> KubeSink | None:
     """A KubeSink for the node this pod runs on, or None outside a cluster (nothing to report to).
 
     In-cluster config: the API server from KUBERNETES_SERVICE_HOST/PORT, the pod's service
     account token and CA (re-read as the kubelet rotates the token); the node is the downward
-    API's NODE_NAME.
+    API's NODE_NAME. The agent hands it the engine (`use_engine`) before the condition is set.
+    `state_dir`: where an older nodeguard kept the open drifts a second time; that file is removed.
     """
     env = os.environ if env is None else env
+    if state_dir is not None:
+        _remove_old_open_drifts(Path(state_dir))
     if not env.get("KUBERNETES_SERVICE_HOST"):
         return None
     node = env.get("NODE_NAME")
@@ -368,4 +386,13 @@ def kube_sink_from_env(env: Mapping[str, str] | None = None, *,
                           environ=dict(env)).load_and_set(configuration)
     return KubeSink(client.CoreV1Api(client.ApiClient(configuration)), node,
                     event_namespace=env.get("NODEGUARD_EVENT_NAMESPACE", DEFAULT_EVENT_NAMESPACE),
-                    state_dir=state_dir)
+                    wait_for_engine=wait_for_engine)
+
+
+def _remove_old_open_drifts(state_dir: Path) -> None:
+    """findings.json is the truth about open drifts; the copy an older version kept is never read.
+    (unlink removes a planted link itself, never what it points to.)"""
+    try:
+        (state_dir / OLD_OPEN_DRIFTS_FILE).unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", state_dir / OLD_OPEN_DRIFTS_FILE, exc)

@@ -471,7 +471,9 @@ def test_heartbeat_never_follows_a_planted_link(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_kube_open_drifts_file_never_follows_a_planted_link(tmp_path: Path) -> None:
+def test_the_old_kube_open_drifts_file_is_removed_never_followed(tmp_path: Path) -> None:
+    # The sink no longer writes a file of its own (findings.json is the record); the name an older
+    # version wrote is removed at start. A link planted there goes, not what it points to.
     from nodeguard.events import kube
 
     canary = tmp_path / "canary"
@@ -479,10 +481,7 @@ def test_kube_open_drifts_file_never_follows_a_planted_link(tmp_path: Path) -> N
     before = snapshot(canary)
     state = tmp_path / "state"
     state.mkdir()
-    os.symlink(canary / "target", state / temp_name(kube.OPEN_DRIFTS_FILE))
-    sink = kube.KubeSink(None, "node-1", state_dir=state)
-    try:
-        sink._save_open({"docker-group/member-allowed/mallory"})
-    finally:
-        sink.close()
+    os.symlink(canary / "target", state / kube.OLD_OPEN_DRIFTS_FILE)
+    assert kube.kube_sink_from_env({}, state_dir=state) is None
+    assert not os.path.lexists(state / kube.OLD_OPEN_DRIFTS_FILE)
     assert snapshot(canary) == before

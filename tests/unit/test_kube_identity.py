@@ -2,20 +2,19 @@
 
 The identity an event carries (`event_finding_key`) is the engine's `finding_key` of the finding
 the event was built from, whatever the subject holds; the Node shows it as `control/rule[subject]`
-(`drift_name`); and an open-drift file written before the sink kept identities is read back as
-identities, so a drift it names is closed by the engine's next `drift.resolved`.
+(`drift_name`); and the open drifts a sink keeps from the events are those identities, so a
+`drift.resolved` closes exactly the drift its `drift.detected` opened. (In the agent the open drifts
+are the engine's own keys, the same identities: test_kube_sink.py.)
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from nodeguard.events.kube import OPEN_DRIFTS_FILE, KubeSink, drift_name
+from nodeguard.events.kube import KubeSink, drift_name
 from nodeguard.events.model import EventName, event_for_finding
 from nodeguard.reconcile import event_finding_key, finding_key, split_key
 from nodeguard.structs import Finding, Severity, Status
@@ -59,15 +58,12 @@ def core() -> Iterator[tuple[FakeApi, client.CoreV1Api]]:
         yield api, client.CoreV1Api(client.ApiClient(cfg))
 
 
-def test_the_sink_keeps_identities_and_reads_the_names_it_kept_before(
-        core: tuple[FakeApi, client.CoreV1Api], tmp_path: Path) -> None:
+def test_the_sink_keeps_identities(core: tuple[FakeApi, client.CoreV1Api]) -> None:
     api, v1 = core
-    # Written by the sink before it kept identities: the names the Node shows.
-    (tmp_path / OPEN_DRIFTS_FILE).write_text(json.dumps({"open": [
-        "socket/socket-mode", "docker-group/member-allowed[bob]",
-        "daemon-files/file-mode[/etc/docker/daemon.json]"]}))
-    sink = KubeSink(v1, NODE, state_dir=tmp_path)
+    sink = KubeSink(v1, NODE)
     try:
+        for f in CASES[:4]:  # CASES[0] and CASES[1] are one finding: no subject
+            sink.emit(event_for_finding(EventName.DRIFT_DETECTED, f, outcome="detected"))
         assert sink.open_drifts == ["daemon-files/file-mode[/etc/docker/daemon.json]",
                                     "docker-group/member-allowed[bob]", "socket/socket-mode"]
         for f in CASES[:4]:
@@ -80,8 +76,8 @@ def test_the_sink_keeps_identities_and_reads_the_names_it_kept_before(
         assert sink.flush()
         cond = api.condition()
         assert cond is not None and cond["message"] == "1 open drift(s): listeners/port-allowed[tcp/[::]:2375]"
+        assert sink.open_drifts == [drift_name(finding_key(CASES[4]))]
     finally:
         sink.close()
-    assert json.loads((tmp_path / OPEN_DRIFTS_FILE).read_text()) == {"keys": [finding_key(CASES[4])]}
     events = {e["message"] for e in api.events.values()}
     assert "listeners/port-allowed[tcp/[::]:2375]: port-allowed drifted" in events

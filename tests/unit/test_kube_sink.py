@@ -10,12 +10,21 @@ What the fake does with a PATCH (strategic merge keyed by condition type, JSON m
 fake's own logic; it is tested on its own in test_kube_api_fake.py and is not what these tests
 count on. They assert what the sink sends (which condition, which content type, which counts) and
 what it does when the API server hangs, forgets an Event or is reached in-cluster over TLS.
+
+Across restarts the open drifts are the engine's (findings.json): those tests run a real engine
+with the real docker-group control on a sandbox's /etc/group and a real StateStore.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import signal
 import ssl
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +32,24 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from nodeguard.events.kube import CONDITION_TYPE, STRATEGIC_MERGE, KubeSink, kube_sink_from_env
-from nodeguard.events.model import Event, EventName
+from nodeguard.agent import FanoutSink, run_agent
+from nodeguard.controls.docker_group import DockerGroupControl
+from nodeguard.engine import Engine, EngineOptions
+from nodeguard.events.kube import (
+    CONDITION_TYPE,
+    MAX_MESSAGE,
+    OLD_OPEN_DRIFTS_FILE,
+    STRATEGIC_MERGE,
+    Condition,
+    KubeSink,
+    kube_sink_from_env,
+)
+from nodeguard.events.model import Event, EventName, EventSink
+from nodeguard.host import HostRoot
+from nodeguard.policy import load_policy
+from nodeguard.watch import Trigger
 from tests.support.kube_api import NODE, FakeApi, node_object, serving
+from tests.support.sandbox import Sandbox
 
 
 @pytest.fixture
@@ -45,10 +69,9 @@ def drift(name: EventName, rule: str = "socket-mode", subject: str | None = None
     return Event(name, "ERROR", f"{rule} drifted", attrs)
 
 
-def test_condition_is_patched_only_when_it_changes(fake_api: tuple[FakeApi, client.CoreV1Api],
-                                                   tmp_path: Path) -> None:
+def test_condition_is_patched_only_when_it_changes(fake_api: tuple[FakeApi, client.CoreV1Api]) -> None:
     api, core = fake_api
-    sink = KubeSink(core, NODE, state_dir=tmp_path)
+    sink = KubeSink(core, NODE)
     try:
         assert sink.flush()
         first = api.condition()
@@ -94,21 +117,198 @@ def test_condition_is_patched_only_when_it_changes(fake_api: tuple[FakeApi, clie
     assert any(c["type"] == "Ready" and c["status"] == "True" for c in api.node["status"]["conditions"])
 
 
+BOB_IN_DOCKER = "docker:x:990:bob\n"
+
+
+def bob_joins_docker(sb: Sandbox) -> None:
+    sb.write("/etc/group", sb.read("/etc/group").replace("docker:x:990:\n", BOB_IN_DOCKER))
+
+
+def bob_leaves_docker(sb: Sandbox) -> None:
+    sb.write("/etc/group", sb.read("/etc/group").replace(BOB_IN_DOCKER, "docker:x:990:\n"))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.items: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.items.append(event)
+
+    def close(self) -> None:
+        pass
+
+
+def agent_life(sb: Sandbox, state: Path, kube: KubeSink | None) -> Recorder:
+    """One life of the agent, wired as run_agent wires it: the engine (it loads findings.json), the
+    Kubernetes sink handed the engine's open drifts, the start-up passes (a real docker-group control
+    on the sandbox's /etc/group, observe mode), stop. The sink is flushed and closed."""
+    recorder = Recorder()
+    sinks: list[EventSink] = [recorder] if kube is None else [recorder, kube]
+    engine = Engine(EngineOptions(HostRoot(sb.root), state), load_policy(None), FanoutSink(sinks),
+                    controls=[DockerGroupControl()], watchers=[])
+    if kube is not None:
+        kube.use_engine(engine.failing_keys)
+    runner = threading.Thread(target=engine.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while engine.passes < len(engine.lanes):  # every lane's start-up pass is over
+            assert time.monotonic() < deadline, "the start-up passes did not end"
+            time.sleep(0.01)
+    finally:
+        engine.stop()
+        runner.join(30)
+    if kube is not None:
+        assert kube.flush()
+        kube.close()
+    return recorder
+
+
+def status_patches(api: FakeApi) -> list[str]:
+    return [body["status"]["conditions"][0]["status"] for body in api.calls("PATCH", "/status")]
+
+
 def test_a_restart_with_the_same_open_drifts_patches_nothing(fake_api: tuple[FakeApi, client.CoreV1Api],
-                                                             tmp_path: Path) -> None:
+                                                             sandbox: Sandbox, tmp_path: Path) -> None:
     api, core = fake_api
-    sink = KubeSink(core, NODE, state_dir=tmp_path)
-    sink.emit(drift(EventName.DRIFT_DETECTED))
-    sink.close()
+    state = tmp_path / "state"
+    bob_joins_docker(sandbox)
+    agent_life(sandbox, state, KubeSink(core, NODE, wait_for_engine=True))
     assert api.condition() is not None and api.condition()["status"] == "False"  # type: ignore[index]
     patches = len(api.calls("PATCH", "/status"))
 
-    # The agent restarts (a rolling upgrade): the drift is still open, nothing is re-emitted.
-    again = KubeSink(core, NODE, state_dir=tmp_path)
-    assert again.open_drifts == ["socket/socket-mode"]
-    assert again.flush()
-    again.close()
+    # The agent restarts (a rolling upgrade): the drift is still open, nothing is re-emitted; the
+    # open drift is the one findings.json keeps.
+    again = KubeSink(core, NODE, wait_for_engine=True)
+    events = agent_life(sandbox, state, again)
+    assert again.open_drifts == ["docker-group/member-allowed[bob]"]
+    assert not [e for e in events.items if e.name is EventName.DRIFT_DETECTED]
     assert len(api.calls("PATCH", "/status")) == patches
+
+
+def test_a_drift_resolved_while_the_agent_was_down_clears_the_condition(
+        fake_api: tuple[FakeApi, client.CoreV1Api], sandbox: Sandbox, tmp_path: Path) -> None:
+    api, core = fake_api
+    state = tmp_path / "state"
+    bob_joins_docker(sandbox)
+    agent_life(sandbox, state, KubeSink(core, NODE, wait_for_engine=True))
+    # (A first start has no findings.json: the condition may say True before the first pass ends.)
+    assert status_patches(api)[-1] == "False"
+    before = len(status_patches(api))
+
+    bob_leaves_docker(sandbox)  # while the agent is down
+    again = KubeSink(core, NODE, wait_for_engine=True)
+    events = agent_life(sandbox, state, again)
+    assert [e.name for e in events.items if e.name.value.startswith("nodeguard.drift.")] == [EventName.DRIFT_RESOLVED]
+    assert again.open_drifts == []
+    cond = api.condition()
+    assert cond is not None and cond["status"] == "True" and cond["reason"] == "NoOpenDrift"
+    # The restarted sink's one PATCH: True once the engine found the drift gone (False, from
+    # findings.json, is what the Node already said: nothing to send for it).
+    assert status_patches(api)[before:] == ["True"]
+
+
+def test_open_drifts_in_findings_json_are_false_at_the_first_sync(fake_api: tuple[FakeApi, client.CoreV1Api],
+                                                                 sandbox: Sandbox, tmp_path: Path) -> None:
+    """The Kubernetes sink turned on later (or its old open-drift file lost): the drift is in
+    findings.json only. The first condition the Node gets says False, never True first."""
+    api, core = fake_api
+    state = tmp_path / "state"
+    bob_joins_docker(sandbox)
+    agent_life(sandbox, state, None)  # no sink: nothing on the Node, the drift on record in findings.json
+    assert "docker-group/member-allowed/bob" in (state / "findings.json").read_text()
+    assert not (state / OLD_OPEN_DRIFTS_FILE).exists()
+    assert api.condition() is None
+
+    kube = KubeSink(core, NODE, wait_for_engine=True)
+    events = agent_life(sandbox, state, kube)
+    assert not [e for e in events.items if e.name is EventName.DRIFT_DETECTED]  # nothing new to emit
+    assert status_patches(api) == ["False"]
+    cond = api.condition()
+    assert cond is not None and cond["message"] == "1 open drift(s): docker-group/member-allowed[bob]"
+
+
+OTHER_CONTROLS = ("daemonConfig", "daemonFiles", "socket", "firewall", "listeners", "runtime", "host", "hostAudit",
+                  "hostLayout")
+DOCKER_GROUP_ONLY = ("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  mode: observe\n"
+                     "  agent:\n    attribution: {enabled: false}\n  controls:\n"
+                     + "".join(f"    {key}: {{mode: off}}\n" for key in OTHER_CONTROLS))
+
+
+def test_run_agent_hands_the_engine_to_the_sink(fake_api: tuple[FakeApi, client.CoreV1Api],
+                                                sandbox: Sandbox, tmp_path: Path) -> None:
+    """The wiring of `nodeguard run`: run_agent with the sink kube_sink_from_env builds (it waits for
+    an engine). findings.json names an open drift: the Node's first and only condition is False."""
+    api, core = fake_api
+    state = tmp_path / "state"
+    bob_joins_docker(sandbox)
+    agent_life(sandbox, state, None)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DOCKER_GROUP_ONLY)
+
+    class SigtermOnceTheConditionIsSet:
+        """A watcher: run_agent starts it once its signal handlers are in place; it sends the agent
+        SIGTERM, as the kubelet does, once the Node has the condition (or after 30 s without)."""
+
+        def start(self, trigger: Trigger) -> None:
+            threading.Thread(target=self._stop_later, daemon=True).start()
+
+        @staticmethod
+        def _stop_later() -> None:
+            deadline = time.monotonic() + 30
+            while api.condition() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def stop(self) -> None:
+            pass
+
+    switch = sys.getswitchinterval()
+    try:
+        engine = run_agent(EngineOptions(HostRoot(sandbox.root), state, policy),
+                           [KubeSink(core, NODE, wait_for_engine=True)], watchers=[SigtermOnceTheConditionIsSet()])
+    finally:
+        sys.setswitchinterval(switch)  # run_agent shortens it for its lanes: not for the rest of the tests
+    assert engine.failing_keys() == ["docker-group/member-allowed/bob"]
+    assert status_patches(api) == ["False"]
+    cond = api.condition()
+    assert cond is not None and cond["message"] == "1 open drift(s): docker-group/member-allowed[bob]"
+
+
+def test_the_condition_waits_for_the_engine(fake_api: tuple[FakeApi, client.CoreV1Api]) -> None:
+    """Built before the engine, the agent's sink says nothing about the condition until it has the
+    engine's open drifts: an empty set then would be a True with drifts open. Node Events go out."""
+    api, core = fake_api
+    sink = KubeSink(core, NODE, wait_for_engine=True)
+    try:
+        sink.emit(Event(EventName.POLICY_REJECTED, "ERROR", "bad policy", {}))
+        assert sink.flush()
+        assert api.condition() is None and not api.calls("PATCH", "/status")
+        assert len(api.calls("POST", "/events")) == 1
+        sink.use_engine(lambda: ["socket/socket-mode/"])
+        assert sink.flush()
+        assert status_patches(api) == ["False"]
+        assert sink.open_drifts == ["socket/socket-mode"]
+    finally:
+        sink.close()
+
+
+def test_the_message_of_many_drifts_is_the_one_sorting_them_all_gives() -> None:
+    """100,000 open drifts (a bulk drift in observe mode) are the engine's real keys: the message
+    picks the smallest names only, and reads exactly as the first MAX_MESSAGE characters of all."""
+    names = [f"docker-group/member-allowed[user{i}]" for i in range(5000)] + ["/", "a/b"]
+    everything = f"{len(names)} open drift(s): {', '.join(sorted(names))}"
+    assert Condition.for_open(names) == Condition("False", "DriftOpen", everything[:MAX_MESSAGE - 1] + "…")
+    assert Condition.for_open(names[:3]).message == f"3 open drift(s): {', '.join(sorted(names[:3]))}"
+
+
+def test_an_old_open_drifts_file_is_removed_and_never_read(tmp_path: Path) -> None:
+    """findings.json is the one record of open drifts; the copy an older version kept goes at start."""
+    old = tmp_path / OLD_OPEN_DRIFTS_FILE
+    old.write_text(json.dumps({"keys": ["socket/socket-mode/"]}))
+    assert kube_sink_from_env({}, state_dir=tmp_path) is None  # outside a cluster too
+    assert not old.exists()
 
 
 def test_a_repeated_drift_bumps_one_event(fake_api: tuple[FakeApi, client.CoreV1Api]) -> None:
@@ -230,7 +430,8 @@ def test_in_cluster_config_reaches_the_api_over_tls_with_the_pod_token(tmp_path:
     with serving(api, tls) as server:
         env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(server.server_address[1]),
                "NODE_NAME": NODE}
-        sink = kube_sink_from_env(env, service_account_dir=sa)
+        # No engine here: the sink keeps the open set from the drift events it sees.
+        sink = kube_sink_from_env(env, service_account_dir=sa, wait_for_engine=False)
         assert sink is not None
         sink.emit(drift(EventName.DRIFT_DETECTED))
         sink.close()
