@@ -19,6 +19,16 @@ from tests.support.sandbox import require_root
 Event = dict[str, Any]
 
 
+def read_events(path: Path) -> list[Event]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            out.append(json.loads(line))  # a half line would raise: lines are written whole
+    return out
+
+
 @dataclass
 class AgentProcess:
     proc: subprocess.Popen[bytes]
@@ -28,13 +38,7 @@ class AgentProcess:
     consumed: list[Event] = field(default_factory=list)
 
     def events(self) -> list[Event]:
-        if not self.events_file.exists():
-            return []
-        out = []
-        for line in self.events_file.read_text().splitlines():
-            if line.strip():
-                out.append(json.loads(line))  # a half line would raise: lines are written whole
-        return out
+        return read_events(self.events_file)
 
     def wait_for(self, pred: Callable[[Event], bool], timeout: float = 15.0, after: int = 0) -> Event:
         """The first event (from index `after` on) matching `pred`, waiting for it to arrive."""
@@ -93,12 +97,16 @@ def running_agent(host_root: Path, state_dir: Path, *args: str, events_file: Pat
     cmd = ["nsenter", f"--net=/var/run/netns/{netns}",
            sys.executable, "-m", "nodeguard", "run", "--host-root", str(host_root), "--state-dir", str(state_dir),
            "--events-file", str(events), *args]
+    earlier = len(read_events(events))
     try:
         with stderr_file.open("ab") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})})
         agent = AgentProcess(proc, events, stderr_file)
         try:
-            agent.wait_for(lambda e: e["event.name"] == "nodeguard.agent.started", timeout=30)
+            # Only this process's start counts: a test that restarts the agent on the same state dir
+            # shares its events file, and the earlier agent.started would let the test go on (and
+            # SIGTERM it) before this agent has its signal handlers.
+            agent.wait_for(lambda e: e["event.name"] == "nodeguard.agent.started", timeout=30, after=earlier)
             yield agent
         finally:
             agent.stop()
