@@ -66,7 +66,7 @@ from nodeguard.reconcile import (
 )
 from nodeguard.state import KnownFinding, StateStore
 from nodeguard.structs import Finding, JSONValue, Mode, Severity, Status
-from nodeguard.watch import RESYNC, FolderWatcher, Watcher
+from nodeguard.watch import RESYNC, FolderWatcher, NameFilters, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +216,9 @@ class Engine:
         self._emit(self.source.loaded_event())
         self._baseline = known is not None
         self._known = known or {}
-        watch_map = self._watch_map(self.policy)  # watch paths cost a daemon lookup: computed once for both
+        watch_map, only = self._watch_plan(self.policy)  # watch paths cost a daemon lookup: computed once for both
         self._sweep_temp_files(watch_map)
-        self._start_watchers(watch_map)
+        self._start_watchers(watch_map, only)
         # The watch on the policy's folder is in place only now: a policy swapped between the
         # first read and this point would never wake us, so look at its content once more.
         if self.source.path is not None:
@@ -398,6 +398,8 @@ class Engine:
         except Exception as exc:
             log.exception("%s: remediation failed", control.name)
             outcomes = [Outcome(False, False, f"{type(exc).__name__}: {exc}") for _ in findings]
+        if any(o.changed for o in outcomes):
+            lane.reverted = True  # its inotify echo is looked at without the coalescing wait
         # Verify against the host, not against what we think we did.
         after = {finding_key(f): f for f in evaluate_control(control, self._context(ctx.policy)).findings}
         took_ms = round((time.monotonic() - started) * 1000, 3)
@@ -571,11 +573,19 @@ class Engine:
     # -- watchers ----------------------------------------------------------------------------
 
     def _watch_map(self, policy: Policy) -> dict[Path, set[str]]:
+        return self._watch_plan(policy)[0]
+
+    def _watch_plan(self, policy: Policy) -> tuple[dict[Path, set[str]], NameFilters]:
+        """Folders to watch -> the targets they wake, and the entry names some targets are limited to
+        (a control's optional `watch_names`: the docker group needs 3 of /etc's many files)."""
         ctx = self._context(policy)
         folders: dict[Path, set[str]] = {}
+        only: NameFilters = {}
         for control in self.controls:
             try:
                 paths = control.watch_paths(ctx)
+                names_of = getattr(control, "watch_names", None)
+                names: dict[str, frozenset[str]] = names_of(ctx) if names_of is not None else {}
             except (OSError, HostPathError) as exc:
                 log.warning("%s: cannot compute its watches: %s", control.name, exc)
                 continue
@@ -586,11 +596,13 @@ class Engine:
                     log.warning("%s: cannot watch %s: %s", control.name, host_path, exc)
                     continue
                 folders.setdefault(real, set()).add(control.name)
+                if host_path in names:
+                    only.setdefault(real, {})[control.name] = names[host_path]
         if self.options.policy_path is not None:
             # The folder, for ConfigMap updates: kubelet swaps a `..data` symlink atomically.
             folders.setdefault(self.options.policy_path.resolve().parent, set()).add(POLICY_TARGET)
             folders.setdefault(self.options.policy_path.absolute().parent, set()).add(POLICY_TARGET)
-        return folders
+        return folders, only
 
     def _build_watchers(self, policy: Policy) -> list[Watcher]:
         if self._static_watchers is not None:
@@ -603,8 +615,8 @@ class Engine:
             log.exception("cannot build the watchers; the periodic resync covers what they would see")
             return []
 
-    def _start_watchers(self, watch_map: dict[Path, set[str]]) -> None:
-        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND)
+    def _start_watchers(self, watch_map: dict[Path, set[str]], only: NameFilters) -> None:
+        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND, only)
         self._folder_watcher.start(self.trigger)
         self._watchers = self._build_watchers(self.policy)
         self._start_each(self._watchers)
@@ -620,7 +632,8 @@ class Engine:
         """Every watcher from the new policy: folders, the Docker events stream, the firewall monitor.
         The new folder watches start before the old stop, and a resync follows: nothing falls between."""
         old_folder = self._folder_watcher
-        self._folder_watcher = FolderWatcher(self._watch_map(self.policy), ATTRIB_BLIND)
+        watch_map, only = self._watch_plan(self.policy)
+        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND, only)
         self._folder_watcher.start(self.trigger)
         if old_folder is not None:
             old_folder.stop()

@@ -6,11 +6,15 @@ read from `system.posix_acl_access` itself, never inferred from the mode.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from nodeguard.accounts import AccountDB
 from nodeguard.controls.base import Context, Control, Outcome
-from nodeguard.host import FileStat
+from nodeguard.host import FileStat, file_kind
 from nodeguard.policy import Policy, SocketPolicy, file_mode_bits
 
 # Re-exported: the ACL format used to live here.
@@ -61,6 +65,8 @@ class SocketControl(Control):
              True),
     )
 
+    _names_of: tuple[AccountDB, dict[int, str], dict[int, str]] | None = None
+
     def _settings(self, policy: Policy) -> SocketPolicy:
         s = self.settings(policy)
         assert isinstance(s, SocketPolicy)
@@ -72,21 +78,70 @@ class SocketControl(Control):
 
     def observe(self, ctx: Context) -> SocketObservation:
         s = self._settings(ctx.policy)
-        st = ctx.host.stat(s.path)
+        st, blob, acl_error = self._stat_and_acl(ctx, s.path)
         acl: list[AclEntry] | None = None
-        acl_error = None
-        if st is not None:
+        if st is not None and acl_error is None:
             try:
-                blob = ctx.host.getxattr(s.path, ACL_XATTR)
                 acl = parse_acl(blob) if blob else []
-            except (OSError, ValueError) as exc:
+            except ValueError as exc:
                 acl_error = str(exc)
         acc = ctx.accounts
+        uid_names, gid_names = self._names(acc)
         # dockerd's -G flag or `group` key decides the socket's group; the policy names the one
         # it must be, resolved on the host.
-        return SocketObservation(
-            s.path, st, acl, acl_error, acc.uid_of(s.owner), acc.gid_of(s.group),
-            {u.uid: u.name for u in acc.users.values()}, {g.gid: g.name for g in acc.groups.values()})
+        return SocketObservation(s.path, st, acl, acl_error, acc.uid_of(s.owner), acc.gid_of(s.group),
+                                 uid_names, gid_names)
+
+    def _names(self, acc: AccountDB) -> tuple[dict[int, str], dict[int, str]]:
+        """id -> name of every user and group, built once per parse of the account files (the
+        context hands out the same AccountDB until one of them changes), not on every look."""
+        cached = self._names_of
+        if cached is not None and cached[0] is acc:
+            return cached[1], cached[2]
+        uid_names = {u.uid: u.name for u in acc.users.values()}
+        gid_names = {g.gid: g.name for g in acc.groups.values()}
+        self._names_of = (acc, uid_names, gid_names)  # one assignment: safe for a reader on another lane
+        return uid_names, gid_names
+
+    @staticmethod
+    def _stat_and_acl(ctx: Context, path: str) -> tuple[FileStat | None, bytes | None, str | None]:
+        """(stat, ACL xattr, why the ACL is unreadable) of the socket, in one walk of its path.
+
+        The socket's lane runs this first on every drift: one descriptor-relative walk, then fstat
+        and getxattr on the very inode, instead of a walk each (every system call is a moment a
+        busy thread can take the interpreter from the revert). A final symlink keeps the general
+        path: stat follows it, the ACL of a symlink is none.
+        """
+        host = ctx.host
+        try:
+            with host.open_parent(path, follow_last=False) as (dfd, name):
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            return host.stat(path), None, None  # (a missing folder on the way: the general answer)
+        try:
+            raw = os.fstat(fd)
+            if stat.S_ISLNK(raw.st_mode):
+                return SocketControl._stat_and_acl_by_name(ctx, path)
+            st = FileStat(path, raw.st_uid, raw.st_gid, stat.S_IMODE(raw.st_mode), file_kind(raw.st_mode),
+                          raw.st_size, raw.st_dev, raw.st_ino)
+            try:
+                return st, os.getxattr(f"/proc/self/fd/{fd}", ACL_XATTR), None
+            except OSError as exc:
+                if exc.errno in (errno.ENODATA, errno.ENOENT, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    return st, None, None
+                return st, None, str(exc)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _stat_and_acl_by_name(ctx: Context, path: str) -> tuple[FileStat | None, bytes | None, str | None]:
+        st = ctx.host.stat(path)
+        if st is None:
+            return None, None, None
+        try:
+            return st, ctx.host.getxattr(path, ACL_XATTR), None
+        except OSError as exc:
+            return st, None, str(exc)
 
     def _bad_acl(self, obs: SocketObservation, s: SocketPolicy) -> list[str]:
         return [e.render(obs.uid_names if e.tag == "user" else obs.gid_names) for e in obs.acl or []
