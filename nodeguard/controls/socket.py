@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from nodeguard.accounts import AccountDB
 from nodeguard.controls.base import Context, Control, Outcome
-from nodeguard.host import FileStat, file_kind
+from nodeguard.host import FileStat, HostRoot, file_kind
 from nodeguard.policy import Policy, SocketPolicy, file_mode_bits
 
 # Re-exported: the ACL format used to live here.
@@ -43,6 +43,29 @@ def acl_entry_allowed(entry: AclEntry, allowed_acl: list[str], uid_names: dict[i
     return False
 
 
+def _account_files_key(host: HostRoot) -> tuple[object, ...] | None:
+    """What identifies /etc/passwd, /etc/group and /etc/gshadow under the root right now, by lstat
+    alone; None when one of them, or /etc, is not a plain file (folder): then no shortcut."""
+    root = str(host.root).rstrip("/")
+    try:
+        etc = os.lstat(f"{root}/etc")
+        if not stat.S_ISDIR(etc.st_mode):
+            return None
+        key: list[object] = [root, etc.st_dev, etc.st_ino]
+        for name in ("passwd", "group", "gshadow"):
+            try:
+                st = os.lstat(f"{root}/etc/{name}")
+            except FileNotFoundError:
+                key.append(None)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            key.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    except OSError:
+        return None
+    return tuple(key)
+
+
 @dataclass
 class SocketObservation:
     path: str
@@ -66,6 +89,7 @@ class SocketControl(Control):
     )
 
     _names_of: tuple[AccountDB, dict[int, str], dict[int, str]] | None = None
+    _accounts_of: tuple[tuple[object, ...], AccountDB] | None = None
 
     def _settings(self, policy: Policy) -> SocketPolicy:
         s = self.settings(policy)
@@ -85,12 +109,26 @@ class SocketControl(Control):
                 acl = parse_acl(blob) if blob else []
             except ValueError as exc:
                 acl_error = str(exc)
-        acc = ctx.accounts
+        acc = self._accounts(ctx)
         uid_names, gid_names = self._names(acc)
         # dockerd's -G flag or `group` key decides the socket's group; the policy names the one
         # it must be, resolved on the host.
         return SocketObservation(s.path, st, acl, acl_error, acc.uid_of(s.owner), acc.gid_of(s.group),
                                  uid_names, gid_names)
+
+    def _accounts(self, ctx: Context) -> AccountDB:
+        """ctx.accounts, without its path walk on every drift when the files have not changed: four
+        lstat()s say so. Only plain files in a plain /etc take this path (a symlink among them: the
+        context's own check, every time). The key is taken before the files are read, so a change
+        racing the read makes the next look read them again."""
+        key = _account_files_key(ctx.host)
+        cached = self._accounts_of
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        acc = ctx.accounts
+        if key is not None:
+            self._accounts_of = (key, acc)
+        return acc
 
     def _names(self, acc: AccountDB) -> tuple[dict[int, str], dict[int, str]]:
         """id -> name of every user and group, built once per parse of the account files (the
