@@ -277,13 +277,6 @@ class Engine:
         policy = ctx.policy
         result = evaluate_control(control, ctx)
         self._findings_in_pass += len(result.findings)
-        if result.observed is not None:
-            try:
-                control.remember(ctx, result.observed, self.store)
-            except OSError as exc:
-                # A full state disk must not blind the control: it still reports and enforces
-                # (a revert that needs a quarantine copy then fails and says why).
-                log.warning("%s: cannot keep the last good copy: %s", control.name, exc.strerror or exc)
         now_wall, now = time.time(), time.monotonic()
         seen: set[str] = set()
         detected: list[Finding] = []
@@ -364,8 +357,17 @@ class Engine:
         before = {key: prev.observed for key, prev in vanished if prev.status == Status.FAIL.value}
         self._emit_bounded(EventName.DRIFT_RESOLVED, "resolved", [self._vanished_finding(k) for k in before], limit,
                            extra_of=lambda f: {"nodeguard.previously_observed": before.get(finding_key(f))})
-        if to_fix:
-            self._remediate(lane, control, ctx, result.observed, to_fix, summarized)
+        changed = self._remediate(lane, control, ctx, result.observed, to_fix, summarized) if to_fix else False
+        if result.observed is not None and not changed:
+            # After the revert, not before: keeping a copy is a safe write (an fsync), and a revert
+            # never needs the copy of what this very pass observed (a file that parses needs none).
+            # A revert that wrote keeps its own result as the copy (what was observed is not good).
+            try:
+                control.remember(ctx, result.observed, self.store)
+            except OSError as exc:
+                # A full state disk must not blind the control: it still reports and enforces
+                # (a revert that needs a quarantine copy then fails and says why).
+                log.warning("%s: cannot keep the last good copy: %s", control.name, exc.strerror or exc)
 
     @staticmethod
     def _enforceable(control: Control, f: Finding) -> bool:
@@ -383,7 +385,8 @@ class Engine:
         return self._netns_refusal
 
     def _remediate(self, lane: Lane, control: Control, ctx: Context, observed: object, findings: list[Finding],
-                   summarized: set[tuple[str, str]]) -> None:
+                   summarized: set[tuple[str, str]]) -> bool:
+        """Revert, verify, report; True when the host was changed."""
         started = time.monotonic()
         try:
             outcomes = control.remediate_many(ctx, findings, observed)
@@ -393,12 +396,13 @@ class Engine:
                 # Someone else's write landed between our read and our rename: not a failure of
                 # ours, and their write wakes us again (a retry timer too, in case it does not).
                 lane.wake_at(control.name, time.monotonic() + RACE_RETRY_S)
-                return
+                return False
             outcomes = [Outcome(False, False, str(exc.strerror or exc)) for _ in findings]
         except Exception as exc:
             log.exception("%s: remediation failed", control.name)
             outcomes = [Outcome(False, False, f"{type(exc).__name__}: {exc}") for _ in findings]
-        if any(o.changed for o in outcomes):
+        changed = any(o.changed for o in outcomes)
+        if changed:
             lane.reverted = True  # its inotify echo is looked at without the coalescing wait
         # Verify against the host, not against what we think we did.
         after = {finding_key(f): f for f in evaluate_control(control, self._context(ctx.policy)).findings}
@@ -460,6 +464,7 @@ class Engine:
                      f"something is fighting nodeguard; {tail}",
                 extra={"nodeguard.backoff_seconds": report.backoff, "nodeguard.flap_level": report.level,
                        "nodeguard.flap_count": report.count}))
+        return changed
 
     # -- events ------------------------------------------------------------------------------
 
