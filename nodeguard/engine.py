@@ -70,11 +70,13 @@ from nodeguard.watch import RESYNC, FolderWatcher, NameFilters, Watcher
 
 log = logging.getLogger(__name__)
 
-# Fast lanes, in the order a start-up pass reaches them: the most critical surface first.
+# Fast lanes, in the order a start-up pass reaches them: the most critical surface first. Within a
+# lane too: daemon.json (a plaintext TCP listener is critical) before the daemon's files' modes, whose
+# look (every unit file, certificate and socket) would otherwise stand before each daemon.json revert.
 FAST_LANES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("socket", ("socket",)),
     ("group", ("docker-group",)),
-    ("daemon", ("daemon-files", "daemon-config")),
+    ("daemon", ("daemon-config", "daemon-files")),
 )
 # Reverts that are a few system calls (a mode, an owner, an ACL, a group member): never backed off.
 CHEAP_REVERTS = frozenset({"socket", "daemon-files", "docker-group"})
