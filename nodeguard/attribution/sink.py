@@ -181,7 +181,8 @@ class AttributionSink:
         except Exception:  # attribution must never cost the engine an event
             log.exception("attribution: cannot queue %s", event.name)
             return
-        if queued and self._wake_on_emit:
+        # (A pass emitting hundreds of drifts wakes it at half the queue, so none is dropped.)
+        if queued and (self._wake_on_emit or len(self._queue) >= QUEUE_MAX // 2):
             self._wake.set()
 
     # The engine's group commit (one fsync per pass) goes through to the sink that spools.
