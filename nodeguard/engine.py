@@ -66,15 +66,17 @@ from nodeguard.reconcile import (
 )
 from nodeguard.state import KnownFinding, StateStore
 from nodeguard.structs import Finding, JSONValue, Mode, Severity, Status
-from nodeguard.watch import RESYNC, FolderWatcher, Watcher
+from nodeguard.watch import RESYNC, FolderWatcher, NameFilters, Watcher
 
 log = logging.getLogger(__name__)
 
-# Fast lanes, in the order a start-up pass reaches them: the most critical surface first.
+# Fast lanes, in the order a start-up pass reaches them: the most critical surface first. Within a
+# lane too: daemon.json (a plaintext TCP listener is critical) before the daemon's files' modes, whose
+# look (every unit file, certificate and socket) would otherwise stand before each daemon.json revert.
 FAST_LANES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("socket", ("socket",)),
     ("group", ("docker-group",)),
-    ("daemon", ("daemon-files", "daemon-config")),
+    ("daemon", ("daemon-config", "daemon-files")),
 )
 # Reverts that are a few system calls (a mode, an owner, an ACL, a group member): never backed off.
 CHEAP_REVERTS = frozenset({"socket", "daemon-files", "docker-group"})
@@ -222,9 +224,9 @@ class Engine:
                                    version=__version__, mode=self.policy.spec.mode.value,
                                    host_root=str(self.host.root), **problems))
         self._emit(self.source.loaded_event())
-        watch_map = self._watch_map(self.policy)  # watch paths cost a daemon lookup: computed once for both
+        watch_map, only = self._watch_plan(self.policy)  # watch paths cost a daemon lookup: computed once for both
         self._sweep_temp_files(watch_map)
-        self._start_watchers(watch_map)
+        self._start_watchers(watch_map, only)
         # The watch on the policy's folder is in place only now: a policy swapped between the
         # first read and this point would never wake us, so look at its content once more.
         if self.source.path is not None:
@@ -283,13 +285,6 @@ class Engine:
         policy = ctx.policy
         result = evaluate_control(control, ctx)
         self._findings_in_pass += len(result.findings)
-        if result.observed is not None:
-            try:
-                control.remember(ctx, result.observed, self.store)
-            except OSError as exc:
-                # A full state disk must not blind the control: it still reports and enforces
-                # (a revert that needs a quarantine copy then fails and says why).
-                log.warning("%s: cannot keep the last good copy: %s", control.name, exc.strerror or exc)
         now_wall, now = time.time(), time.monotonic()
         seen: set[str] = set()
         detected: list[Finding] = []
@@ -370,8 +365,17 @@ class Engine:
         before = {key: prev.observed for key, prev in vanished if prev.status == Status.FAIL.value}
         self._emit_bounded(EventName.DRIFT_RESOLVED, "resolved", [self._vanished_finding(k) for k in before], limit,
                            extra_of=lambda f: {"nodeguard.previously_observed": before.get(finding_key(f))})
-        if to_fix:
-            self._remediate(lane, control, ctx, result.observed, to_fix, summarized)
+        changed = self._remediate(lane, control, ctx, result.observed, to_fix, summarized) if to_fix else False
+        if result.observed is not None and not changed:
+            # After the revert, not before: keeping a copy is a safe write (an fsync), and a revert
+            # never needs the copy of what this very pass observed (a file that parses needs none).
+            # A revert that wrote keeps its own result as the copy (what was observed is not good).
+            try:
+                control.remember(ctx, result.observed, self.store)
+            except OSError as exc:
+                # A full state disk must not blind the control: it still reports and enforces
+                # (a revert that needs a quarantine copy then fails and says why).
+                log.warning("%s: cannot keep the last good copy: %s", control.name, exc.strerror or exc)
 
     @staticmethod
     def _enforceable(control: Control, f: Finding) -> bool:
@@ -389,7 +393,8 @@ class Engine:
         return self._netns_refusal
 
     def _remediate(self, lane: Lane, control: Control, ctx: Context, observed: object, findings: list[Finding],
-                   summarized: set[tuple[str, str]]) -> None:
+                   summarized: set[tuple[str, str]]) -> bool:
+        """Revert, verify, report; True when the host was changed."""
         started = time.monotonic()
         try:
             outcomes = control.remediate_many(ctx, findings, observed)
@@ -399,11 +404,14 @@ class Engine:
                 # Someone else's write landed between our read and our rename: not a failure of
                 # ours, and their write wakes us again (a retry timer too, in case it does not).
                 lane.wake_at(control.name, time.monotonic() + RACE_RETRY_S)
-                return
+                return False
             outcomes = [Outcome(False, False, str(exc.strerror or exc)) for _ in findings]
         except Exception as exc:
             log.exception("%s: remediation failed", control.name)
             outcomes = [Outcome(False, False, f"{type(exc).__name__}: {exc}") for _ in findings]
+        changed = any(o.changed for o in outcomes)
+        if changed:
+            lane.reverted = True  # its inotify echo is looked at without the coalescing wait
         # Verify against the host, not against what we think we did.
         after = {finding_key(f): f for f in evaluate_control(control, self._context(ctx.policy)).findings}
         took_ms = round((time.monotonic() - started) * 1000, 3)
@@ -464,6 +472,7 @@ class Engine:
                      f"something is fighting nodeguard; {tail}",
                 extra={"nodeguard.backoff_seconds": report.backoff, "nodeguard.flap_level": report.level,
                        "nodeguard.flap_count": report.count}))
+        return changed
 
     # -- events ------------------------------------------------------------------------------
 
@@ -577,11 +586,19 @@ class Engine:
     # -- watchers ----------------------------------------------------------------------------
 
     def _watch_map(self, policy: Policy) -> dict[Path, set[str]]:
+        return self._watch_plan(policy)[0]
+
+    def _watch_plan(self, policy: Policy) -> tuple[dict[Path, set[str]], NameFilters]:
+        """Folders to watch -> the targets they wake, and the entry names some targets are limited to
+        (a control's optional `watch_names`: the docker group needs 3 of /etc's many files)."""
         ctx = self._context(policy)
         folders: dict[Path, set[str]] = {}
+        only: NameFilters = {}
         for control in self.controls:
             try:
                 paths = control.watch_paths(ctx)
+                names_of = getattr(control, "watch_names", None)
+                names: dict[str, frozenset[str]] = names_of(ctx) if names_of is not None else {}
             except (OSError, HostPathError) as exc:
                 log.warning("%s: cannot compute its watches: %s", control.name, exc)
                 continue
@@ -592,11 +609,13 @@ class Engine:
                     log.warning("%s: cannot watch %s: %s", control.name, host_path, exc)
                     continue
                 folders.setdefault(real, set()).add(control.name)
+                if host_path in names:
+                    only.setdefault(real, {})[control.name] = names[host_path]
         if self.options.policy_path is not None:
             # The folder, for ConfigMap updates: kubelet swaps a `..data` symlink atomically.
             folders.setdefault(self.options.policy_path.resolve().parent, set()).add(POLICY_TARGET)
             folders.setdefault(self.options.policy_path.absolute().parent, set()).add(POLICY_TARGET)
-        return folders
+        return folders, only
 
     def _build_watchers(self, policy: Policy) -> list[Watcher]:
         if self._static_watchers is not None:
@@ -609,8 +628,8 @@ class Engine:
             log.exception("cannot build the watchers; the periodic resync covers what they would see")
             return []
 
-    def _start_watchers(self, watch_map: dict[Path, set[str]]) -> None:
-        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND)
+    def _start_watchers(self, watch_map: dict[Path, set[str]], only: NameFilters) -> None:
+        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND, only)
         self._folder_watcher.start(self.trigger)
         self._watchers = self._build_watchers(self.policy)
         self._start_each(self._watchers)
@@ -626,7 +645,8 @@ class Engine:
         """Every watcher from the new policy: folders, the Docker events stream, the firewall monitor.
         The new folder watches start before the old stop, and a resync follows: nothing falls between."""
         old_folder = self._folder_watcher
-        self._folder_watcher = FolderWatcher(self._watch_map(self.policy), ATTRIB_BLIND)
+        watch_map, only = self._watch_plan(self.policy)
+        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND, only)
         self._folder_watcher.start(self.trigger)
         if old_folder is not None:
             old_folder.stop()

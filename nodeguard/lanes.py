@@ -44,6 +44,11 @@ class Lane:
         self._timers: list[tuple[float, str]] = []
         self._timer_set: set[tuple[float, str]] = set()
         self._last_pass_end = 0.0
+        # Set by the engine when a pass changed the host (a revert). Our own write wakes the lane
+        # again (its inotify echo): that one look runs at once instead of waiting out coalesceMs,
+        # so it is over before the next drift comes and that drift is met on the leading edge.
+        self.reverted = False
+        self._echo_pass = False
         self.thread = threading.Thread(target=self._run, name=f"nodeguard-lane-{name}", daemon=True)
 
     def trigger(self, target: str, reason: str) -> None:
@@ -74,6 +79,7 @@ class Lane:
         except Exception:
             log.exception("lane %s: start-up pass failed", self.name)
         self._last_pass_end = time.monotonic()  # the start-up pass counts for coalescing too
+        self._echo_pass, self.reverted = self.reverted, False
         next_resync = time.monotonic() + eng.policy.spec.agent.resync_seconds
         while not eng.stopping.is_set():
             with self._cv:
@@ -87,9 +93,11 @@ class Lane:
             # write+rename, usermod's four files, a storm) costs one pass per window.
             coalesce = eng.policy.spec.agent.coalesce_ms / 1000
             since_last = time.monotonic() - self._last_pass_end
+            # Only one such pass in a row: a tool rewriting the file in a loop is coalesced as before.
+            echo, self._echo_pass = self._echo_pass, False
             if self._pending and self.name == SLOW_LANE:
                 eng.stopping.wait(max(SLOW_LANE_SETTLE_S, coalesce - since_last))
-            elif self._pending and since_last < coalesce:
+            elif self._pending and since_last < coalesce and not echo:
                 eng.stopping.wait(coalesce - since_last)
             now = time.monotonic()
             with self._cv:
@@ -112,6 +120,7 @@ class Lane:
             except Exception:  # one broken pass must not end the lane
                 log.exception("lane %s: pass failed", self.name)
             self._last_pass_end = time.monotonic()
+            self._echo_pass, self.reverted = self.reverted and not echo, False
 
 
 class Committer:

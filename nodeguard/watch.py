@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,16 @@ _KINDS = ((IN_CREATE, "created"), (IN_DELETE, "deleted"), (IN_MOVED_FROM, "moved
           (IN_CLOSE_WRITE, "closed"), (IN_MODIFY, "modified"), (IN_ATTRIB, "attrib"),
           (IN_DELETE_SELF, "deleted"), (IN_MOVE_SELF, "moved"))
 
+# Names that never carry what a control reads: shadow-utils' locks (`/etc/.pwd.lock`, `group.lock`,
+# and `group.<pid>`, the file a lock is linked from) and nodeguard's own temporary files (a safe
+# write's `.<name>.nodeguard-<pid>.tmp`). Every step of a group revert (or of usermod's) makes
+# several of them in /etc: each would wake every lane that watches /etc in the middle of that
+# revert. The change they lead up to is a rename of the real file, which wakes whom it concerns.
+NOISE = re.compile(rb"\.pwd\.lock|(?:passwd|shadow|group|gshadow|subuid|subgid)\.(?:lock|\d+)|\..+\.nodeguard-\d+\.tmp")
+
+# folder -> target -> the only entry names in that folder that concern the target (absent: any)
+NameFilters = dict[Path, dict[str, frozenset[str]]]
+
 
 class Watcher(Protocol):
     """Anything that can wake the engine: inotify here, netlink or the Docker events stream elsewhere."""
@@ -61,18 +72,47 @@ def kind_of(mask: int) -> str:
     return next((name for bit, name in _KINDS if mask & bit), "changed")
 
 
+class _Watch:
+    """What one watched folder wakes: targets, those an IN_ATTRIB alone wakes, and the names some of
+    them are limited to (an event naming no entry, on the folder itself, wakes them all)."""
+
+    __slots__ = ("attrib_targets", "folder", "only", "targets")
+
+    def __init__(self, folder: str, targets: tuple[str, ...], attrib_targets: tuple[str, ...],
+                 only: dict[str, frozenset[bytes]]) -> None:
+        self.folder = folder
+        self.targets = targets
+        self.attrib_targets = attrib_targets
+        self.only = only
+
+
+def _merge_limits(a: tuple[str, ...], a_only: dict[str, frozenset[bytes]], b: tuple[str, ...],
+                  b_only: dict[str, frozenset[bytes]]) -> dict[str, frozenset[bytes]]:
+    """The name limits of two target sets on one watch: unlimited on either side wins, else the union."""
+    out: dict[str, frozenset[bytes]] = {}
+    for target in {*a, *b}:
+        sides = [only.get(target) for targets, only in ((a, a_only), (b, b_only)) if target in targets]
+        if all(limit is not None for limit in sides):
+            out[target] = frozenset().union(*(limit for limit in sides if limit is not None))
+    return out
+
+
 class FolderWatcher:
     """Watches real folders; `folders` maps a real folder to the targets it wakes. Targets in
-    `attrib_blind` are not woken by a mode/owner/ACL change (IN_ATTRIB) alone."""
+    `attrib_blind` are not woken by a mode/owner/ACL change (IN_ATTRIB) alone. `only` limits a
+    target to some entry names of a folder (the docker group reads three files of the busy /etc).
+    A folder that does not exist yet wakes its targets only when its own name appears in the
+    nearest parent that does."""
 
-    def __init__(self, folders: dict[Path, set[str]], attrib_blind: frozenset[str] = frozenset()) -> None:
+    def __init__(self, folders: dict[Path, set[str]], attrib_blind: frozenset[str] = frozenset(),
+                 only: NameFilters | None = None) -> None:
         self.folders = folders
         self.attrib_blind = attrib_blind
+        self.only = only or {}
         self.failed: dict[str, str] = {}
         self._inotify: InotifyFD | None = None
         self._trigger: Trigger | None = None
-        # wd -> (folder, targets, targets an IN_ATTRIB alone wakes)
-        self._watches: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+        self._watches: dict[int, _Watch] = {}
 
     def start(self, trigger: Trigger) -> None:
         try:
@@ -86,12 +126,28 @@ class FolderWatcher:
         inotify.name = "nodeguard-inotify"
         self._trigger = trigger
         merged: dict[Path, set[str]] = {}
+        # target -> names it is limited to in that folder; None: any name (wins over any limit)
+        limits: dict[Path, dict[str, set[bytes] | None]] = {}
         for folder, targets in self.folders.items():
             # A folder that does not exist yet (no /etc/docker before Docker is installed): watch its
             # nearest parent, so its creation wakes the controls; the resync covers the rest.
-            merged.setdefault(nearest_existing(folder), set()).update(targets)
+            real = nearest_existing(folder)
+            merged.setdefault(real, set()).update(targets)
+            wanted = self.only.get(folder, {})
+            for target in targets:
+                if real != folder:
+                    names: set[bytes] | None = {os.fsencode(folder.relative_to(real).parts[0])}
+                else:
+                    names = {os.fsencode(n) for n in wanted[target]} if target in wanted else None
+                per_folder = limits.setdefault(real, {})
+                if target not in per_folder:
+                    per_folder[target] = names
+                else:
+                    prev = per_folder[target]
+                    per_folder[target] = None if prev is None or names is None else prev | names
         for folder, targets in sorted(merged.items()):
             ordered = tuple(sorted(targets))
+            only = {t: frozenset(n) for t, n in limits.get(folder, {}).items() if n is not None}
             try:
                 wd = inotify.add_callback(os.fsencode(folder), Mask(CHANGE_MASK), self, CallbackId(0))
             except OSError as exc:
@@ -102,8 +158,10 @@ class FolderWatcher:
                 continue
             entry = self._watches.get(wd)
             if entry is not None:  # two paths of one folder (a symlink): one watch, both target sets
-                ordered = tuple(sorted({*entry[1], *ordered}))
-            self._watches[wd] = (str(folder), ordered, tuple(t for t in ordered if t not in self.attrib_blind))
+                only = _merge_limits(entry.targets, entry.only, ordered, only)
+                ordered = tuple(sorted({*entry.targets, *ordered}))
+            self._watches[wd] = _Watch(str(folder), ordered, tuple(t for t in ordered if t not in self.attrib_blind),
+                                       only)
         self._inotify = inotify
         inotify.start()
 
@@ -132,17 +190,21 @@ class FolderWatcher:
             return  # our own stop() removes every watch
         # The folder itself went away (deleted, unmounted): its controls look, the resync (and a
         # restart of the watches by a reload) covers the rest.
-        log.warning("inotify watch on %s ended", entry[0])
+        log.warning("inotify watch on %s ended", entry.folder)
         self._dispatch(wd, IN_DELETE_SELF, b"")
 
     def _dispatch(self, wd: int, mask: int, name: bytes) -> None:
         entry = self._watches.get(wd)
         if entry is None or self._trigger is None:
             return
-        folder, targets, attrib_targets = entry
-        chosen = attrib_targets if mask & CHANGE_MASK == IN_ATTRIB else targets
+        if name and NOISE.fullmatch(name):
+            return
+        chosen = entry.attrib_targets if mask & CHANGE_MASK == IN_ATTRIB else entry.targets
+        if name and entry.only:
+            chosen = tuple(t for t in chosen if t not in entry.only or name in entry.only[t])
         if not chosen:
             return
+        folder = entry.folder
         reason = f"{kind_of(mask)} {folder}/{os.fsdecode(name)}" if name else f"{kind_of(mask)} {folder}"
         for target in chosen:
             self._trigger(target, reason)

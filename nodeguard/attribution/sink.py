@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import queue
 import threading
 import time
 from collections import deque
@@ -56,6 +55,7 @@ FIRST_LOOK_S = 0.015
 # work that would share the GIL with the next revert of a burst. Past half of waitMs it looks anyway.
 QUIET_S = 0.03
 QUEUE_MAX = 1024
+SYNC_FALLBACK_S = 1.0
 # A fight (a tool rewriting the file many times a second) must not double the event stream: past
 # this many attributions per finding per minute, only flapping events are attributed.
 PER_FINDING_PER_MINUTE = 60
@@ -148,7 +148,12 @@ class AttributionSink:
         self.settings = settings
         self.stats = _Stats()
         self._exclude = own_pids()
-        self._queue: queue.Queue[Pending | None] = queue.Queue(maxsize=QUEUE_MAX)
+        # Drifts waiting for the worker (None: stop), guarded by _lock. Appending does not wake the
+        # worker by itself: with the engine's group commit on, the wake-up is sync(), after the pass,
+        # so the worker never takes the interpreter from a lane in the middle of a revert.
+        self._queue: deque[Pending | None] = deque()
+        self._wake = threading.Event()
+        self._wake_on_emit = True
         self._lock = threading.Lock()
         self._episode: dict[tuple[str, ...], int] = {}
         self._recent: dict[tuple[str, ...], deque[float]] = {}
@@ -172,23 +177,35 @@ class AttributionSink:
         self._last_drift = time.monotonic()
         try:
             with self._lock:  # the fast and the slow lane may both emit
-                self._enqueue(event)
+                queued = self._enqueue(event)
         except Exception:  # attribution must never cost the engine an event
             log.exception("attribution: cannot queue %s", event.name)
+            return
+        # (A pass emitting hundreds of drifts wakes it at half the queue, so none is dropped.)
+        if queued and (self._wake_on_emit or len(self._queue) >= QUEUE_MAX // 2):
+            self._wake.set()
 
     # The engine's group commit (one fsync per pass) goes through to the sink that spools.
     def enable_group_commit(self) -> None:
         model.enable_group_commit(self.inner)
+        # The engine calls sync() once per pass, on its committer thread: the worker is woken
+        # there, after the revert, never by the lane's emit (its first look waits FIRST_LOOK_S anyway).
+        self._wake_on_emit = False
 
     def sync(self) -> None:
-        model.sync(self.inner)
+        try:
+            model.sync(self.inner)
+        finally:
+            if self._queue:
+                self._wake.set()
 
     def _key(self, event: Event) -> tuple[str, ...]:
         a = event.attributes
         return (str(a.get("nodeguard.control", "")), str(a.get("nodeguard.rule", "")),
                 str(a.get("nodeguard.subject", "")))
 
-    def _enqueue(self, event: Event) -> None:
+    def _enqueue(self, event: Event) -> bool:
+        """Caller holds _lock. True when a drift was queued for the worker."""
         key = self._key(event)
         now = time.monotonic()
         if event.name is EventName.DRIFT_DETECTED or key not in self._episode:
@@ -200,7 +217,7 @@ class AttributionSink:
             recent.popleft()
         if event.name is not EventName.DRIFT_FLAPPING and len(recent) >= self.settings.per_finding_per_minute:
             self.stats.skipped += 1
-            return
+            return False
         recent.append(now)
         if len(self._recent) > MAX_EPISODES:
             self._recent.pop(next(iter(self._recent)))
@@ -208,16 +225,19 @@ class AttributionSink:
         item = Pending(event.id, event.name.value, {k: event.attributes[k] for k in IDENTITY if k in event.attributes},
                        str(path) if path else None, self._episode[key], now,
                        now + self.settings.wait_ms / 1000)
-        try:
-            self._queue.put_nowait(item)
-            self.stats.queued += 1
-        except queue.Full:
+        if len(self._queue) >= QUEUE_MAX:
             self.stats.dropped += 1
             log.warning("attribution queue full: %s of %s goes unattributed", event.name.value, key)
+            return False
+        self._queue.append(item)
+        self.stats.queued += 1
+        return True
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish what is queued (each within its wait), then stop the worker."""
-        self._queue.put(None)
+        with self._lock:
+            self._queue.append(None)
+        self._wake.set()
         self._thread.join(timeout if timeout is not None else self.settings.wait_ms / 1000 + 5)
 
     def close(self) -> None:
@@ -230,16 +250,18 @@ class AttributionSink:
         pending: list[Pending] = []
         stopping = False
         while not (stopping and not pending):
-            try:
-                item = self._queue.get(timeout=POLL_S if pending else None)
-                while True:
-                    if item is None:
-                        stopping = True
-                    else:
-                        pending.append(item)
-                    item = self._queue.get_nowait()
-            except queue.Empty:
-                pass
+            # Woken by sync() under group commit; SYNC_FALLBACK_S is a safety net, should no
+            # pass ever follow (a drift emitted outside the engine's passes).
+            self._wake.wait(POLL_S if pending else None if self._wake_on_emit else SYNC_FALLBACK_S)
+            self._wake.clear()
+            with self._lock:
+                taken = list(self._queue)
+                self._queue.clear()
+            for item in taken:
+                if item is None:
+                    stopping = True
+                else:
+                    pending.append(item)
             now = time.monotonic()
             due = [p for p in pending if now >= p.seen_mono + FIRST_LOOK_S]
             quiet = now - self._last_drift >= QUIET_S

@@ -6,11 +6,15 @@ read from `system.posix_acl_access` itself, never inferred from the mode.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from nodeguard.accounts import AccountDB
 from nodeguard.controls.base import Context, Control, Outcome
-from nodeguard.host import FileStat
+from nodeguard.host import FileStat, HostRoot, file_kind
 from nodeguard.policy import Policy, SocketPolicy, file_mode_bits
 
 # Re-exported: the ACL format used to live here.
@@ -39,6 +43,29 @@ def acl_entry_allowed(entry: AclEntry, allowed_acl: list[str], uid_names: dict[i
     return False
 
 
+def _account_files_key(host: HostRoot) -> tuple[object, ...] | None:
+    """What identifies /etc/passwd, /etc/group and /etc/gshadow under the root right now, by lstat
+    alone; None when one of them, or /etc, is not a plain file (folder): then no shortcut."""
+    root = str(host.root).rstrip("/")
+    try:
+        etc = os.lstat(f"{root}/etc")
+        if not stat.S_ISDIR(etc.st_mode):
+            return None
+        key: list[object] = [root, etc.st_dev, etc.st_ino]
+        for name in ("passwd", "group", "gshadow"):
+            try:
+                st = os.lstat(f"{root}/etc/{name}")
+            except FileNotFoundError:
+                key.append(None)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            key.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    except OSError:
+        return None
+    return tuple(key)
+
+
 @dataclass
 class SocketObservation:
     path: str
@@ -61,6 +88,9 @@ class SocketControl(Control):
              True),
     )
 
+    _names_of: tuple[AccountDB, dict[int, str], dict[int, str]] | None = None
+    _accounts_of: tuple[tuple[object, ...], AccountDB] | None = None
+
     def _settings(self, policy: Policy) -> SocketPolicy:
         s = self.settings(policy)
         assert isinstance(s, SocketPolicy)
@@ -72,21 +102,84 @@ class SocketControl(Control):
 
     def observe(self, ctx: Context) -> SocketObservation:
         s = self._settings(ctx.policy)
-        st = ctx.host.stat(s.path)
+        st, blob, acl_error = self._stat_and_acl(ctx, s.path)
         acl: list[AclEntry] | None = None
-        acl_error = None
-        if st is not None:
+        if st is not None and acl_error is None:
             try:
-                blob = ctx.host.getxattr(s.path, ACL_XATTR)
                 acl = parse_acl(blob) if blob else []
-            except (OSError, ValueError) as exc:
+            except ValueError as exc:
                 acl_error = str(exc)
-        acc = ctx.accounts
+        acc = self._accounts(ctx)
+        uid_names, gid_names = self._names(acc)
         # dockerd's -G flag or `group` key decides the socket's group; the policy names the one
         # it must be, resolved on the host.
-        return SocketObservation(
-            s.path, st, acl, acl_error, acc.uid_of(s.owner), acc.gid_of(s.group),
-            {u.uid: u.name for u in acc.users.values()}, {g.gid: g.name for g in acc.groups.values()})
+        return SocketObservation(s.path, st, acl, acl_error, acc.uid_of(s.owner), acc.gid_of(s.group),
+                                 uid_names, gid_names)
+
+    def _accounts(self, ctx: Context) -> AccountDB:
+        """ctx.accounts, without its path walk on every drift when the files have not changed: four
+        lstat()s say so. Only plain files in a plain /etc take this path (a symlink among them: the
+        context's own check, every time). The key is taken before the files are read, so a change
+        racing the read makes the next look read them again."""
+        key = _account_files_key(ctx.host)
+        cached = self._accounts_of
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        acc = ctx.accounts
+        if key is not None:
+            self._accounts_of = (key, acc)
+        return acc
+
+    def _names(self, acc: AccountDB) -> tuple[dict[int, str], dict[int, str]]:
+        """id -> name of every user and group, built once per parse of the account files (the
+        context hands out the same AccountDB until one of them changes), not on every look."""
+        cached = self._names_of
+        if cached is not None and cached[0] is acc:
+            return cached[1], cached[2]
+        uid_names = {u.uid: u.name for u in acc.users.values()}
+        gid_names = {g.gid: g.name for g in acc.groups.values()}
+        self._names_of = (acc, uid_names, gid_names)  # one assignment: safe for a reader on another lane
+        return uid_names, gid_names
+
+    @staticmethod
+    def _stat_and_acl(ctx: Context, path: str) -> tuple[FileStat | None, bytes | None, str | None]:
+        """(stat, ACL xattr, why the ACL is unreadable) of the socket, in one walk of its path.
+
+        The socket's lane runs this first on every drift: one descriptor-relative walk, then fstat
+        and getxattr on the very inode, instead of a walk each (every system call is a moment a
+        busy thread can take the interpreter from the revert). A final symlink keeps the general
+        path: stat follows it, the ACL of a symlink is none.
+        """
+        host = ctx.host
+        try:
+            with host.open_parent(path, follow_last=False) as (dfd, name):
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            return host.stat(path), None, None  # (a missing folder on the way: the general answer)
+        try:
+            raw = os.fstat(fd)
+            if stat.S_ISLNK(raw.st_mode):
+                return SocketControl._stat_and_acl_by_name(ctx, path)
+            st = FileStat(path, raw.st_uid, raw.st_gid, stat.S_IMODE(raw.st_mode), file_kind(raw.st_mode),
+                          raw.st_size, raw.st_dev, raw.st_ino)
+            try:
+                return st, os.getxattr(f"/proc/self/fd/{fd}", ACL_XATTR), None
+            except OSError as exc:
+                if exc.errno in (errno.ENODATA, errno.ENOENT, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    return st, None, None
+                return st, None, str(exc)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _stat_and_acl_by_name(ctx: Context, path: str) -> tuple[FileStat | None, bytes | None, str | None]:
+        st = ctx.host.stat(path)
+        if st is None:
+            return None, None, None
+        try:
+            return st, ctx.host.getxattr(path, ACL_XATTR), None
+        except OSError as exc:
+            return st, None, str(exc)
 
     def _bad_acl(self, obs: SocketObservation, s: SocketPolicy) -> list[str]:
         return [e.render(obs.uid_names if e.tag == "user" else obs.gid_names) for e in obs.acl or []
