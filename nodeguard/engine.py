@@ -57,6 +57,7 @@ from nodeguard.reconcile import (
     Bounded,
     FlapReport,
     FlapTracker,
+    RetryNow,
     RetryTracker,
     Transition,
     bound_events,
@@ -184,6 +185,9 @@ class Engine:
             for lane in self.lanes:
                 lane.trigger(target, reason)
             return
+        if isinstance(reason, RetryNow):
+            with self._decisions_lock:
+                self.retries.release(target)
         self._lane_of.get(target, self.lanes[-1]).trigger(target, reason)
 
     def stop(self) -> None:

@@ -168,6 +168,14 @@ class FlapTracker:
         self._flaps.pop(key, None)
 
 
+class RetryNow(str):
+    """A trigger's reason that also says the obstacle to a failed revert is gone (the owner of
+    nodeguard's nf_tables table exited): the control's waiting retries are cut short, not left to
+    their timers. Only a watcher that knows the event is not the agent's own write may say it."""
+
+    __slots__ = ()
+
+
 class RetryTracker:
     """Failed reverts, retried on a back-off timer: neither inotify (our own writes) nor a fight."""
 
@@ -190,6 +198,15 @@ class RetryTracker:
     def due_at(self, key: str) -> float:
         """When the failed revert of `key` is to be tried again (0.0: none waiting)."""
         return self._due.get(key, (0, 0.0))[1]
+
+    def release(self, control: str) -> list[str]:
+        """Every failed revert of `control` may be tried at once (their attempt counts stay, so a
+        renewed failure is not reported as a new streak); returns the keys released."""
+        prefix = control + "/"
+        keys = [k for k in self._due if k.startswith(prefix)]
+        for key in keys:
+            self._due[key] = (self._due[key][0], 0.0)
+        return keys
 
     def attempts(self, key: str) -> int:
         return self._due.get(key, (0, 0.0))[0]

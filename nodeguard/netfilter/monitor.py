@@ -34,6 +34,7 @@ from nodeguard.netfilter import nftnl
 from nodeguard.netfilter.backend import Backend, is_own_child
 from nodeguard.netfilter.nft import NftablesBackend
 from nodeguard.policy import Policy
+from nodeguard.reconcile import RetryNow
 from nodeguard.structs import Mode
 
 log = logging.getLogger(__name__)
@@ -194,11 +195,13 @@ class NftablesWatcher(_ThreadWatcher):
             gone = [owner.pidfds.pop(fd) for fd in ready if fd in owner.pidfds]
             for fd in [fd for fd in ready if fd not in fds[:2]]:
                 os.close(fd)  # an exited process's pidfd stays readable: never select it again
+            # The owner's exit is not our write: the reverts it refused are retried at once.
             if gone:
                 owner.refresh()
-                trigger(self.control, f"the owner of nodeguard's table exited (pid {', '.join(map(str, gone))})")
+                trigger(self.control, RetryNow(
+                    f"the owner of nodeguard's table exited (pid {', '.join(map(str, gone))})"))
             elif not ready and owner.owner_changed():
-                trigger(self.control, "the owner of nodeguard's table changed")
+                trigger(self.control, RetryNow("the owner of nodeguard's table changed"))
             if sock.fileno() not in ready:
                 continue
             try:

@@ -133,3 +133,17 @@ def test_n_or_fewer_findings_are_all_shown() -> None:
     members = [member(f"u{i}") for i in range(100)]
     shown, over = bound_events(members, 100)
     assert shown == members and over == []
+
+
+def test_a_released_control_retries_at_once_and_keeps_its_streak() -> None:
+    r = RetryTracker(Backoff(0.1, 5.0))
+    for _ in range(5):
+        r.failed("firewall/port-restricted/2375", 10.0)
+    r.failed("socket/socket-mode/", 10.0)
+    assert r.waiting("firewall/port-restricted/2375", 10.01)
+    assert r.release("firewall") == ["firewall/port-restricted/2375"]
+    assert not r.waiting("firewall/port-restricted/2375", 10.01)
+    assert r.waiting("socket/socket-mode/", 10.01)  # another control's timer stands
+    # Failing again is the same streak (one revert_failed event per streak), with its back-off.
+    attempts, due = r.failed("firewall/port-restricted/2375", 10.01)
+    assert attempts == 6 and due > 10.01
