@@ -11,18 +11,21 @@ import difflib
 import json
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nodeguard import gojson
 from nodeguard.controls.base import Context, Outcome
-from nodeguard.controls.daemon_config import DELETE, RELOADABLE_KEYS, DaemonConfigObservation
+from nodeguard.daemon_settings import RELOADABLE_KEYS, DaemonConfigObservation
 from nodeguard.dockerd import dockerd_argv
 from nodeguard.gojson import Member
 from nodeguard.structs import Finding
 
 if TYPE_CHECKING:
     from nodeguard.state import StateStore
+
+DELETE = object()  # a patch value meaning "remove this key"
+
 
 def top_level_members(text: str) -> tuple[list[Member], int, int] | None:
     """The object's members with their spans, and the positions of its braces; None if not an object.
@@ -167,9 +170,12 @@ def reload_daemon(ctx: Context, changed_keys: set[str]) -> tuple[bool, str]:
     return False, f"SIGHUP sent to dockerd (pid {daemon.pid})"
 
 
-def remediate_config(ctx: Context, findings: Sequence[Finding], obs: DaemonConfigObservation) -> list[Outcome]:
-    """Put daemon.json back to policy in one write: quarantine, patch, atomic replace, reload."""
-    from nodeguard.controls.daemon_config import DaemonConfigControl
+def remediate_config(ctx: Context, findings: Sequence[Finding], obs: DaemonConfigObservation,
+                     patch_for: Callable[[str], dict[str, Any]]) -> list[Outcome]:
+    """Put daemon.json back to policy in one write: quarantine, patch, atomic replace, reload.
+
+    `patch_for(rule_id)`: the keys that put that rule back ({} when the file cannot fix it); the
+    daemon-config control's knowledge, passed in so this editor never builds a control."""
     from nodeguard.state import StateStore
 
     store = StateStore(ctx.state_dir) if ctx.state_dir is not None else None
@@ -186,11 +192,10 @@ def remediate_config(ctx: Context, findings: Sequence[Finding], obs: DaemonConfi
         changed_keys: set[str] = set()  # dockerd ignored the broken file: its running config is the good one
         per_finding = {f.rule: bool(f.rule == "valid-json") for f in findings}
     else:
-        control = DaemonConfigControl()
         patch: dict[str, Any] = {}
         per_finding = {}
         for f in findings:
-            p = control.patch_for(f.rule, obs, ctx.policy)
+            p = patch_for(f.rule)
             per_finding[f.rule] = bool(p)
             patch.update(p)
         if not patch:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from nodeguard.controls.base import Context, Control, Outcome
+from nodeguard.daemon_json import DELETE
 from nodeguard.daemon_settings import (
     RELOADABLE_KEYS,
     DaemonConfigObservation,
@@ -40,7 +41,6 @@ __all__ = ["DELETE", "RELOADABLE_KEYS", "DaemonConfigControl", "DaemonConfigObse
 ROTATING_LOG_DRIVERS = ("json-file", "local")
 # CIS 2.13: these drivers keep logs on the node only (or nowhere); anything else ships them.
 LOCAL_LOG_DRIVERS = frozenset({"json-file", "local", "none"})
-DELETE = object()  # a patch value meaning "remove this key"
 
 
 class DaemonConfigControl(Control):
@@ -263,7 +263,8 @@ class DaemonConfigControl(Control):
         from nodeguard.daemon_json import remediate_config
 
         try:
-            return remediate_config(ctx, findings, observed)
+            return remediate_config(ctx, findings, observed,
+                                    lambda rule_id: self.patch_for(rule_id, observed, ctx.policy))
         finally:
             # Whatever was written, the rest of the pass reads daemon.json again.
             ctx.observed.forget(Surface.DAEMON_CONFIG)
