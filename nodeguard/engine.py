@@ -436,7 +436,8 @@ class Engine:
                     flapping.append((f, report))
                     if report.backoff:
                         lane.wake_at(f.control, now + report.backoff)
-                reverted.append((f, details, f"reverted: {outcome.message}"))
+                # (Past the first N only the finding is used: no event body for it.)
+                reverted.append((f, details, f"reverted: {outcome.message}" if nth <= limit else ""))
             else:
                 # Not a fight (nothing came back: we did not get through): retried on a timer.
                 why = outcome.message if not outcome.ok else f"{outcome.message}; still failing afterwards"
