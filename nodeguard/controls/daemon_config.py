@@ -115,7 +115,8 @@ def oddities(raw: bytes) -> list[str]:
     """What dockerd reads differently from a strict JSON reader, for the valid-json finding's details."""
     out = []
     try:
-        raw.decode("utf-8")
+        if not raw.isascii():  # (no decoded copy of a 50 MB file that is plain ASCII)
+            raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         out.append(f"bytes that are not UTF-8 (first at byte {exc.start}) are read as U+FFFD, as dockerd does")
     return out
@@ -250,6 +251,16 @@ class DaemonConfigControl(Control):
         return [self.config_path(ctx).rsplit("/", 1)[0] or "/"]
 
     def observe(self, ctx: Context) -> DaemonConfigObservation:
+        # One reading per pass: the context's (ctx.daemon_config, which other controls use) is this
+        # control's too. A 50 MB daemon.json is not held twice, once per reader.
+        shared = ctx.__dict__.get("daemon_config")
+        if isinstance(shared, DaemonConfigObservation):
+            return shared
+        obs = self._observe(ctx)
+        ctx.__dict__["daemon_config"] = obs  # where functools.cached_property keeps it
+        return obs
+
+    def _observe(self, ctx: Context) -> DaemonConfigObservation:
         path = self.config_path(ctx)
         obs = DaemonConfigObservation(path=path, stat=ctx.host.lstat(path))
         daemon = ctx.daemon
