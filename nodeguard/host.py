@@ -325,6 +325,24 @@ class HostRoot:
         finally:
             os.close(fd)
 
+    def holds(self, host_path: str, data: bytes, *, follow: bool = True) -> bool:
+        """Whether the regular file holds exactly `data`, compared a MiB at a time: no second copy of
+        a big file is made to learn that it did not change. False for anything else."""
+        with self._open_inode(host_path, follow_last=follow) as (pfd, st):
+            if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+                return False
+            fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            view = memoryview(data)
+            pos = 0
+            while chunk := os.read(fd, 1 << 20):
+                if view[pos:pos + len(chunk)] != chunk:
+                    return False
+                pos += len(chunk)
+            return pos == len(data)
+        finally:
+            os.close(fd)
+
     def read_text(self, host_path: str, *, limit: int = DEFAULT_READ_LIMIT) -> str:
         return self.read_bytes(host_path, limit=limit).decode("utf-8", errors="replace")
 
