@@ -364,6 +364,7 @@ class Engine:
         before = {key: prev.observed for key, prev in vanished if prev.status == Status.FAIL.value}
         self._emit_bounded(EventName.DRIFT_RESOLVED, "resolved", [self._vanished_finding(k) for k in before], limit,
                            extra_of=lambda f: {"nodeguard.previously_observed": before.get(finding_key(f))})
+        del fixing, seen, detected  # (100,000 keys of a bulk drift need not outlive the revert's own)
         if to_fix:
             self._remediate(lane, control, ctx, result.observed, to_fix, summarized)
 

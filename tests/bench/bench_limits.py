@@ -224,14 +224,17 @@ def commands() -> list[tuple[str, float, float, str]]:
     out.append(("floor: python + nodeguard's imports", float("nan"), usage.ru_maxrss / 1024, ""))
     if os.geteuid() != 0:
         return [*out, ("(agent cases need root: skipped)", float("nan"), float("nan"), "")]
-    for label, mode in (("check: docker group of 100,000 members", None),
+    for label, mode in (("run --mode observe: a small host (agent floor)", "small-run"),
+                        ("check: docker group of 100,000 members", None),
                         ("run --mode observe: group of 100,000", "observe"),
                         ("run --mode enforce: group of 100,000", "enforce"),
                         ("check: daemon.json 50 MB", "json-check"),
                         ("run --mode observe: daemon.json 50 MB", "json-run")):
         root = Path(tempfile.mkdtemp(prefix="ng-bench-"))
         sb = make_sandbox(root / "host")
-        if mode in ("json-check", "json-run"):
+        if mode == "small-run":
+            sb.write("/etc/docker/daemon.json", "{}\n")
+        elif mode in ("json-check", "json-run"):
             sb.path("/etc/docker/daemon.json").write_bytes(big_daemon_json(50 * 1024 * 1024))
         else:
             sb.write("/etc/group", big_group(100_000))
@@ -245,8 +248,8 @@ def commands() -> list[tuple[str, float, float, str]]:
                 secs, peak, last = command_peak(["check", "--host-root", str(sb.root), "--format", "json"])
                 answer = ""
             else:
-                run_mode = "observe" if mode == "json-run" else mode
-                marker = "daemon-config" if mode == "json-run" else "member-allowed"
+                run_mode = "observe" if mode in ("json-run", "small-run") else mode
+                marker = "daemon-config" if mode in ("json-run", "small-run") else "member-allowed"
                 done = functools.partial(_agent_done, run_mode, sb.path("/etc/group"), state, marker)
                 netns = f"ngl-{os.urandom(3).hex()}"
                 subprocess.run(["ip", "netns", "add", netns], check=True)
