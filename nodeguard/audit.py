@@ -47,21 +47,28 @@ class AuditReport:
     def findings(self) -> list[Finding]:
         return [f for r in self.results for f in r.findings]
 
+    def iter_findings(self) -> Iterable[Finding]:
+        """The findings in report order, without building a list of them."""
+        for r in self.results:
+            yield from r.findings
+
     def summary(self) -> dict[str, int]:
         counts = {s.value: 0 for s in Status}
-        for f in self.findings:
+        total = 0
+        for f in self.iter_findings():
             counts[f.status.value] += 1
-        counts["total"] = len(self.findings)
+            total += 1
+        counts["total"] = total
         return counts
 
     @property
     def failed(self) -> bool:
-        return any(f.status is Status.FAIL for f in self.findings)
+        return any(f.status is Status.FAIL for f in self.iter_findings())
 
     def failed_at(self, threshold: Severity) -> bool:
         """A failing finding of `threshold` severity or above (info counts as below low)."""
         rank = severity_rank(threshold)
-        return any(f.status is Status.FAIL and severity_rank(f.severity) >= rank for f in self.findings)
+        return any(f.status is Status.FAIL and severity_rank(f.severity) >= rank for f in self.iter_findings())
 
 
 _ORDER = (Severity.INFO, Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL)
@@ -72,13 +79,21 @@ def severity_rank(severity: Severity) -> int:
 
 
 def apply_modes(control: Control, findings: Iterable[Finding], policy: Policy) -> list[Finding]:
-    """Stamp each finding with its rule's effective mode; a rule that is off becomes a skip."""
-    out = []
-    for f in findings:
-        mode = control.rule_mode(policy, f.rule)
+    """Stamp each finding with its rule's effective mode; a rule that is off becomes a skip.
+
+    A list is stamped in place (its old findings freed one by one, never two copies of 100,000
+    members at once), and a finding that already carries its mode is kept as it is."""
+    out = findings if isinstance(findings, list) else list(findings)
+    modes: dict[str, Mode] = {}
+    for i, f in enumerate(out):
+        mode = modes.get(f.rule)
+        if mode is None:
+            mode = modes[f.rule] = control.rule_mode(policy, f.rule)
         if mode is Mode.OFF:
-            f = dataclasses.replace(f, status=Status.SKIP, message=f"rule is off in the policy ({f.message})")
-        out.append(dataclasses.replace(f, mode=mode))
+            out[i] = dataclasses.replace(f, status=Status.SKIP, mode=mode,
+                                         message=f"rule is off in the policy ({f.message})")
+        elif f.mode is not mode:
+            out[i] = dataclasses.replace(f, mode=mode)
     return out
 
 

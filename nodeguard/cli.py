@@ -21,6 +21,8 @@ from nodeguard.events import options as ev_opts
 from nodeguard.exit_codes import ExitCode
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from typer._click import Command, Context  # typer vendors click; its group API takes these
 
     from nodeguard.host import HostRoot
@@ -142,13 +144,13 @@ def _rules_or_exit(flag: str, values: list[str] | None) -> set[tuple[str, str]] 
     return found
 
 
-def write_output(path: Path, text: str) -> None:
+def write_output(path: Path, text: str | Iterable[str]) -> None:
     """Write the whole report or nothing: a temporary file in the same folder, fsynced, renamed over."""
     folder = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+            out.writelines([text] if isinstance(text, str) else text)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)
@@ -232,9 +234,9 @@ def check(
     raise typer.Exit(ExitCode.FAILED if failing else ExitCode.OK)
 
 
-def _emit(output: Path | None, text: str) -> None:
+def _emit(output: Path | None, text: str | Iterable[str]) -> None:
     if output is None:
-        sys.stdout.write(text)
+        sys.stdout.writelines([text] if isinstance(text, str) else text)
         return
     try:
         write_output(output, text)
@@ -244,13 +246,14 @@ def _emit(output: Path | None, text: str) -> None:
 
 
 def _render(report: Any, info: Any, fmt: OutputFormat, host_attrs: dict[str, str], extra: dict[str, Any], *,
-            show_passed: bool, verbose: bool, remediation: bool) -> str:
+            show_passed: bool, verbose: bool, remediation: bool) -> str | Iterable[str]:
     import json
 
     from nodeguard import report as rep
 
     if fmt is OutputFormat.json:
-        return json.dumps(rep.to_json(report, info, extra), indent=2, default=str) + "\n"
+        # In pieces: a 100,000-member group's report is never one string (nor one dict) in memory.
+        return rep.iter_json(report, info, extra)
     if fmt is OutputFormat.sarif:
         return json.dumps(rep.to_sarif(report, info), indent=2, default=str) + "\n"
     if fmt is OutputFormat.junit:

@@ -8,6 +8,10 @@ file themselves.
 
 from __future__ import annotations
 
+import hashlib
+import re
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +92,21 @@ def parse_daemon_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """(object, None) or (None, why), reading the file as dockerd does (nodeguard.gojson): bytes that
     are not UTF-8 become U+FFFD, nesting up to dockerd's 10,000 levels, numbers of any length (out of
     float64 range is dockerd's own refusal), the last of duplicate keys. Never raises."""
-    text = raw.decode("utf-8", "surrogateescape")
-    if not text.strip(" \t\n\r"):
+    return _parse_text(raw.decode("utf-8", "surrogateescape"))
+
+
+_BLANK = re.compile(r"[ \t\n\r]*\Z")
+# A daemon.json larger than this is parsed without its bytes in memory, which are read again after
+# (and compared): its bytes, its text and its parsed values are never all held at once.
+REREAD_ABOVE = 1 << 20
+# The last big reading, for as long as some pass still holds it: a lane reading the same bytes
+# shares its parsed values instead of holding a second copy of a 50 MB file.
+_LAST: list[weakref.ref[DaemonConfigObservation] | None] = [None]
+_BIG_READ = threading.Lock()
+
+
+def _parse_text(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    if _BLANK.match(text):  # (no stripped copy of the whole text)
         # dockerd treats an empty file as no configuration.
         return {}, None
     try:
@@ -102,11 +119,43 @@ def parse_daemon_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     return limited, None
 
 
+def _read_into(host: HostRoot, obs: DaemonConfigObservation) -> None:
+    """obs.raw: daemon.json's bytes; obs.config/obs.error: what dockerd reads in them (parse_daemon_json)."""
+    path = obs.path
+    with _BIG_READ:  # one reader of a big file at a time: a second lane shares the first one's values
+        ref = _LAST[0]
+        last = ref() if ref is not None else None
+        if last is not None and last.path == path and last.raw is not None and len(last.raw) > REREAD_ABOVE \
+                and host.holds(path, last.raw, follow=False):
+            obs.raw, obs.config, obs.error = last.raw, last.config, last.error
+            return
+        raw = host.read_bytes(path, follow=False)
+        for _ in range(3):
+            if len(raw) <= REREAD_ABOVE:
+                break
+            digest = hashlib.sha256(raw).digest()
+            text = raw.decode("utf-8", "surrogateescape")
+            del raw
+            config, error = _parse_text(text)
+            del text
+            raw = host.read_bytes(path, follow=False)
+            if hashlib.sha256(raw).digest() == digest:
+                obs.raw, obs.config, obs.error = raw, config, error
+                _LAST[0] = weakref.ref(obs)
+                return
+            # Rewritten while it was parsed: what is there now is read.
+        obs.raw = raw
+        obs.config, obs.error = parse_daemon_json(raw)
+        if len(raw) > REREAD_ABOVE:
+            _LAST[0] = weakref.ref(obs)
+
+
 def oddities(raw: bytes) -> list[str]:
     """What dockerd reads differently from a strict JSON reader, for the valid-json finding's details."""
     out = []
     try:
-        raw.decode("utf-8")
+        if not raw.isascii():  # (no decoded copy of a 50 MB file that is plain ASCII)
+            raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         out.append(f"bytes that are not UTF-8 (first at byte {exc.start}) are read as U+FFFD, as dockerd does")
     return out
@@ -217,11 +266,11 @@ def read_daemon_config(host: HostRoot, path: str, daemon: DaemonProcess | None) 
         obs.flags = flags
     if obs.stat is not None:
         try:
-            obs.raw = host.read_bytes(path, follow=False)
+            _read_into(host, obs)
         except OSError as exc:
+            obs.raw = obs.config = None
             obs.error = f"cannot read: {exc.strerror or exc}"
             return obs
-        obs.config, obs.error = parse_daemon_json(obs.raw)
     if obs.error is None:
         _read_seccomp(host, obs)
     return obs

@@ -369,6 +369,7 @@ class Engine:
         before = {key: prev.observed for key, prev in vanished if prev.status == Status.FAIL.value}
         self._emit_bounded(EventName.DRIFT_RESOLVED, "resolved", [self._vanished_finding(k) for k in before], limit,
                            extra_of=lambda f: {"nodeguard.previously_observed": before.get(finding_key(f))})
+        del fixing, seen, detected  # (100,000 keys of a bulk drift need not outlive the revert's own)
         changed = self._remediate(lane, control, ctx, result.observed, to_fix, summarized) if to_fix else False
         if result.observed is not None and not changed:
             # After the revert, not before: keeping a copy is a safe write (an fsync), and a revert
@@ -454,7 +455,8 @@ class Engine:
                     flapping.append((f, report))
                     if report.backoff:
                         lane.wake_at(f.control, now + report.backoff)
-                reverted.append((f, details, f"reverted: {outcome.message}"))
+                # (Past the first N only the finding is used: no event body for it.)
+                reverted.append((f, details, f"reverted: {outcome.message}" if nth <= limit else ""))
             else:
                 # Not a fight (nothing came back: we did not get through): retried on a timer.
                 why = outcome.message if not outcome.ok else f"{outcome.message}; still failing afterwards"

@@ -172,7 +172,12 @@ def group_lines(text: str) -> tuple[list[GroupLine], list[int]]:
         # members come out the same, and the name getgrnam matches is the stripped one.
         shown = _listed(line, _ended(text, number, count))
         raw = parse_group_line(line, number, listed=False)
-        entry = parse_group_line(shown, number, listed=True) if shown is not None else raw
+        if shown is not None and shown == line and raw is not None:
+            # The same text read twice: getgrent's entry is initgroups' (the member names shared,
+            # not split again), but for the whole line it drops when a ':' is among the members.
+            entry = None if _content(line).count(":") > 3 else dataclasses.replace(raw, listed=True)
+        else:
+            entry = parse_group_line(shown, number, listed=True) if shown is not None else raw
         if entry is None and shown is not None:
             rejected.append(number)
         if entry is None:

@@ -10,6 +10,7 @@ import json
 import socket
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -70,17 +71,18 @@ def _check_cell(control: str, rule: str) -> str:
 
 # -- JSON -------------------------------------------------------------------------------------
 
-def to_json(report: AuditReport, info: RunInfo | str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON report; `info` may be just the host root (the host name is then this machine's)."""
+def _finding_doc(f: Finding) -> dict[str, Any]:
+    doc = f.to_json()
+    remediation = _remediation(f)
+    if remediation and f.status is Status.FAIL:
+        doc["remediation"] = remediation
+    return doc
+
+
+def _document(report: AuditReport, info: RunInfo | str, extra: dict[str, Any] | None,
+              findings: Any) -> dict[str, Any]:
     if isinstance(info, str):
         info = RunInfo(info, socket.gethostname())
-    findings = []
-    for f in report.findings:
-        doc = f.to_json()
-        remediation = _remediation(f)
-        if remediation and f.status is Status.FAIL:
-            doc["remediation"] = remediation
-        findings.append(doc)
     out: dict[str, Any] = {
         # Kept beside `metadata` for tools written against the first JSON shape.
         "version": __version__,
@@ -94,6 +96,35 @@ def to_json(report: AuditReport, info: RunInfo | str, extra: dict[str, Any] | No
     if extra:
         out.update(extra)
     return out
+
+
+def to_json(report: AuditReport, info: RunInfo | str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report; `info` may be just the host root (the host name is then this machine's)."""
+    return _document(report, info, extra, [_finding_doc(f) for f in report.findings])
+
+
+# Stands for the findings list in the document iter_json encodes, so the list is spliced in as text.
+_FINDINGS_SLOT = "\0nodeguard-findings\0"
+_JSON_INDENT = 2
+
+
+def iter_json(report: AuditReport, info: RunInfo | str, extra: dict[str, Any] | None = None) -> Iterator[str]:
+    """The text of `json.dumps(to_json(...), indent=2, default=str) + "\\n"`, in pieces, one finding at
+    a time: 100,000 findings are never one document in memory (nor the encoder's millions of chunks)."""
+    encoder = json.JSONEncoder(indent=_JSON_INDENT, default=str)
+    head, slot, tail = encoder.encode(_document(report, info, extra, _FINDINGS_SLOT)).partition(
+        encoder.encode(_FINDINGS_SLOT))
+    assert slot, "the findings slot is in the document"
+    yield head
+    # An indented finding is encoded on its own and shifted to the findings list's depth (level 2):
+    # a JSON string never holds a raw newline, so every "\\n" is a line break of the layout.
+    inner = "\n" + " " * (2 * _JSON_INDENT)
+    first = True
+    for f in report.iter_findings():
+        yield ("[" if first else ",") + inner + encoder.encode(_finding_doc(f)).replace("\n", inner)
+        first = False
+    yield "[]" if first else "\n" + " " * _JSON_INDENT + "]"
+    yield tail + "\n"
 
 
 # -- the table --------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ class Rule:
     enforceable: bool = False
 
 
-@dataclass(frozen=True)
+# slots: a 100,000-member group is 100,000 findings; without a __dict__ each is about half the size.
+@dataclass(frozen=True, slots=True)
 class Finding:
     """One rule's verdict about one subject (a file, a key, a user, a port) on this host."""
 

@@ -139,14 +139,22 @@ class DockerGroupControl(Control):
                                  path="/etc/group")
         allowed = set(s.allowed_members)
         out: list[Finding] = []
+        # One `expected` list and one details dict per distinct list of sources, shared by the
+        # findings (read-only): 100,000 members are not 100,000 copies of the same values.
+        expected = sorted(allowed)
+        details: dict[tuple[str, ...], dict[str, Any]] = {}
         for member in sorted(obs.members):
             ok = member in allowed
+            sources = obs.members[member]
+            shared = details.get(tuple(sources))
+            if shared is None:
+                shared = details[tuple(sources)] = {"sources": sources}
             out.append(self.finding(
                 "member-allowed", Status.PASS if ok else Status.FAIL,
-                f"{member} is in group {s.group} ({', '.join(obs.members[member])})"
+                f"{member} is in group {s.group} ({', '.join(sources)})"
                 + ("" if ok else ": not in allowedMembers, and membership is root on this host"),
-                observed=member, expected=sorted(allowed), path="/etc/group", subject=member,
-                details={"sources": obs.members[member]}))
+                observed=member, expected=expected, path="/etc/group", subject=member,
+                details=shared))
         if not obs.members:
             out.append(self.finding("member-allowed", Status.PASS, f"group {s.group} has no members",
                                     observed=[], expected=sorted(allowed), path="/etc/group"))
@@ -155,7 +163,7 @@ class DockerGroupControl(Control):
             out.append(self.finding(
                 "primary-group", Status.PASS if ok else Status.FAIL,
                 f"{user} has {s.group} as primary group" + ("" if ok else " and is not in allowedMembers"),
-                observed=user, expected=sorted(allowed), path="/etc/passwd", subject=user))
+                observed=user, expected=expected, path="/etc/passwd", subject=user))
         if not obs.primary:
             out.append(self.finding("primary-group", Status.PASS, f"no user has {s.group} as primary group",
                                     observed=[], expected=sorted(allowed), path="/etc/passwd"))
@@ -187,6 +195,7 @@ class DockerGroupControl(Control):
             except OSError as exc:
                 error = f"{exc.strerror or exc}"
         out = []
+        removed = {"files": list(changed)}  # one dict for every member's outcome (read-only)
         for f in findings:
             if f.rule != "member-allowed" or not f.subject:
                 try:
@@ -198,7 +207,7 @@ class DockerGroupControl(Control):
             else:
                 out.append(Outcome(bool(changed), True,
                                    f"removed {f.subject} from {s.group} in {', '.join(changed) or 'no file'}; "
-                                   "sessions already connected to the socket are not cut", {"files": list(changed)}))
+                                   "sessions already connected to the socket are not cut", removed))
         return out
 
     def remediate(self, ctx: Context, finding: Finding, observed: Any) -> Outcome:

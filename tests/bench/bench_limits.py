@@ -1,7 +1,10 @@
-"""Time and peak memory of hostile-sized inputs: `sudo .venv/bin/python -m tests.bench.bench_limits`.
+"""Time and peak memory of hostile-sized inputs: `sudo .venv/bin/python -m tests.bench.bench_limits`
+(`--commands`: only the second table).
 
 The second table runs the real commands as processes on those inputs: `nodeguard check` and
-`nodeguard run` (the agent, until its pass is done), each's peak RSS read from wait4().
+`nodeguard run` (the agent, until its pass is done), each's peak RSS read from wait4(). Its floor
+row is a bare interpreter that only imports what `check` and `run` import, measured the same way in
+the same run: what is left above it is the input's cost (issue 12: every row under 200 MiB).
 
 Each case runs in a fresh interpreter so its peak RSS is its own: "peak" is the process's maximum
 resident set, "added" is that minus the same interpreter's RSS after imports, before the case.
@@ -216,20 +219,28 @@ def commands() -> list[tuple[str, float, float, str]]:
     from tests.support.sandbox import make_sandbox
 
     out = []
+    floor = subprocess.Popen([sys.executable, "-c", FLOOR_IMPORTS], cwd=REPO)
+    _, _, usage = os.wait4(floor.pid, 0)
+    out.append(("floor: python + nodeguard's imports", float("nan"), usage.ru_maxrss / 1024, ""))
     if os.geteuid() != 0:
-        return [("(agent cases need root: skipped)", float("nan"), float("nan"), "")]
-    for label, mode in (("check: docker group of 100,000 members", None),
+        return [*out, ("(agent cases need root: skipped)", float("nan"), float("nan"), "")]
+    for label, mode in (("run --mode observe: a small host (agent floor)", "small-run"),
+                        ("check: docker group of 100,000 members", None),
                         ("run --mode observe: group of 100,000", "observe"),
                         ("run --mode enforce: group of 100,000", "enforce"),
                         ("check: daemon.json 50 MB", "json-check"),
                         ("run --mode observe: daemon.json 50 MB", "json-run")):
         root = Path(tempfile.mkdtemp(prefix="ng-bench-"))
         sb = make_sandbox(root / "host")
-        if mode in ("json-check", "json-run"):
+        if mode == "small-run":
+            sb.write("/etc/docker/daemon.json", "{}\n")
+        elif mode in ("json-check", "json-run"):
             sb.path("/etc/docker/daemon.json").write_bytes(big_daemon_json(50 * 1024 * 1024))
         else:
             sb.write("/etc/group", big_group(100_000))
             sb.write("/etc/gshadow", big_gshadow(100_000), 0o640)
+            # An engine to audit: without one, `check` says "no Docker engine" and reads nothing.
+            sb.write("/etc/docker/daemon.json", "{}\n")
         state = root / "state"
         events = root / "events.jsonl"
         try:
@@ -237,8 +248,8 @@ def commands() -> list[tuple[str, float, float, str]]:
                 secs, peak, last = command_peak(["check", "--host-root", str(sb.root), "--format", "json"])
                 answer = ""
             else:
-                run_mode = "observe" if mode == "json-run" else mode
-                marker = "daemon-config" if mode == "json-run" else "member-allowed"
+                run_mode = "observe" if mode in ("json-run", "small-run") else mode
+                marker = "daemon-config" if mode in ("json-run", "small-run") else "member-allowed"
                 done = functools.partial(_agent_done, run_mode, sb.path("/etc/group"), state, marker)
                 netns = f"ngl-{os.urandom(3).hex()}"
                 subprocess.run(["ip", "netns", "add", netns], check=True)
@@ -260,15 +271,23 @@ def commands() -> list[tuple[str, float, float, str]]:
     return out
 
 
+# What `check` and `run` import before they read the host (the docker SDK, the controls, the sinks).
+FLOOR_IMPORTS = ("import docker, nodeguard.cli, nodeguard.agent, nodeguard.audit, nodeguard.report, "
+                 "nodeguard.engine, nodeguard.events.pipeline, nodeguard.controls")
+
+
 def main() -> None:
     rows = []
     for name, (size, setup, measured) in CASES.items():
+        if "--commands" in sys.argv[1:]:
+            break
         r = run_case(setup, measured)
         rows.append((name, size, r))
         print(f"  {name}: {r['seconds']:.2f} s", file=sys.stderr, flush=True)
     print()
-    print(f"{'input':<46} {'size':>10} {'time s':>8} {'peak RSS MiB':>13} {'added MiB':>10}  answer")
-    print("-" * 120)
+    if rows:
+        print(f"{'input':<46} {'size':>10} {'time s':>8} {'peak RSS MiB':>13} {'added MiB':>10}  answer")
+        print("-" * 120)
     for name, size, r in rows:
         print(f"{name:<46} {size:>10} {r['seconds']:>8.2f} {r['peak']:>13.0f} {r['added']:>10.0f}  {r['result']}")
     cmd_rows = commands()

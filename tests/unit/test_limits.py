@@ -48,6 +48,78 @@ def test_50mb_daemon_json_is_audited(sandbox: Sandbox) -> None:
     assert findings["icc"].status is Status.PASS
 
 
+def test_a_big_daemon_json_read_without_its_bytes_is_read_as_a_small_one(sandbox: Sandbox) -> None:
+    # Above REREAD_ABOVE the bytes are let go while the text is parsed and read again after: the
+    # observation must be exactly what reading it whole gives.
+    from nodeguard.controls import daemon_config as dc
+
+    raw = big_daemon_json(2 * dc.REREAD_ABOVE) + b"\n\n"
+    sandbox.path("/etc/docker/daemon.json").write_bytes(raw)
+    obs = DaemonConfigControl().observe(Context(HostRoot(sandbox.root), load_policy()))
+    assert obs.raw == raw and obs.error is None
+    assert obs.config == json.loads(raw)
+    # A second reader while the first is alive shares its values (the file still holds those bytes) ...
+    again = DaemonConfigControl().observe(Context(HostRoot(sandbox.root), load_policy()))
+    assert again.config is obs.config and again.raw is obs.raw
+    # ... and reads anew once it does not.
+    changed = raw.replace(b'"icc": false', b'"icc": true ')
+    sandbox.path("/etc/docker/daemon.json").write_bytes(changed)
+    third = DaemonConfigControl().observe(Context(HostRoot(sandbox.root), load_policy()))
+    assert third.raw == changed and third.config is not obs.config and third.config["icc"] is True
+
+
+def test_daemon_json_rewritten_while_parsed_is_read_as_it_is_now(sandbox: Sandbox,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from nodeguard.controls import daemon_config as dc
+
+    path = sandbox.path("/etc/docker/daemon.json")
+    first = big_daemon_json(2 * dc.REREAD_ABOVE)
+    second = first.replace(b'"icc": false', b'"icc": true ')
+    path.write_bytes(first)
+    parse = dc._parse_text
+    calls = []
+
+    def rewritten_meanwhile(text: str) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            path.write_bytes(second)
+        return parse(text)
+
+    monkeypatch.setattr(dc, "_parse_text", rewritten_meanwhile)
+    obs = DaemonConfigControl().observe(Context(HostRoot(sandbox.root), load_policy()))
+    assert len(calls) == 2
+    assert obs.raw == second and obs.config is not None and obs.config["icc"] is True
+
+
+def test_check_json_report_is_streamed_byte_for_byte(sandbox: Sandbox) -> None:
+    # iter_json is what `check --format json` writes: the same text json.dumps gives for to_json.
+    from nodeguard.audit import AuditReport, run_audit
+    from nodeguard.report import iter_json, to_json
+
+    sandbox.write("/etc/group", big_group(300))
+    report = run_audit(HostRoot(sandbox.root), load_policy())
+    assert len(report.findings) > 300
+    for rep, extra in ((report, None), (AuditReport(), {"docker_engine": False, "message": "none"})):
+        whole = json.dumps(to_json(rep, "/host", extra), indent=2, default=str) + "\n"
+        assert "".join(iter_json(rep, "/host", extra)) == whole
+
+
+def test_state_last_good_copy_is_compared_not_read_whole(tmp_path: Path) -> None:
+    from nodeguard.state import StateStore
+
+    store = StateStore(tmp_path / "state")
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    store.save_last_good("daemon.json", data)
+    before = os.stat(tmp_path / "state" / "lastgood" / "daemon.json")
+    store.save_last_good("daemon.json", data)  # the same bytes: not written again
+    assert os.stat(tmp_path / "state" / "lastgood" / "daemon.json").st_ino == before.st_ino
+    other = data[:-1] + bytes([data[-1] ^ 1])
+    store.save_last_good("daemon.json", other)
+    assert store.last_good("daemon.json") == other
+    assert HostRoot(tmp_path / "state").holds("/lastgood/daemon.json", other)
+    assert not HostRoot(tmp_path / "state").holds("/lastgood/daemon.json", data)
+
+
 def test_daemon_json_above_the_read_limit_is_a_clear_finding(sandbox: Sandbox) -> None:
     from nodeguard.host import DEFAULT_READ_LIMIT
 
