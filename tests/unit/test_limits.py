@@ -51,7 +51,7 @@ def test_50mb_daemon_json_is_audited(sandbox: Sandbox) -> None:
 def test_a_big_daemon_json_read_without_its_bytes_is_read_as_a_small_one(sandbox: Sandbox) -> None:
     # Above REREAD_ABOVE the bytes are let go while the text is parsed and read again after: the
     # observation must be exactly what reading it whole gives.
-    from nodeguard.controls import daemon_config as dc
+    from nodeguard import daemon_settings as dc
 
     raw = big_daemon_json(2 * dc.REREAD_ABOVE) + b"\n\n"
     sandbox.path("/etc/docker/daemon.json").write_bytes(raw)
@@ -70,7 +70,7 @@ def test_a_big_daemon_json_read_without_its_bytes_is_read_as_a_small_one(sandbox
 
 def test_daemon_json_rewritten_while_parsed_is_read_as_it_is_now(sandbox: Sandbox,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from nodeguard.controls import daemon_config as dc
+    from nodeguard import daemon_settings as dc
 
     path = sandbox.path("/etc/docker/daemon.json")
     first = big_daemon_json(2 * dc.REREAD_ABOVE)
