@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -149,7 +150,11 @@ class FolderWatcher:
             ordered = tuple(sorted(targets))
             only = {t: frozenset(n) for t, n in limits.get(folder, {}).items() if n is not None}
             try:
-                wd = inotify.add_callback(os.fsencode(folder), Mask(CHANGE_MASK), self, CallbackId(0))
+                with warnings.catch_warnings():
+                    # One folder reached by two paths is one watch: watchdog warns that our (same)
+                    # callback replaces itself; both paths' targets are merged just below.
+                    warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning)
+                    wd = inotify.add_callback(os.fsencode(folder), Mask(CHANGE_MASK), self, CallbackId(0))
             except OSError as exc:
                 # ENOSPC: fs.inotify.max_user_watches reached. The periodic resync still covers this
                 # folder; say so instead of failing the agent.
