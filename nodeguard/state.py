@@ -146,25 +146,12 @@ class StateStore:
         self._io.write_atomic(path, data, default_mode=0o600)
 
     def _same_content(self, name: str, data: bytes) -> bool:
-        """Whether the state dir's regular file `name` holds exactly `data`: compared a MiB at a time,
-        so the agent never holds a second copy of a 50 MB daemon.json to learn it is unchanged."""
+        """Whether the state dir's regular file `name` holds exactly `data` (HostRoot.holds: a MiB at a
+        time, so the agent never holds a second copy of a 50 MB daemon.json to learn it is unchanged)."""
         try:
-            fd = os.open(self.dir / name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return self._io.holds(f"/{name}", data, follow=False)
         except OSError:
-            return False  # absent, or a link: written anew (write_atomic replaces it)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
-                return False
-            view = memoryview(data)
-            pos = 0
-            while chunk := os.read(fd, 1 << 20):
-                if view[pos:pos + len(chunk)] != chunk:
-                    return False
-                pos += len(chunk)
-            return pos == len(data)
-        finally:
-            os.close(fd)
+            return False  # absent or unreadable: written anew (write_atomic replaces it)
 
     def last_good(self, name: str) -> bytes | None:
         try:
