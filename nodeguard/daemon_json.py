@@ -14,11 +14,11 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nodeguard import gojson
 from nodeguard.controls.base import Context, Outcome
 from nodeguard.daemon_settings import RELOADABLE_KEYS, DaemonConfigObservation
 from nodeguard.dockerd import dockerd_argv
-from nodeguard.gojson import Member
+from nodeguard.formats import gojson
+from nodeguard.formats.gojson import Member
 from nodeguard.structs import Finding
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ DELETE = object()  # a patch value meaning "remove this key"
 def top_level_members(text: str) -> tuple[list[Member], int, int] | None:
     """The object's members with their spans, and the positions of its braces; None if not an object.
 
-    Read with dockerd's parser (nodeguard.gojson): no depth or number-size limit of Python's own.
+    Read with dockerd's parser (nodeguard.formats.gojson): no depth or number-size limit of Python's own.
     """
     members: list[Member] = []
     try:

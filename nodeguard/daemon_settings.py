@@ -15,8 +15,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeguard import gojson
 from nodeguard.dockerd import DaemonProcess
+from nodeguard.formats import gojson
 from nodeguard.host import FileStat, HostRoot
 from nodeguard.policy import Policy
 
@@ -89,7 +89,7 @@ TOO_DEEP = f"<nested deeper than {AUDIT_DEPTH} levels: not audited>"
 
 
 def parse_daemon_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """(object, None) or (None, why), reading the file as dockerd does (nodeguard.gojson): bytes that
+    """(object, None) or (None, why), reading the file as dockerd does (nodeguard.formats.gojson): bytes that
     are not UTF-8 become U+FFFD, nesting up to dockerd's 10,000 levels, numbers of any length (out of
     float64 range is dockerd's own refusal), the last of duplicate keys. Never raises."""
     return _parse_text(raw.decode("utf-8", "surrogateescape"))

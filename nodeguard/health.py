@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodeguard.atomic import replace_path
 from nodeguard.exit_codes import ExitCode
+from nodeguard.host.atomic import replace_path
 
 HEARTBEAT_FILE = "heartbeat"
 DEFAULT_MAX_AGE = 180.0  # seconds: three default resync periods

@@ -24,11 +24,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from nodeguard.accounts import AccountDB, load_accounts
 from nodeguard.daemon_settings import DaemonConfigObservation, config_path, read_daemon_config
 from nodeguard.dockerd import DaemonProcess, find_daemon
+from nodeguard.formats.mountinfo import MountTable, read_mount_table
 from nodeguard.host import HostPathError, HostRoot
-from nodeguard.mountinfo import MountTable, read_mount_table
+from nodeguard.host.accounts import AccountDB, load_accounts
 from nodeguard.policy import Policy
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ import os
 import re
 from pathlib import Path
 
-from nodeguard.accounts import parse_passwd
 from nodeguard.attribution.match import Actor
 from nodeguard.host import HostRoot
+from nodeguard.host.accounts import parse_passwd
 from nodeguard.structs import JSONValue
 
 PASSWD_LIMIT = 8 * 1024 * 1024

@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from nodeguard.accounts import AccountDB
 from nodeguard.daemon_settings import DaemonConfigObservation
 from nodeguard.dockerd import DaemonProcess
 from nodeguard.host import HostRoot
+from nodeguard.host.accounts import AccountDB
 from nodeguard.observations import Observations
 from nodeguard.policy import ControlPolicy, Policy
 from nodeguard.structs import Finding, JSONValue, Mode, Rule, Status
 
 if TYPE_CHECKING:
-    from nodeguard.mountinfo import MountTable
+    from nodeguard.formats.mountinfo import MountTable
     from nodeguard.netfilter.observed import FirewallObservation
     from nodeguard.state import StateStore
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nodeguard.controls.base import Context, Control, Outcome
+from nodeguard.formats.posix_acl import ACL_XATTR, AclEntry, drop_entries, parse_acl
 from nodeguard.host import FileStat, HostRoot
 from nodeguard.policy import DaemonFilesPolicy, Policy, file_mode_bits
-from nodeguard.posix_acl import ACL_XATTR, AclEntry, drop_entries, parse_acl
 from nodeguard.structs import Finding, Rule, Severity, Status
 
 

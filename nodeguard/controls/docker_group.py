@@ -1,6 +1,6 @@
 """docker-group: who can reach the daemon socket through the `docker` group (CIS 1.1.2).
 
-Membership is what glibc grants, not what looks tidy (nodeguard.nss_files): every /etc/group line
+Membership is what glibc grants, not what looks tidy (nodeguard.formats.nss_files): every /etc/group line
 whose gid is docker's, whatever its name, including a commented or blank-led line that initgroups
 still reads; members and admins in /etc/gshadow; and users whose *primary* GID is docker's (they
 never appear in a member list). A second `docker` line, another group with docker's gid or a
@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from nodeguard import nss_files
-from nodeguard.accounts import display
 from nodeguard.controls.base import Context, Control, Outcome
+from nodeguard.formats import nss_files
+from nodeguard.host.accounts import display
+from nodeguard.host.shadow import lock_group_password, remove_group_members
 from nodeguard.policy import DockerGroupPolicy, Policy
-from nodeguard.shadow import lock_group_password, remove_group_members
 from nodeguard.structs import Finding, Rule, Severity, Status
 
 # /etc/group, /etc/gshadow (members, admins, passwords) and /etc/passwd (primary groups): what

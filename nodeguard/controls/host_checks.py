@@ -16,13 +16,13 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from nodeguard.blockdev import DeviceStack, device_of_source, device_stack
 from nodeguard.controls.base import Context, Control
+from nodeguard.formats.mountinfo import MountEntry, mount_of
+from nodeguard.formats.sshd_config import SshdConfig
+from nodeguard.formats.sshd_config import parse as parse_sshd
 from nodeguard.host import HostPathError, HostRoot
-from nodeguard.mountinfo import MountEntry, mount_of
+from nodeguard.host.blockdev import DeviceStack, device_of_source, device_stack
 from nodeguard.policy import HostPolicy, Policy
-from nodeguard.sshd_config import SshdConfig
-from nodeguard.sshd_config import parse as parse_sshd
 from nodeguard.structs import Finding, Rule, Severity, Status
 
 if TYPE_CHECKING:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from nodeguard.controls.base import Context, Control
+from nodeguard.formats.mountinfo import MountEntry, NoMountTable, mount_of, parse_mountinfo
 from nodeguard.host import HostPathError
-from nodeguard.mountinfo import MountEntry, NoMountTable, mount_of, parse_mountinfo
 from nodeguard.policy import HostLayoutPolicy, Policy
 from nodeguard.structs import Finding, Rule, Severity, Status
 
-# The mount table's parser lives in nodeguard.mountinfo; these names stay importable from here.
+# The mount table's parser lives in nodeguard.formats.mountinfo; these names stay importable from here.
 __all__ = ["HostLayoutControl", "HostLayoutObservation", "MountEntry", "mount_of", "parse_mountinfo"]
 
 

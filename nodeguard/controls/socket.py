@@ -12,13 +12,13 @@ import stat
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from nodeguard.accounts import AccountDB
 from nodeguard.controls.base import Context, Control, Outcome
-from nodeguard.host import FileStat, HostRoot, file_kind
-from nodeguard.policy import Policy, SocketPolicy, file_mode_bits
 
 # Re-exported: the ACL format used to live here.
-from nodeguard.posix_acl import ACL_XATTR, AclEntry, drop_entries, parse_acl, perm_bits
+from nodeguard.formats.posix_acl import ACL_XATTR, AclEntry, drop_entries, parse_acl, perm_bits
+from nodeguard.host import FileStat, HostRoot, file_kind
+from nodeguard.host.accounts import AccountDB
+from nodeguard.policy import Policy, SocketPolicy, file_mode_bits
 from nodeguard.structs import Finding, Rule, Severity, Status
 
 __all__ = ["ACL_XATTR", "AclEntry", "SocketControl", "SocketObservation", "acl_entry_allowed", "parse_acl"]

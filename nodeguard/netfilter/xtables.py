@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nodeguard.locking import acquire_by
+from nodeguard.host.locking import acquire_by
 from nodeguard.netfilter.backend import Backend, BackendError
 from nodeguard.netfilter.model import ChainState, Desired, Family, FirewallState, RuleSpec, normalise_cidr, rules_for
 

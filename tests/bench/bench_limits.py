@@ -28,13 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 PRELUDE = """
 import json, os, resource, shutil, sys, tempfile, time
 from pathlib import Path
-from nodeguard.accounts import load_accounts
+from nodeguard.host.accounts import load_accounts
 from nodeguard.controls.base import Context
 from nodeguard.controls.daemon_config import DaemonConfigControl
 from nodeguard.controls.docker_group import DockerGroupControl
 from nodeguard.host import HostRoot
 from nodeguard.policy import PolicyError, load_policy, parse_policy
-from nodeguard.shadow import remove_group_member
+from nodeguard.host.shadow import remove_group_member
 from tests.support.bigfiles import big_daemon_json, big_group, big_gshadow, big_passwd, big_policy
 from tests.support.sandbox import Sandbox, make_sandbox
 

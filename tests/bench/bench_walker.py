@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nodeguard import host_walk
 from nodeguard.host import HostRoot
+from nodeguard.host import walk as host_walk
 from tests.support.sandbox import make_sandbox
 
 # host path -> what it exercises

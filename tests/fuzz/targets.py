@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodeguard import accounts, dockerd, gojson, nss_files, policy, shadow, sshd_config
+from nodeguard import dockerd, policy
 from nodeguard.controls import daemon_config, host_layout, socket
-from nodeguard.host import HostRoot
+from nodeguard.formats import gojson, nss_files, sshd_config
+from nodeguard.host import HostRoot, accounts, shadow
 from tests.fuzz.attribution_targets import audit_log
 
 Target = Callable[[bytes], None]

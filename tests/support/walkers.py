@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeguard import host_walk
+from nodeguard.host import walk as host_walk
 
 WALKER_NAMES = sorted(host_walk.WALKERS)
 

@@ -1,4 +1,4 @@
-"""nodeguard.atomic: the one write-temp-then-rename (HostRoot, heartbeat and Kubernetes sink use it)."""
+"""nodeguard.host.atomic: the one write-temp-then-rename (HostRoot, heartbeat and Kubernetes sink use it)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeguard.atomic import replace_file, replace_path, temp_name
+from nodeguard.host.atomic import replace_file, replace_path, temp_name
 
 
 def test_replace_path_creates_the_folder_and_sets_the_mode(tmp_path: Path) -> None:

@@ -308,7 +308,7 @@ UNDEF = 0xFFFFFFFF
 
 
 def test_drop_entries_pure_keeps_records_and_recomputes_the_mask() -> None:
-    from nodeguard.posix_acl import drop_entries
+    from nodeguard.formats.posix_acl import drop_entries
 
     blob = _blob((0x01, 6, UNDEF), (0x02, 6, BOB_UID), (0x02, 7, 4242), (0x04, 4, UNDEF), (0x08, 1, 1002),
                  (0x10, 7, UNDEF), (0x20, 0, UNDEF))

@@ -1,4 +1,4 @@
-"""dockerd's JSON reading (nodeguard.gojson): the fast path through Python's C parser must answer exactly
+"""dockerd's JSON reading (nodeguard.formats.gojson): the fast path through Python's C parser must answer exactly
 what the Go-faithful iterative parser answers, on any text. What Go itself answers is checked
 against a real dockerd in tests/integration/test_daemon_json_oracle.py."""
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodeguard import gojson
+from nodeguard.formats import gojson
 
 PIECES = ['{', '}', '[', ']', ',', ':', '"a"', '"\\ud800"', '"\\udc00"', '"\\ud83d\\ude00"', '"caf\udce9"', "1",
           "-0", "1e400", "1.5e-400", "9" * 400, "0.5", "true", "null", "NaN", "Infinity", " ", "\n", "x", '"\\x"',

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nodeguard.host import HostRoot
-from nodeguard.shadow import remove_group_member
+from nodeguard.host.shadow import remove_group_member
 from tests.support.sandbox import Sandbox, require_root, require_tool
 
 pytestmark = pytest.mark.root

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from nodeguard import host_walk
-from nodeguard.atomic import temp_name
 from nodeguard.host import HardLinked, HostRoot, NotRegularFile
-from nodeguard.shadow import lckpwdf, remove_group_member
+from nodeguard.host import walk as host_walk
+from nodeguard.host.atomic import temp_name
+from nodeguard.host.shadow import lckpwdf, remove_group_member
 from tests.support.sandbox import Sandbox, require_root
 from tests.support.walkers import WALKER_NAMES, use_walker
 
@@ -290,7 +290,7 @@ _SWAP_POINTS = ("open", "stat", "lstat", "readlink", "chmod", "chown", "removexa
 
 
 class SwapOnCall:
-    """Wraps the os functions in nodeguard.host / nodeguard.shadow; calls `swap` before the N-th call."""
+    """Wraps the os functions in nodeguard.host / nodeguard.host.shadow; calls `swap` before the N-th call."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, n: int, swap: Callable[[], None]) -> None:
         self.n = n

@@ -1,4 +1,4 @@
-"""The in-root walker (nodeguard.host_walk), both implementations, against a hostile host root.
+"""The in-root walker (nodeguard.host.walk), both implementations, against a hostile host root.
 
 The oracle is the file actually opened: the descriptor's device and inode, compared with the
 inodes inside the root and with a sentinel file planted outside it, where every escape would land
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from nodeguard import host_walk
 from nodeguard.host import HostPathError, HostRoot
-from nodeguard.host_walk import MAX_SYMLINKS, Walker
+from nodeguard.host import walk as host_walk
+from nodeguard.host.walk import MAX_SYMLINKS, Walker
 from tests.support.sandbox import require_root
 from tests.support.walkers import WALKER_NAMES, use_walker
 
@@ -302,7 +302,7 @@ def test_both_walkers_agree_on_random_trees(tmp_path: Path) -> None:
 
 SECCOMP_CHILD = textwrap.dedent("""
     import ctypes, errno, os, struct, sys
-    from nodeguard import host_walk
+    from nodeguard.host import walk as host_walk
     from nodeguard.host import HostRoot
 
     # A real seccomp filter, as a container runtime's default profile would install: openat2 -> EPERM.

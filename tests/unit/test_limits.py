@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from nodeguard.accounts import load_accounts, parse_group, parse_passwd
 from nodeguard.controls.base import Context
 from nodeguard.controls.daemon_config import DaemonConfigControl
 from nodeguard.controls.docker_group import DockerGroupControl
 from nodeguard.host import DiskFull, HostRoot
+from nodeguard.host.accounts import load_accounts, parse_group, parse_passwd
 from nodeguard.limits import explain_inotify_error, inotify_limits, is_inotify_limit
 from nodeguard.policy import MAX_POLICY_BYTES, PolicyError, load_policy, parse_policy
 from nodeguard.structs import Status

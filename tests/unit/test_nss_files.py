@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeguard import nss_files as nss
+from nodeguard.formats import nss_files as nss
 
 
 def grants(text: str, group: str = "docker") -> dict[str, set[int]]:

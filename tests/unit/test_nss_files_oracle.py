@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodeguard import nss_files
 from nodeguard.controls.docker_group import DockerGroupControl, DockerGroupObservation
+from nodeguard.formats import nss_files
 from nodeguard.host import HostRoot
-from nodeguard.shadow import lock_group_password
+from nodeguard.host.shadow import lock_group_password
 from tests.support.glibc_oracle import GlibcOracle
 from tests.support.rules import context, observe, policy_from
 from tests.support.sandbox import Sandbox

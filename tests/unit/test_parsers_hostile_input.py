@@ -7,12 +7,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeguard.accounts import parse_group, parse_gshadow, parse_passwd
 from nodeguard.controls.daemon_config import DaemonConfigControl, DaemonConfigObservation, parse_daemon_json, parse_host
 from nodeguard.controls.socket import parse_acl
 from nodeguard.host import FileStat
+from nodeguard.host.accounts import parse_group, parse_gshadow, parse_passwd
+from nodeguard.host.shadow import remove_member_line
 from nodeguard.policy import load_policy
-from nodeguard.shadow import remove_member_line
 from nodeguard.structs import Status
 
 POLICY = load_policy()

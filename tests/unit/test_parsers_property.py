@@ -18,8 +18,9 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from nodeguard import accounts, dockerd, policy
+from nodeguard import dockerd, policy
 from nodeguard.controls import daemon_config, socket
+from nodeguard.host import accounts
 from tests.fuzz.targets import TARGETS
 
 pytestmark = pytest.mark.timeout(120)

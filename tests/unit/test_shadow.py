@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from nodeguard import locking
-from nodeguard.accounts import load_accounts
 from nodeguard.controls.docker_group import DockerGroupControl
-from nodeguard.host import HostRoot
-from nodeguard.shadow import LockBusy, file_lock, remove_group_member, remove_group_members
+from nodeguard.host import HostRoot, locking
+from nodeguard.host.accounts import load_accounts
+from nodeguard.host.shadow import LockBusy, file_lock, remove_group_member, remove_group_members
 from tests.support.rules import context, policy_from
 from tests.support.sandbox import DOCKER_GID, Sandbox, require, require_root, require_tool, usermod_add
 
@@ -150,7 +149,7 @@ def test_a_dead_pid_is_not_proof_outside_the_host_pid_namespace(sandbox: Sandbox
 CRASHER = """
 import sys, time
 from nodeguard.host import HostRoot
-from nodeguard.shadow import edit_group_files
+from nodeguard.host.shadow import edit_group_files
 
 def edit(text, is_gshadow):
     print("holding", flush=True)   # both .lock files and lckpwdf are held now

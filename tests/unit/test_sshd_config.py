@@ -7,12 +7,12 @@ from pathlib import Path
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from nodeguard import sshd_config
 from nodeguard.controls.base import Context
 from nodeguard.controls.host_checks import HostControl
+from nodeguard.formats import sshd_config
+from nodeguard.formats.sshd_config import SshdConfig, parse, split_args, split_line
 from nodeguard.host import HostRoot
 from nodeguard.policy import load_policy
-from nodeguard.sshd_config import SshdConfig, parse, split_args, split_line
 from nodeguard.structs import Finding, Status
 from tests.fuzz.targets import TARGETS
 from tests.support.sandbox import Sandbox

@@ -3,7 +3,7 @@
 Paths are resolved *inside* the root the way a chroot would: an absolute symlink such as
 `/var/run -> /run` lands on `<root>/run`, and `..` never climbs above the root. No module builds a
 host path by string concatenation; they all ask a HostRoot. Every resolution, read, metadata change
-and write goes through one walker (nodeguard.host_walk: openat2 with RESOLVE_IN_ROOT where the
+and write goes through one walker (nodeguard.host.walk: openat2 with RESOLVE_IN_ROOT where the
 kernel has it, a descriptor-by-descriptor userspace walk otherwise); `resolve` names the result
 for messages and other programs, it is never what HostRoot itself opens.
 
@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodeguard.atomic import replace_file
-from nodeguard.host_walk import MAX_SYMLINKS as MAX_SYMLINKS
-from nodeguard.host_walk import HostPathError as HostPathError
-from nodeguard.host_walk import Walker, components, default_walker
+from nodeguard.host.atomic import replace_file
+from nodeguard.host.walk import MAX_SYMLINKS as MAX_SYMLINKS
+from nodeguard.host.walk import HostPathError as HostPathError
+from nodeguard.host.walk import Walker, components, default_walker
 
 # A host file larger than this is not read whole: it is reported instead. 64 MiB covers any
 # sane daemon.json or /etc/group while bounding the agent's memory on a hostile host.
@@ -119,7 +119,7 @@ class HostRoot:
 
     def __init__(self, root: str | os.PathLike[str] = "/", *, walker: Walker | None = None) -> None:
         self.root = Path(os.path.realpath(root))
-        # openat2 where the kernel has it, the userspace walker otherwise (nodeguard.host_walk).
+        # openat2 where the kernel has it, the userspace walker otherwise (nodeguard.host.walk).
         self.walker = walker or default_walker()
         if not self.root.is_dir():
             raise HostPathError(errno.ENOTDIR, f"host root {self.root} is not a folder")
@@ -288,7 +288,7 @@ class HostRoot:
     def open_parent(self, host_path: str, *, follow_last: bool = True) -> Iterator[tuple[int, str]]:
         """(descriptor of the folder that holds the final component, its name), race-free.
 
-        The folder is opened by the walker (see nodeguard.host_walk): no path string is ever handed
+        The folder is opened by the walker (see nodeguard.host.walk): no path string is ever handed
         to the kernel to resolve outside the root. The final name may not exist (a missing folder
         above it raises FileNotFoundError); when the path names a folder itself the name is ".".
         """

@@ -9,7 +9,7 @@ exists), but only when nodeguard sees the host's own pid namespace (the initial 
 with hostPID). Anywhere else a live holder in another namespace looks dead, so the lock is never
 stolen and the pass retries later. The fcntl lock on .pwd.lock dies with its process by itself.
 
-Lines are found the way glibc finds them (nodeguard.nss_files): a member is removed from every line
+Lines are found the way glibc finds them (nodeguard.formats.nss_files): a member is removed from every line
 that gives the group's gid, including a commented or blank-led line initgroups still reads.
 """
 
@@ -23,9 +23,9 @@ import stat
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
-from nodeguard import nss_files
+from nodeguard.formats import nss_files
 from nodeguard.host import HostRoot, NotRegularFile, file_kind
-from nodeguard.locking import acquire_by, pid_is_gone, started_after
+from nodeguard.host.locking import acquire_by, pid_is_gone, started_after
 
 PWD_LOCK = "/etc/.pwd.lock"
 LOCK_TIMEOUT_S = 15.0  # what lckpwdf() waits

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nodeguard import nss_files
+from nodeguard.formats import nss_files
 from nodeguard.host import HostRoot
 
 # /etc/group with 100,000 members on one line is ~1 MB; 32 MiB bounds a hostile file.
