@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from nodeguard._version import __version__
-from nodeguard.cli_events import events_app
+from nodeguard.cli.events import events_app
 from nodeguard.events import options as ev_opts
 from nodeguard.exit_codes import ExitCode
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 class _LazyGroup(TyperGroup):
     """The `firewall` commands are built (and their netfilter modules imported) only when asked for."""
 
-    _LAZY = {"firewall": "nodeguard.cli_firewall:firewall_app"}
+    _LAZY = {"firewall": "nodeguard.cli.firewall:firewall_app"}
 
     def list_commands(self, ctx: Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._LAZY})
