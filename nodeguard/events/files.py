@@ -7,7 +7,7 @@ moved away by logrotate is noticed (its inode changes) and re-created at the nex
 The file is opened relative to its folder's descriptor with O_NOFOLLOW: a symlink planted where
 the file should be is refused (ELOOP), never followed to /etc/shadow; anything but a regular file
 (a FIFO, a device, a folder) is refused too, without blocking on it. The agent refuses at start a
-folder that others can write to (nodeguard/cli.py), where such a plant would be possible.
+folder that others can write to (nodeguard/cli/__init__.py), where such a plant would be possible.
 """
 
 from __future__ import annotations
