@@ -1,4 +1,5 @@
-"""The firewall and listeners controls' pure parts: rendering, parsing back, evaluating.
+"""The firewall control's pure parts: rendering, parsing back, evaluating (the listeners control,
+which reads the same netfilter observation, is tested in test_control_listeners.py).
 
 No netfilter here (the integration tests own that, inside namespaces): these feed the controls
 observations shaped exactly like the backends' and check the verdicts.
@@ -7,12 +8,10 @@ observations shaped exactly like the backends' and check the verdicts.
 from __future__ import annotations
 
 import os
-import socket
 import struct
 from pathlib import Path
 
 from nodeguard.controls.firewall import FirewallControl, FirewallObservation
-from nodeguard.controls.listeners import Listener, ListenersControl, ListenersObservation
 from nodeguard.host import HostRoot
 from nodeguard.netfilter import nftnl
 from nodeguard.netfilter.model import ChainState, Desired, FirewallState, RuleSpec, TableOwner, rules_for
@@ -171,25 +170,6 @@ def test_a_policy_that_opens_2375_fails_plaintext_blocked() -> None:
         assert got[("chain-intact", None)] == "pass"
 
 
-def listener(addr: str, port: int, pid: int, family: int = socket.AF_INET6, comm: str = "dockerd") -> Listener:
-    return Listener(family, addr, port, 1000 + port, 0, False, (pid,), comm)
-
-
-def test_listeners_plaintext_wildcard_and_unfirewalled() -> None:
-    p = policy()
-    obs = ListenersObservation([listener("::", 2376, 42), listener("127.0.0.1", 2375, 7, socket.AF_INET, "nc")],
-                               daemon_pid=42, daemon_tls=True, firewalled_ports={2375})
-    got = statuses(ListenersControl().evaluate(obs, p))
-    assert got == {("plaintext-listener", "127.0.0.1:2375"): "fail", ("wildcard-listener", "[::]:2376"): "fail",
-                   ("listener-firewalled", "[::]:2376"): "fail"}
-    # A daemon without TLS: every TCP listener of it is plaintext, whatever its port.
-    obs = ListenersObservation([listener("192.0.2.1", 2376, 42, socket.AF_INET)], daemon_pid=42, daemon_tls=False,
-                               firewalled_ports={2376})
-    got = statuses(ListenersControl().evaluate(obs, p))
-    assert got == {("plaintext-listener", "192.0.2.1:2376"): "fail", ("wildcard-listener", None): "pass",
-                   ("listener-firewalled", None): "pass"}
-
-
 def test_newgen_notification_is_parsed() -> None:
     def attr(kind: int, payload: bytes) -> bytes:
         raw = struct.pack("=HH", 4 + len(payload), kind) + payload
@@ -330,13 +310,3 @@ def test_the_agent_holding_the_table_is_not_a_squatter(tmp_path: Path) -> None:
     agent = TableOwner(77, (77,), ("nodeguard",), mine=False, agent=True)
     findings = FirewallControl().evaluate(nft_observation(rules, owner=agent), p)
     assert next(f for f in findings if f.rule == "table-owner").status.value == "pass"
-
-
-def test_a_port_behind_a_foreign_rule_is_not_firewalled() -> None:
-    from nodeguard.controls.listeners import _closed_ports
-
-    ours = (RuleSpec(2376, "pass", "192.0.2.0/28"), RuleSpec(2376, "drop"), RuleSpec(2375, "drop"))
-    assert _closed_ports(ours) == {2375, 2376}
-    foreign = RuleSpec(None, None, raw="! -s 10.0.0.0/8 -j ACCEPT")
-    assert _closed_ports((ours[0], ours[1], foreign, ours[2])) == {2376}
-    assert _closed_ports((foreign, *ours)) == set()
