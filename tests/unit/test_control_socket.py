@@ -326,3 +326,46 @@ def test_drop_entries_pure_keeps_records_and_recomputes_the_mask() -> None:
     assert drop_entries(same, lambda e: True).removed == [AclEntry("user", BOB_UID, 6)]
     with pytest.raises(ValueError):
         drop_entries(blob[:-3], lambda e: True)
+
+
+# -- the lane's shortcuts (one walk for stat + ACL, account files looked up by lstat): a change of
+# -- what they stand for is seen on the very next look ----------------------------------------
+
+@pytest.mark.root
+def test_a_renumbered_docker_group_is_seen_on_the_next_look(sandbox: Sandbox, sock: Path) -> None:
+    ctl = SocketControl()  # one instance across looks, as on the agent's lane
+    assert one(run(ctl, sandbox), "socket-owner").status is Status.PASS
+    group = sandbox.path("/etc/group")
+    group.write_text(group.read_text().replace(f"docker:x:{DOCKER_GID}:", "docker:x:4242:"))
+    f = one(run(ctl, sandbox), "socket-owner")
+    assert f.status is Status.FAIL and f.observed == f"root:{DOCKER_GID}"
+
+
+@pytest.mark.root
+def test_account_files_behind_a_symlink_are_read_as_before(sandbox: Sandbox, sock: Path) -> None:
+    ctl = SocketControl()
+    group = sandbox.path("/etc/group")
+    real = sandbox.path("/etc/group.real")
+    real.write_text(group.read_text())
+    group.unlink()
+    group.symlink_to("group.real")
+    assert one(run(ctl, sandbox), "socket-owner").status is Status.PASS
+    real.write_text(real.read_text().replace(f"docker:x:{DOCKER_GID}:", "docker:x:4242:"))
+    assert one(run(ctl, sandbox), "socket-owner").status is Status.FAIL
+
+
+@pytest.mark.root
+def test_a_socket_behind_a_final_symlink_is_judged_by_its_target(sandbox: Sandbox, sock: Path) -> None:
+    ctl = SocketControl()
+    sandbox.path("/run/real.sock").unlink(missing_ok=True)
+    os.rename(sock, sandbox.path("/run/real.sock"))
+    sock.symlink_to("real.sock")
+    try:
+        found = run(ctl, sandbox)
+        assert one(found, "socket-mode").status is Status.PASS
+        assert one(found, "socket-owner").observed == "root:docker"
+        sandbox.path("/run/real.sock").chmod(0o666)
+        assert one(run(ctl, sandbox), "socket-mode").status is Status.FAIL
+    finally:
+        sock.unlink()
+        os.rename(sandbox.path("/run/real.sock"), sock)
