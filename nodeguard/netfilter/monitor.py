@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Kernel ABI numbers (linux/netlink.h, netfilter/nfnetlink.h, netfilter/nf_tables.h), as pyroute2
 # spells them: importing its nftables modules for four integers would cost the agent ~11 MiB of
-# RSS. tests/unit/test_firewall_rules.py checks they still equal pyroute2's.
+# RSS. tests/unit/test_control_firewall.py checks they still equal pyroute2's.
 NETLINK_NETFILTER = nftnl.NETLINK_NETFILTER
 NFNL_SUBSYS_NFTABLES = nftnl.NFNL_SUBSYS_NFTABLES
 NFNLGRP_NFTABLES = 7

@@ -50,7 +50,8 @@ from nodeguard.structs import Finding, Severity, Status
 from tests.support.sandbox import BOB_UID, DOCKER_GID, Sandbox, make_sandbox, require_root, require_tool
 from tests.support.tlsca import make_tls
 from tests.unit.test_attribution_sink import attribution_probe
-from tests.unit.test_firewall_rules import listener, nft_observation
+from tests.unit.test_control_firewall import nft_observation
+from tests.unit.test_control_listeners import listener
 
 HEAD: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND}
 PID = 4242  # the fake dockerd's pid in the world's fake /proc
