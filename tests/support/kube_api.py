@@ -172,3 +172,16 @@ def serving(api: FakeApi, tls: ssl.SSLContext | None = None) -> Iterator[Threadi
         api.gate.set()
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def fake_core_api() -> Iterator[tuple[FakeApi, Any]]:
+    """The fake serving one Node (answering at once), and the real `kubernetes` client pointed at it."""
+    from kubernetes import client
+
+    api = FakeApi(node_object())
+    api.gate.set()
+    with serving(api) as server:
+        cfg = client.Configuration()
+        cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
+        yield api, client.CoreV1Api(client.ApiClient(cfg))

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from nodeguard.controls.socket import SocketControl
 from nodeguard.engine import Engine, EngineOptions
-from nodeguard.events.model import Event, EventName
+from nodeguard.events.model import EventName
 from nodeguard.host import HostRoot
 from nodeguard.policy import Policy
 from nodeguard.policy_source import PolicySource
 from nodeguard.state import StateStore
 from nodeguard.structs import Mode
 from nodeguard.watch import Trigger
+from tests.support.events import RecordingSink
 from tests.support.sandbox import Sandbox
 
 HEAD = "apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n"
@@ -35,17 +36,6 @@ class Recorder:
 
     def stop(self) -> None:
         self.stopped.set()
-
-
-class Events:
-    def __init__(self) -> None:
-        self.items: list[Event] = []
-
-    def emit(self, event: Event) -> None:
-        self.items.append(event)
-
-    def close(self) -> None:
-        pass
 
 
 def wait(pred: object, timeout: float = 10.0) -> None:
@@ -75,7 +65,7 @@ def test_a_reload_stops_every_watcher_and_starts_new_ones_from_the_new_policy(
         return [built[-1]]
 
     source = PolicySource(policy_file, StateStore(state))
-    sink = Events()
+    sink = RecordingSink()
     source.load_initial(sink.emit)
     engine = Engine(EngineOptions(HostRoot(sandbox.root), state, policy_file), source, sink,
                     controls=[SocketControl()], watcher_factory=factory)  # type: ignore[arg-type]
@@ -88,7 +78,7 @@ def test_a_reload_stops_every_watcher_and_starts_new_ones_from_the_new_policy(
         wait(lambda: len(built) == 2 and built[1].started.is_set())
         assert built[0].stopped.is_set(), "the old watcher keeps running after the reload"
         assert built[1].mode is Mode.OBSERVE
-        loaded = [e for e in sink.items if e.name is EventName.POLICY_LOADED]
+        loaded = [e for e in sink.events if e.name is EventName.POLICY_LOADED]
         assert len(loaded) == 2
     finally:
         engine.stop()
@@ -102,7 +92,7 @@ def test_a_policy_changed_before_the_watch_is_in_place_is_loaded(sandbox: Sandbo
     policy_file = folder / "policy.yaml"
     policy_file.write_text(HEAD + "  mode: observe\n")
     state = tmp_path / "state"
-    sink = Events()
+    sink = RecordingSink()
     source = PolicySource(policy_file, StateStore(state))
     source.load_initial(sink.emit)
     # Swapped after the first read, before the engine (and its watch) starts: no inotify event will say so.
@@ -116,5 +106,5 @@ def test_a_policy_changed_before_the_watch_is_in_place_is_loaded(sandbox: Sandbo
     finally:
         engine.stop()
         runner.join(30)
-    modes = [e.attributes.get("nodeguard.mode") for e in sink.items if e.name is EventName.POLICY_LOADED]
+    modes = [e.attributes.get("nodeguard.mode") for e in sink.events if e.name is EventName.POLICY_LOADED]
     assert modes == ["observe", "enforce"]

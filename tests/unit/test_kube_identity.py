@@ -18,7 +18,7 @@ from nodeguard.events.kube import KubeSink, drift_name
 from nodeguard.events.model import EventName, event_for_finding
 from nodeguard.reconcile import event_finding_key, finding_key, split_key
 from nodeguard.structs import Finding, Severity, Status
-from tests.support.kube_api import NODE, FakeApi, node_object, serving
+from tests.support.kube_api import NODE, FakeApi, fake_core_api
 
 
 def finding(control: str, rule: str, subject: str | None) -> Finding:
@@ -50,12 +50,8 @@ def test_the_node_shows_control_rule_and_subject_in_brackets() -> None:
 
 @pytest.fixture
 def core() -> Iterator[tuple[FakeApi, client.CoreV1Api]]:
-    api = FakeApi(node_object())
-    api.gate.set()
-    with serving(api) as server:
-        cfg = client.Configuration()
-        cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
-        yield api, client.CoreV1Api(client.ApiClient(cfg))
+    with fake_core_api() as pair:
+        yield pair
 
 
 def test_the_sink_keeps_identities(core: tuple[FakeApi, client.CoreV1Api]) -> None:

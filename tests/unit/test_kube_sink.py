@@ -48,18 +48,15 @@ from nodeguard.events.model import Event, EventName, EventSink
 from nodeguard.host import HostRoot
 from nodeguard.policy import load_policy
 from nodeguard.watch import Trigger
-from tests.support.kube_api import NODE, FakeApi, node_object, serving
+from tests.support.events import RecordingSink
+from tests.support.kube_api import NODE, FakeApi, fake_core_api, node_object, serving
 from tests.support.sandbox import Sandbox
 
 
 @pytest.fixture
 def fake_api() -> Iterator[tuple[FakeApi, client.CoreV1Api]]:
-    api = FakeApi(node_object())
-    api.gate.set()
-    with serving(api) as server:
-        cfg = client.Configuration()
-        cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
-        yield api, client.CoreV1Api(client.ApiClient(cfg))
+    with fake_core_api() as pair:
+        yield pair
 
 
 def drift(name: EventName, rule: str = "socket-mode", subject: str | None = None) -> Event:
@@ -128,22 +125,11 @@ def bob_leaves_docker(sb: Sandbox) -> None:
     sb.write("/etc/group", sb.read("/etc/group").replace(BOB_IN_DOCKER, "docker:x:990:\n"))
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.items: list[Event] = []
-
-    def emit(self, event: Event) -> None:
-        self.items.append(event)
-
-    def close(self) -> None:
-        pass
-
-
-def agent_life(sb: Sandbox, state: Path, kube: KubeSink | None) -> Recorder:
+def agent_life(sb: Sandbox, state: Path, kube: KubeSink | None) -> RecordingSink:
     """One life of the agent, wired as run_agent wires it: the engine (it loads findings.json), the
     Kubernetes sink handed the engine's open drifts, the start-up passes (a real docker-group control
     on the sandbox's /etc/group, observe mode), stop. The sink is flushed and closed."""
-    recorder = Recorder()
+    recorder = RecordingSink()
     sinks: list[EventSink] = [recorder] if kube is None else [recorder, kube]
     engine = Engine(EngineOptions(HostRoot(sb.root), state), load_policy(None), FanoutSink(sinks),
                     controls=[DockerGroupControl()], watchers=[])
@@ -183,7 +169,7 @@ def test_a_restart_with_the_same_open_drifts_patches_nothing(fake_api: tuple[Fak
     again = KubeSink(core, NODE, wait_for_engine=True)
     events = agent_life(sandbox, state, again)
     assert again.open_drifts == ["docker-group/member-allowed[bob]"]
-    assert not [e for e in events.items if e.name is EventName.DRIFT_DETECTED]
+    assert not [e for e in events.events if e.name is EventName.DRIFT_DETECTED]
     assert len(api.calls("PATCH", "/status")) == patches
 
 
@@ -200,7 +186,7 @@ def test_a_drift_resolved_while_the_agent_was_down_clears_the_condition(
     bob_leaves_docker(sandbox)  # while the agent is down
     again = KubeSink(core, NODE, wait_for_engine=True)
     events = agent_life(sandbox, state, again)
-    assert [e.name for e in events.items if e.name.value.startswith("nodeguard.drift.")] == [EventName.DRIFT_RESOLVED]
+    assert [e.name for e in events.events if e.name.value.startswith("nodeguard.drift.")] == [EventName.DRIFT_RESOLVED]
     assert again.open_drifts == []
     cond = api.condition()
     assert cond is not None and cond["status"] == "True" and cond["reason"] == "NoOpenDrift"
@@ -223,7 +209,7 @@ def test_open_drifts_in_findings_json_are_false_at_the_first_sync(fake_api: tupl
 
     kube = KubeSink(core, NODE, wait_for_engine=True)
     events = agent_life(sandbox, state, kube)
-    assert not [e for e in events.items if e.name is EventName.DRIFT_DETECTED]  # nothing new to emit
+    assert not [e for e in events.events if e.name is EventName.DRIFT_DETECTED]  # nothing new to emit
     assert status_patches(api) == ["False"]
     cond = api.condition()
     assert cond is not None and cond["message"] == "1 open drift(s): docker-group/member-allowed[bob]"

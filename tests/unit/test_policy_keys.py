@@ -42,11 +42,12 @@ from nodeguard.controls.listeners import ListenersControl, ListenersObservation
 from nodeguard.controls.runtime import ContainerView, MountView, RuntimeControl
 from nodeguard.controls.socket import SocketControl
 from nodeguard.engine import Engine, EngineOptions
-from nodeguard.events.model import Event, EventName
+from nodeguard.events.model import EventName
 from nodeguard.host import HostRoot
 from nodeguard.netfilter.model import Desired, rules_for
 from nodeguard.policy import API_VERSION, KIND, Policy, PolicyError, load_policy, parse_policy
 from nodeguard.structs import Finding, Severity, Status
+from tests.support.events import RecordingSink
 from tests.support.sandbox import BOB_UID, DOCKER_GID, Sandbox, make_sandbox, require_root, require_tool
 from tests.support.tlsca import make_tls
 from tests.unit.test_attribution_sink import attribution_probe
@@ -255,21 +256,10 @@ def auditctl_probe(w: World, policy: Policy) -> Any:
     return obs.loaded is None and obs.loaded_error is None
 
 
-class _Events:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
-
-
-def _engine(w: World, policy: Policy, **kw: Any) -> tuple[Engine, _Events]:
+def _engine(w: World, policy: Policy, **kw: Any) -> tuple[Engine, RecordingSink]:
     state = Path(tempfile.mkdtemp(prefix="state-", dir=w.tmp))
     state.chmod(0o700)
-    sink = _Events()
+    sink = RecordingSink()
     return Engine(EngineOptions(HostRoot(w.sb.root), state, proc=w.proc), policy, sink, **kw), sink
 
 
