@@ -318,7 +318,6 @@ class Engine:
                                                            and k not in seen]]
             if vanished:
                 self._dirty = True
-        next_look: float | None = None
         with self._decisions_lock:
             for f in result.findings:
                 key = finding_key(f)
@@ -335,15 +334,11 @@ class Engine:
                     continue
                 # A back-off (expensive reverts only) or a failed revert waiting for its retry timer:
                 # a trigger (our own write's inotify event included) does not cut either short.
+                # Both booked the lane's timer for their end when they were set (every wake-up
+                # booked is kept: nodeguard/lanes.py).
                 if self.flaps.blocked(key, now) or self.retries.waiting(key, now):
-                    # Whatever woke us, a look is booked for when both are over: a drift left
-                    # standing here must never depend on a timer booked by an earlier pass.
-                    eligible = max(self.flaps.blocked_until(key), self.retries.due_at(key))
-                    next_look = eligible if next_look is None else min(next_look, eligible)
                     continue
                 to_fix.append(f)
-        if next_look is not None:
-            lane.wake_at(control.name, next_look)
         limit = self._max_events(policy)
         fixing = {finding_key(f) for f in to_fix}
         # Write-ahead: what is about to be reverted is on record before the revert.

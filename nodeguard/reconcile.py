@@ -146,11 +146,6 @@ class FlapTracker:
         flap = self._flaps.get(key)
         return flap is not None and now < flap.blocked_until
 
-    def blocked_until(self, key: str) -> float:
-        """When the back-off of `key` ends (0.0: none running)."""
-        flap = self._flaps.get(key)
-        return flap.blocked_until if flap is not None else 0.0
-
     def next_unblock(self) -> float | None:
         times = [f.blocked_until for f in self._flaps.values() if f.blocked_until]
         return min(times) if times else None
@@ -194,10 +189,6 @@ class RetryTracker:
         """True while a failed revert of `key` waits for its retry time."""
         entry = self._due.get(key)
         return entry is not None and now < entry[1]
-
-    def due_at(self, key: str) -> float:
-        """When the failed revert of `key` is to be tried again (0.0: none waiting)."""
-        return self._due.get(key, (0, 0.0))[1]
 
     def release(self, control: str) -> list[str]:
         """Every failed revert of `control` may be tried at once (their attempt counts stay, so a
