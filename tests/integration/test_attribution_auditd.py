@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.agent import AgentProcess, is_event, running_agent
 from tests.support.auditd import Auditd, as_login, running_auditd
-from tests.support.sandbox import ALICE_UID, BOB_UID, DOCKER_GID, Sandbox, require_tool
+from tests.support.sandbox import ALICE_UID, BOB_UID, DOCKER_GID, Sandbox, require, require_tool
 
 pytestmark = [pytest.mark.root]
 
@@ -197,8 +197,7 @@ def test_rules_and_enabled_flag_are_restored_even_when_the_test_fails(sandbox: S
 
 def test_a_record_rotated_into_audit_log_1_is_still_found(sandbox: Sandbox, tmp_path: Path, auditd: Auditd,
                                                           docker_sock: Path) -> None:
-    if not auditd.own:
-        pytest.skip("rotating the log of the machine's own auditd is not this test's to do")
+    require(auditd.own, "rotating the log of the machine's own auditd is not this test's to do")
     key = auditd.watch(docker_sock)
     state = tmp_path / "state"
     with running_agent(sandbox.root, state, "--mode", "observe") as agent:
@@ -229,8 +228,7 @@ def test_with_auditd_stopped_the_reason_says_so(sandbox: Sandbox, tmp_path: Path
     from tests.support.auditd import audit_status
 
     require_tool("auditctl")
-    if audit_status().get("pid", "0") != "0":
-        pytest.skip("this machine's auditd runs: 'not running' cannot be shown here")
+    require(audit_status().get("pid", "0") == "0", "this machine's auditd runs: 'not running' cannot be shown here")
     # What a host keeps when auditd is stopped: its config, its rules, its log.
     sandbox.write("/etc/audit/auditd.conf", "log_file = /var/log/audit/audit.log\n")
     sandbox.write("/etc/audit/rules.d/docker.rules", "-w /run/docker.sock -p wa -k docker\n")

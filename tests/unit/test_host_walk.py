@@ -24,7 +24,7 @@ import pytest
 from nodeguard.host import HostPathError, HostRoot
 from nodeguard.host import walk as host_walk
 from nodeguard.host.walk import MAX_SYMLINKS, Walker
-from tests.support.sandbox import require_root
+from tests.support.sandbox import require, require_root
 from tests.support.walkers import WALKER_NAMES, use_walker
 
 SENTINEL = "secret"  # the file name every walk asks for; the copy outside the root must never be opened
@@ -273,8 +273,8 @@ def _answer(walker: Walker, root: Path, path: str, follow_last: bool, directory:
 
 
 def test_both_walkers_agree_on_random_trees(tmp_path: Path) -> None:
-    if not host_walk.openat2_available():
-        pytest.skip("this kernel does not let us call openat2: nothing to compare the userspace walker with")
+    require(host_walk.openat2_available(),
+            "this kernel does not let us call openat2: nothing to compare the userspace walker with")
     kernel, userspace = host_walk.Openat2Walker(), host_walk.UserspaceWalker()
     rng = random.Random(13)
     compared = 0
