@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,20 @@ def wait_first_pass(agent: AgentProcess, state_dir: Path, timeout: float = 30.0)
 def attributed_for(agent: AgentProcess, event: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
     return agent.wait_for(lambda e: e["event.name"] == ATTRIBUTED
                           and e["attributes"].get("nodeguard.attributed.event_id") == event["event.id"], timeout)
+
+
+Event = dict[str, Any]
+
+
+def actor_of_socket_chmod(sandbox: Sandbox, state: Path, chmod: Callable[[], object]) -> tuple[Event, dict[str, Any]]:
+    """An observe-mode agent sees `chmod` make the socket 0666: its detected event and the
+    attributes of the attributed one that follows it."""
+    with running_agent(sandbox.root, state, "--mode", "observe") as agent:
+        wait_first_pass(agent, state)
+        mark = agent.mark()
+        chmod()
+        detected = agent.wait_for(is_event("nodeguard.drift.detected", "socket-mode"), after=mark)
+        return detected, attributed_for(agent, detected)["attributes"]
 
 
 def run_child(argv: list[str], uid: int) -> int:
@@ -153,31 +167,20 @@ def test_editor_rename_of_daemon_json_names_the_editor(sandbox: Sandbox, tmp_pat
 
 def test_without_a_rule_the_actor_is_unavailable_and_says_why(sandbox: Sandbox, tmp_path: Path, auditd: Auditd,
                                                               docker_sock: Path) -> None:
-    state = tmp_path / "state"
-    with running_agent(sandbox.root, state, "--mode", "observe") as agent:
-        wait_first_pass(agent, state)
-        mark = agent.mark()
-        run_child(["chmod", "0666", str(docker_sock)], ALICE_UID)
-        detected = agent.wait_for(is_event("nodeguard.drift.detected", "socket-mode"), after=mark)
-        a = attributed_for(agent, detected)["attributes"]
-        assert a["nodeguard.actor.source"] == "unavailable"
-        assert a["nodeguard.actor.reason"] == f"no audit rule covers {detected['attributes']['file.path']}"
-        assert "process.pid" not in a
+    detected, a = actor_of_socket_chmod(sandbox, tmp_path / "state",
+                                        lambda: run_child(["chmod", "0666", str(docker_sock)], ALICE_UID))
+    assert a["nodeguard.actor.source"] == "unavailable"
+    assert a["nodeguard.actor.reason"] == f"no audit rule covers {detected['attributes']['file.path']}"
+    assert "process.pid" not in a
 
 
 def test_with_the_log_unreadable_the_reason_says_so(sandbox: Sandbox, tmp_path: Path, docker_sock: Path) -> None:
     # No auditd needed: the log the host's auditd.conf names is not there at all.
     sandbox.write("/etc/audit/auditd.conf", "log_file = /var/log/audit/elsewhere.log\n")
-    state = tmp_path / "state"
-    with running_agent(sandbox.root, state, "--mode", "observe") as agent:
-        wait_first_pass(agent, state)
-        mark = agent.mark()
-        docker_sock.chmod(0o666)
-        detected = agent.wait_for(is_event("nodeguard.drift.detected", "socket-mode"), after=mark)
-        a = attributed_for(agent, detected)["attributes"]
-        assert a["nodeguard.actor.source"] == "unavailable"
-        assert a["nodeguard.actor.reason"].startswith("the audit log is unreadable:"), a
-        assert "/var/log/audit/elsewhere.log" in a["nodeguard.actor.reason"]
+    _, a = actor_of_socket_chmod(sandbox, tmp_path / "state", lambda: docker_sock.chmod(0o666))
+    assert a["nodeguard.actor.source"] == "unavailable"
+    assert a["nodeguard.actor.reason"].startswith("the audit log is unreadable:"), a
+    assert "/var/log/audit/elsewhere.log" in a["nodeguard.actor.reason"]
 
 
 def test_rules_and_enabled_flag_are_restored_even_when_the_test_fails(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -233,15 +236,9 @@ def test_with_auditd_stopped_the_reason_says_so(sandbox: Sandbox, tmp_path: Path
     sandbox.write("/etc/audit/auditd.conf", "log_file = /var/log/audit/audit.log\n")
     sandbox.write("/etc/audit/rules.d/docker.rules", "-w /run/docker.sock -p wa -k docker\n")
     sandbox.write("/var/log/audit/audit.log", "", 0o600)
-    state = tmp_path / "state"
-    with running_agent(sandbox.root, state, "--mode", "observe") as agent:
-        wait_first_pass(agent, state)
-        mark = agent.mark()
-        docker_sock.chmod(0o666)
-        detected = agent.wait_for(is_event("nodeguard.drift.detected", "socket-mode"), after=mark)
-        a = attributed_for(agent, detected)["attributes"]
-        assert a["nodeguard.actor.source"] == "unavailable"
-        assert a["nodeguard.actor.reason"] == "auditd is not running"
+    _, a = actor_of_socket_chmod(sandbox, tmp_path / "state", lambda: docker_sock.chmod(0o666))
+    assert a["nodeguard.actor.source"] == "unavailable"
+    assert a["nodeguard.actor.reason"] == "auditd is not running"
 
 
 @pytest.mark.dockerd
