@@ -93,7 +93,7 @@ def apply_modes(control: Control, findings: Iterable[Finding], policy: Policy) -
             out[i] = dataclasses.replace(f, status=Status.SKIP, mode=mode,
                                          message=f"rule is off in the policy ({f.message})")
         elif f.mode is not mode:
-            out[i] = dataclasses.replace(f, mode=mode)
+            out[i] = f.with_mode(mode)
     return out
 
 

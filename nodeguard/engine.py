@@ -81,6 +81,9 @@ FAST_LANES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # Reverts that are a few system calls (a mode, an owner, an ACL, a group member): never backed off.
 CHEAP_REVERTS = frozenset({"socket", "daemon-files", "docker-group"})
+# Lanes whose thread runs at real-time priority 1 (nodeguard/priority.py says why): a pass is a few
+# system calls, so it can never hold a CPU for long.
+REALTIME_LANES = frozenset({"socket"})
 # Controls a mode/owner/ACL change cannot concern: the runtime control watches the socket's folder for
 # a daemon restart (the socket re-created), not for a chmod, which the socket's own lane handles; waking
 # the slow lane there would make it compete with that very revert for the interpreter.
@@ -171,7 +174,7 @@ class Engine:
         for lane_name, names in FAST_LANES:
             members = [self._by_name[n] for n in names if n in self._by_name]
             if members:
-                lanes.append(Lane(self, lane_name, members))
+                lanes.append(Lane(self, lane_name, members, realtime=lane_name in REALTIME_LANES))
                 placed.update(names)
         # The slow lane always exists: it also reloads the policy and rebuilds the watchers.
         lanes.append(Lane(self, SLOW_LANE, [c for c in self.controls if c.name not in placed]))
@@ -409,6 +412,8 @@ class Engine:
         except Exception as exc:
             log.exception("%s: remediation failed", control.name)
             outcomes = [Outcome(False, False, f"{type(exc).__name__}: {exc}") for _ in findings]
+        # The revert is done: what follows (verify, outcome events) runs at normal priority.
+        lane.revert_done()
         changed = any(o.changed for o in outcomes)
         if changed:
             lane.reverted = True  # its inotify echo is looked at without the coalescing wait
@@ -630,7 +635,7 @@ class Engine:
             return []
 
     def _start_watchers(self, watch_map: dict[Path, set[str]], only: NameFilters) -> None:
-        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND, only)
+        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND, only, realtime=True)
         self._folder_watcher.start(self.trigger)
         self._watchers = self._build_watchers(self.policy)
         self._start_each(self._watchers)
@@ -647,7 +652,7 @@ class Engine:
         The new folder watches start before the old stop, and a resync follows: nothing falls between."""
         old_folder = self._folder_watcher
         watch_map, only = self._watch_plan(self.policy)
-        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND, only)
+        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND, only, realtime=True)
         self._folder_watcher.start(self.trigger)
         if old_folder is not None:
             old_folder.stop()

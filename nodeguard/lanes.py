@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from nodeguard.controls import Control
+from nodeguard.priority import make_realtime, to_normal_priority
 from nodeguard.watch import RESYNC
 
 if TYPE_CHECKING:
@@ -32,8 +33,12 @@ TIMER_GRID_S = 0.01
 class Lane:
     """One worker thread: its own pending triggers, timers and resync; runs its controls in order."""
 
-    def __init__(self, engine: Engine, name: str, controls: Sequence[Control]) -> None:
+    def __init__(self, engine: Engine, name: str, controls: Sequence[Control], *, realtime: bool = False) -> None:
         self.engine = engine
+        # Real-time priority from the wake-up to the revert only (nodeguard/priority.py): the rest
+        # of a pass (verify, outcome events, state) must not keep a CPU from the host's own tasks.
+        self.realtime = realtime
+        self._lowered = False
         self.name = name
         self.controls = list(controls)
         self.names = {c.name for c in self.controls}
@@ -66,12 +71,20 @@ class Lane:
                 heapq.heappush(self._timers, timer)
             self._cv.notify()
 
+    def revert_done(self) -> None:
+        """Called on this lane's thread once a pass's revert is written: back to normal priority
+        until the lane next waits for work."""
+        if self.realtime and not self._lowered:
+            self._lowered = to_normal_priority()
+
     def notify(self) -> None:
         with self._cv:
             self._cv.notify()
 
     def _run(self) -> None:
         eng = self.engine
+        if self.realtime:
+            self.realtime = make_realtime(f"the {self.name} lane")
         try:
             # The start-up pass always completes, even when stop() came first: what was found at
             # start is reported and what enforce mode must revert is reverted.
@@ -82,6 +95,8 @@ class Lane:
         self._echo_pass, self.reverted = self.reverted, False
         next_resync = time.monotonic() + eng.policy.spec.agent.resync_seconds
         while not eng.stopping.is_set():
+            if self._lowered:
+                self._lowered = not make_realtime(f"the {self.name} lane")
             with self._cv:
                 if not self._pending:
                     wake = min(next_resync, self._timers[0][0]) if self._timers else next_resync

@@ -33,6 +33,10 @@ from pathlib import Path
 #                   the agent writes lives in a root-owned folder it can write as the owner.
 #  NET_ADMIN        netfilter: the firewall control's chain (nf_tables netlink, xtables setsockopt).
 #  NET_RAW          python-iptables (libiptc) talks to the legacy xtables through a raw socket.
+#  SYS_NICE         SCHED_FIFO 1 for the inotify reader and the socket's lane (nodeguard/priority.py):
+#                   under CPU contention a socket revert otherwise waits out a scheduler slice (p99
+#                   ~6 ms instead of ~2). It also lets the agent re-prioritise other processes, which
+#                   adds nothing to what CHOWN and FOWNER on the host's /etc already are (root).
 # Not kept, and why:
 #  KILL             SIGHUP to dockerd: same uid (root) needs no capability.
 #  SYS_ADMIN        setns/mount: the pod runs with hostNetwork and mounts come from the pod spec.
@@ -40,7 +44,8 @@ from pathlib import Path
 #                   none. (So a check of /proc/1/ns/net made *after* the drop gets EPERM: do such
 #                   checks before dropping.)
 #  DAC_OVERRIDE, SETUID, SETGID, SETPCAP, SYS_MODULE, MKNOD, ...: nothing the agent does.
-AGENT_CAPABILITIES: frozenset[str] = frozenset({"CHOWN", "FOWNER", "DAC_READ_SEARCH", "NET_ADMIN", "NET_RAW"})
+AGENT_CAPABILITIES: frozenset[str] = frozenset({"CHOWN", "FOWNER", "DAC_READ_SEARCH", "NET_ADMIN", "NET_RAW",
+                                                         "SYS_NICE"})
 
 # linux/capability.h, in bit order.
 CAPABILITY_NAMES: tuple[str, ...] = (

@@ -139,25 +139,12 @@ class FlapTracker:
     def _prune(self, now: float) -> None:
         """Forget fights that are over (nothing in the window, no back-off running): bounded memory."""
         for key in [k for k, f in self._flaps.items()
-                    if not f.blocked_until and (not f.reverts or f.reverts[-1] <= now - self.window)]:
+                    if f.blocked_until <= now and (not f.reverts or f.reverts[-1] <= now - self.window)]:
             del self._flaps[key]
 
     def blocked(self, key: str, now: float) -> bool:
         flap = self._flaps.get(key)
         return flap is not None and now < flap.blocked_until
-
-    def next_unblock(self) -> float | None:
-        times = [f.blocked_until for f in self._flaps.values() if f.blocked_until]
-        return min(times) if times else None
-
-    def expired(self, now: float) -> list[str]:
-        """Keys whose back-off ended (each returned once): the engine looks at them again."""
-        out = []
-        for key, flap in self._flaps.items():
-            if flap.blocked_until and now >= flap.blocked_until:
-                flap.blocked_until = 0.0
-                out.append(key)
-        return out
 
     def forget(self, key: str) -> None:
         self._flaps.pop(key, None)
@@ -204,12 +191,6 @@ class RetryTracker:
 
     def succeeded(self, key: str) -> None:
         self._due.pop(key, None)
-
-    def next_due(self) -> float | None:
-        return min((due for _, due in self._due.values()), default=None)
-
-    def due(self, now: float) -> list[str]:
-        return [k for k, (_, due) in self._due.items() if due <= now]
 
 
 @dataclass(frozen=True)

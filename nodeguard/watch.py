@@ -25,6 +25,7 @@ from typing import Protocol
 from watchdog.observers.inotify_c import CallbackId, InotifyEvent, InotifyFD, Mask, WatchDescriptor
 
 from nodeguard.limits import explain_inotify_error
+from nodeguard.priority import make_realtime
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,10 @@ class FolderWatcher:
     nearest parent that does."""
 
     def __init__(self, folders: dict[Path, set[str]], attrib_blind: frozenset[str] = frozenset(),
-                 only: NameFilters | None = None) -> None:
+                 only: NameFilters | None = None, *, realtime: bool = False) -> None:
         self.folders = folders
+        # The reader thread at real-time priority (nodeguard/priority.py): it is first on every revert's path.
+        self.realtime = realtime
         self.attrib_blind = attrib_blind
         self.only = only or {}
         self.failed: dict[str, str] = {}
@@ -169,6 +172,8 @@ class FolderWatcher:
                                        only)
         self._inotify = inotify
         inotify.start()
+        if self.realtime and inotify.native_id is not None:
+            make_realtime("the inotify reader", inotify.native_id)
 
     def stop(self) -> None:
         inotify, self._inotify = self._inotify, None

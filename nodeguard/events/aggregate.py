@@ -7,9 +7,13 @@ not sent; when the window closes, one summary event goes out: the last repeat, a
 `nodeguard.aggregate.first_seen_unix_nano` / `..._last_seen_unix_nano` (the first and last of
 them). The next repeat after that opens a new window. Lifecycle events are never aggregated.
 
-With a store (the spool), each count is written down as it grows (`Spool.hold_repeat`, no
-fsync) and released in the same transaction that spools its summary: a SIGKILL does not lose
-the count, and the next start sends the summaries the previous run still owed.
+With a store (the spool), the counts that grew are written down by `persist()`, which the agent's
+committer calls after every pass (`Spool.hold_repeats`, one transaction, no fsync of its own), and
+released in the same transaction that spools their summary: the next start sends the summaries the
+previous run still owed. Not on the repeat itself: a repeat is a drift that a lane is about to
+revert, and its write (~0.15 ms) stood between the inotify event and the revert. What this costs:
+a SIGKILL in the milliseconds between a pass and its commit loses that pass's repeats from the
+count, never an event (the first event of every window is spooled before its revert).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ _AGGREGATED = frozenset({EventName.DRIFT_DETECTED, EventName.DRIFT_REVERTED, Eve
 
 
 class RepeatStore(Protocol):
-    def hold_repeat(self, key: str, count: int, first_seen: int, last: Event) -> None: ...
+    def hold_repeats(self, held: Sequence[tuple[str, int, int, Event]]) -> None: ...
 
     def held_repeats(self) -> list[tuple[str, int, int, Event]]: ...
 
@@ -69,7 +73,11 @@ class Aggregator:
         self._clock = clock
         self._store = store
         self._lock = threading.Lock()
+        # Orders the store's writes: a count persisted after its summary released it would be sent
+        # again by the next start (taken before _lock, never the other way round).
+        self._store_lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
+        self._unsaved: set[str] = set()
         self.suppressed = 0
 
     def recover(self) -> int:
@@ -95,8 +103,7 @@ class Aggregator:
                     win.last = event
                     self.suppressed += 1
                     passthrough = None
-                    if self._store is not None:
-                        self._store.hold_repeat(key, win.repeats, win.first_seen, event)
+                    self._unsaved.add(key)
                 elif len(self._windows) < MAX_KEYS:
                     self._windows[key] = _Window(closes_at=now + self.window)
         # Forwarded outside the lock: the spool's fsync must not hold up other emitters' counting.
@@ -117,9 +124,22 @@ class Aggregator:
         for key, summary in due:
             self._send(key, summary)
 
+    def persist(self) -> None:
+        """Write down the counts that grew since the last call (the agent's commit, once per pass)."""
+        if self._store is None:
+            return
+        with self._store_lock:
+            with self._lock:
+                held = [(key, win.repeats, win.first_seen, win.last) for key in self._unsaved
+                        if (win := self._windows.get(key)) is not None and win.last is not None]
+                self._unsaved.clear()
+            if held:
+                self._store.hold_repeats(held)
+
     def _send(self, key: str, summary: Event) -> None:
         if self._store is not None:
-            self._store.append_many([summary], release=[key])
+            with self._store_lock:
+                self._store.append_many([summary], release=[key])
         else:
             self._forward(summary)
 
@@ -127,6 +147,7 @@ class Aggregator:
         out: list[tuple[str, Event]] = []
         for key in [k for k, w in self._windows.items() if w.closes_at <= now]:
             win = self._windows.pop(key)
+            self._unsaved.discard(key)
             if win.repeats and win.last is not None:
                 out.append((key, summarize(win.last, win.repeats, win.first_seen)))
         return out

@@ -74,6 +74,7 @@ class EventPipeline:
     def sync(self) -> None:
         """One fsync for every event emitted so far (the agent calls it once per pass)."""
         if not self._closed.is_set():
+            self.aggregator.persist()
             self.spool.sync()
 
     def close(self) -> None:
@@ -106,6 +107,7 @@ class EventPipeline:
         while not self._closed.wait(1.0):
             try:
                 self.aggregator.flush_due()
+                self.aggregator.persist()
                 # Summaries spooled here are made durable here: no engine pass may follow soon.
                 # (A no-op when nothing was appended since the last sync, or without group commit.)
                 self.spool.sync()

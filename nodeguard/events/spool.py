@@ -160,7 +160,7 @@ class Spool:
     def append_many(self, events: Sequence[Event], *, release: Sequence[str] = ()) -> list[Event]:
         """Several events in one transaction: one fsync for all (a burst, or filling a spool in a benchmark).
 
-        `release`: keys of held repeats (see `hold_repeat`) that these events summarize, forgotten in the
+        `release`: keys of held repeats (see `hold_repeats`) that these events summarize, forgotten in the
         same transaction, so a summary is spooled exactly once even if the process dies right then.
         """
         with self._lock:
@@ -237,21 +237,21 @@ class Spool:
                     self._synced_cv.notify_all()
                     self._changed.notify_all()
 
-    def hold_repeat(self, key: str, count: int, first_seen: int, last: Event) -> None:
-        """Remember how often a drift repeated since it was last sent (the aggregator's window).
+    def hold_repeats(self, held: Sequence[tuple[str, int, int, Event]]) -> None:
+        """Remember how often drifts repeated since each was last sent (the aggregator's windows):
+        (key, count, first seen, last repeat), in one transaction.
 
         Written without an fsync: it survives SIGKILL (the WAL is in the page cache) and is synced
         by the next event's commit; a power cut may lose a count, never an event.
         """
-        record = json.dumps(last.to_record(), separators=(",", ":"), ensure_ascii=False, default=str)
+        rows = [(key, count, first_seen, json.dumps(last.to_record(), separators=(",", ":"), ensure_ascii=False,
+                                                    default=str))
+                for key, count, first_seen, last in held]
         with self._lock:
             self._check_open()
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                self._db.execute("INSERT OR REPLACE INTO repeats(key, count, first_seen, record) VALUES (?, ?, ?, ?)",
-                                 (key, count, first_seen, record))
-            finally:
-                self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+            with self._unsynced(), self._transaction():
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO repeats(key, count, first_seen, record) VALUES (?, ?, ?, ?)", rows)
 
     def held_repeats(self) -> list[tuple[str, int, int, Event]]:
         """Repeats counted by a previous run that never got to send their summary."""
@@ -259,6 +259,18 @@ class Spool:
             self._check_open()
             rows = self._db.execute("SELECT key, count, first_seen, record FROM repeats ORDER BY rowid").fetchall()
         return [(key, count, first, Event.from_record(json.loads(record))) for key, count, first, record in rows]
+
+    @contextlib.contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """Commits without an fsync inside (under group commit, NORMAL, that is already so)."""
+        if self.synchronous == "NORMAL":
+            yield
+            return
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute(f"PRAGMA synchronous={self.synchronous}")
 
     def _chain(self, event: Event) -> tuple[Event, str]:
         seq = self._last_seq + 1
@@ -344,13 +356,9 @@ class Spool:
             self._check_open()
             # No fsync for a cursor move: losing it to a power cut only means a redelivery (the receiver
             # de-duplicates), and the next event's FULL commit syncs the WAL, this frame included.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self._transaction():
-                    self._db.execute("UPDATE cursors SET acked=MAX(acked, ?) WHERE consumer=?", (seq, consumer))
-                    self._prune()
-            finally:
-                self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+            with self._unsynced(), self._transaction():
+                self._db.execute("UPDATE cursors SET acked=MAX(acked, ?) WHERE consumer=?", (seq, consumer))
+                self._prune()
 
     def wait(self, consumer: str, timeout: float) -> bool:
         """Block until something waits for `consumer` (True) or the timeout passes."""

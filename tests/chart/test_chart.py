@@ -130,7 +130,8 @@ def test_daemonset_runs_everywhere_with_least_privilege() -> None:
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"],
-                                  "add": ["CHOWN", "FOWNER", "DAC_READ_SEARCH", "NET_ADMIN", "NET_RAW"]}
+                                  "add": ["CHOWN", "FOWNER", "DAC_READ_SEARCH", "NET_ADMIN", "NET_RAW",
+                                          "SYS_NICE"]}
     # What the pod grants is exactly what the agent keeps after its own drop at start.
     from nodeguard.privileges import AGENT_CAPABILITIES
 

@@ -22,11 +22,12 @@ Event = dict[str, Any]
 def read_events(path: Path) -> list[Event]:
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            out.append(json.loads(line))  # a half line would raise: lines are written whole
-    return out
+    text = path.read_text()
+    # A batch bigger than the exporter's buffer reaches the file in several write()s: a last line
+    # without its newline is still being written. Read as a log shipper does: complete lines only
+    # (a half line anywhere else would still raise).
+    complete = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 @dataclass

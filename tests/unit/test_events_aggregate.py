@@ -88,6 +88,7 @@ def test_counts_held_in_the_spool_survive_a_crash(tmp_path: Path) -> None:
     agg = Aggregator(60, spool.append, Clock(), store=spool)
     for _ in range(6):
         agg.offer(drift())
+    agg.persist()  # the pass's commit (the agent's committer calls it after every pass)
     # The process dies here: the aggregator's memory is gone, its window never closed.
     del agg
     spool.close()
@@ -98,4 +99,36 @@ def test_counts_held_in_the_spool_survive_a_crash(tmp_path: Path) -> None:
     sent = [s.event for s in spool.read("otlp", 10)]
     assert [e.attributes.get(ATTR_COUNT) for e in sent] == [None, 5]
     assert spool.held_repeats() == []  # released in the summary's own transaction: sent once
+    spool.close()
+
+
+def test_repeats_are_not_written_on_the_revert_path_only_at_the_commit(tmp_path: Path) -> None:
+    # A repeat is a drift a lane is about to revert: offer() must not write (it stood before the
+    # revert); the commit writes every count that grew, in one transaction.
+    spool = Spool(tmp_path, ["otlp"])
+    agg = Aggregator(60, spool.append, Clock(), store=spool)
+    for _ in range(3):
+        agg.offer(drift())
+    assert spool.held_repeats() == []
+    agg.persist()
+    assert [count for _, count, _, _ in spool.held_repeats()] == [2]
+    agg.offer(drift())
+    agg.persist()
+    assert [count for _, count, _, _ in spool.held_repeats()] == [3]
+    spool.close()
+
+
+def test_a_count_persisted_after_its_summary_is_not_held_again(tmp_path: Path) -> None:
+    # The window closes (its summary spooled, the count released) before the next commit: that
+    # commit must not write the count back, or the next start would send the summary twice.
+    spool = Spool(tmp_path, ["otlp"])
+    clock = Clock()
+    agg = Aggregator(60, spool.append, clock, store=spool)
+    for _ in range(4):
+        agg.offer(drift())
+    clock.now += 61
+    agg.flush_due()
+    agg.persist()
+    assert spool.held_repeats() == []
+    assert [s.event.attributes.get(ATTR_COUNT) for s in spool.read("otlp", 10)] == [None, 3]
     spool.close()

@@ -83,6 +83,8 @@ def test_drop_leaves_exactly_the_kept_set_and_no_new_privs() -> None:
     ("DAC_READ_SEARCH", "attempt('op', lambda: open(sys.argv[4], 'rb').close())"),
     # libiptc's raw socket: CAP_NET_RAW.
     ("NET_RAW", "attempt('op', lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).close())"),
+    # real-time priority for the socket's revert path: CAP_SYS_NICE (RLIMIT_RTPRIO is 0).
+    ("SYS_NICE", "attempt('op', lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1)))"),
 ])
 def test_each_kept_capability_is_what_makes_its_operation_work(tmp_path: Path, cap: str, operation: str) -> None:
     require_root()
