@@ -189,6 +189,14 @@ RETRY_AFTER_MAX_SECONDS = Setting("retry_after_max_seconds", ("NODEGUARD_EXPORT_
 CLOSE_TIMEOUT_SECONDS = Setting("close_timeout_seconds", ("NODEGUARD_EXPORT_CLOSE_TIMEOUT_SECONDS",), float,
                                 default=2.0)
 
+# -- variables only (no flag) ---------------------------------------------------------------------
+# Netfilter writes on a sandbox host root in the machine's own network namespace: refused unless 1.
+FIREWALL_ANY_ROOT = Setting("firewall_any_root", ("NODEGUARD_FIREWALL_ANY_ROOT",), lambda v: v == "1", default=False)
+# nf_tables table ownership (flags owner, persist): 0 or 1 forces it; unset (or anything else): the kernel decides.
+NFT_OWN_TABLE = Setting("nft_own_table", ("NODEGUARD_NFT_OWN_TABLE",), lambda v: {"0": False, "1": True}.get(v))
+# Events of cluster-scoped objects (a Node) live in "default", as client-go's recorder puts them.
+EVENT_NAMESPACE = Setting("event_namespace", ("NODEGUARD_EVENT_NAMESPACE",), str, default="default")
+
 # The settings ExportOptions.from_env reads (host_root and events_file too: a library caller that
 # builds ExportOptions from the environment alone gets them from their variables).
 EXPORT: tuple[Setting, ...] = (
@@ -197,4 +205,5 @@ EXPORT: tuple[Setting, ...] = (
     METRICS_INTERVAL, EVENTS_FILE, OCSF_FILE, HOST_ROOT, SPOOL_MAX_BYTES, AGGREGATE_SECONDS, RETRY_MAX_SECONDS,
     RETRY_AFTER_MAX_SECONDS, CLOSE_TIMEOUT_SECONDS,
 )
-SETTINGS: tuple[Setting, ...] = (POLICY, STATE_DIR, MODE, LOG_LEVEL, METRICS_BIND_ADDRESS, *EXPORT)
+SETTINGS: tuple[Setting, ...] = (POLICY, STATE_DIR, MODE, LOG_LEVEL, METRICS_BIND_ADDRESS, *EXPORT, FIREWALL_ANY_ROOT,
+                                 NFT_OWN_TABLE, EVENT_NAMESPACE)
