@@ -53,7 +53,7 @@ class Command(click.Command):
         return _first_paragraph(self, limit)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        args = [(p.make_metavar(ctx), p.doc) for p in self.get_params(ctx) if isinstance(p, DocArgument)]
+        args = [(p.human_readable_name, p.doc) for p in self.get_params(ctx) if isinstance(p, DocArgument)]
         if args:
             with formatter.section("Arguments"):
                 formatter.write_dl(args)
