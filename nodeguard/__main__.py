@@ -1,7 +1,7 @@
 """`python -m nodeguard` and the `nodeguard` command.
 
-`nodeguard version` is answered here, before the CLI is built: typer (and the pydantic it loads to
-coerce options) would triple its cost. Everything else goes to nodeguard.cli.
+`nodeguard version` is answered here, before the CLI is built: the fastest path for the one
+command scripts call in loops. Everything else goes to nodeguard.cli.
 """
 
 from __future__ import annotations

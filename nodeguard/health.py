@@ -18,6 +18,7 @@ from pathlib import Path
 
 from nodeguard.exit_codes import ExitCode
 from nodeguard.host.atomic import replace_path
+from nodeguard.settings import STATE_DIR
 
 HEARTBEAT_FILE = "heartbeat"
 DEFAULT_MAX_AGE = 180.0  # seconds: three default resync periods
@@ -70,10 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m nodeguard.health", description=main.__doc__)
-    parser.add_argument("--state-dir", default=os.environ.get("NODEGUARD_STATE_DIR", "/var/lib/nodeguard"))
+    parser.add_argument("--state-dir")  # the flag, else NODEGUARD_STATE_DIR, else the default (nodeguard.settings)
     parser.add_argument("--max-age", type=float, default=DEFAULT_MAX_AGE)
     args = parser.parse_args(argv)
-    result = check_heartbeat(args.state_dir, args.max_age)
+    try:
+        state_dir = STATE_DIR.resolve(args.state_dir)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result = check_heartbeat(state_dir, args.max_age)
     print(result.message)
     return ExitCode.OK if result.ok else ExitCode.FAILED
 

@@ -8,101 +8,71 @@ import os
 import sys
 import tempfile
 import time
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import typer
-from typer.core import TyperGroup
+import click
 
+from nodeguard import settings
 from nodeguard._version import __version__
 from nodeguard.cli.events import events_app
-from nodeguard.events import options as ev_opts
+from nodeguard.cli.flags import CONTEXT_SETTINGS, Command, DocArgument, Group, group, setting_option
 from nodeguard.exit_codes import ExitCode
+from nodeguard.health import DEFAULT_MAX_AGE
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from typer._click import Command, Context  # typer vendors click; its group API takes these
 
     from nodeguard.host import HostRoot
     from nodeguard.policy import Policy
 
 # Each command imports what it needs when it runs: `version`, `health` (the pod's probe), `policy
 # validate` and `events verify` load none of docker, kubernetes, opentelemetry, pyroute2,
-# cryptography or iptc (tests/unit/test_cli_imports.py holds them to it).
+# cryptography or iptc (tests/unit/test_cli_imports.py holds them to it); `check` loads no
+# opentelemetry (its export settings are read by `run` alone).
 
 
-class _LazyGroup(TyperGroup):
+class _LazyGroup(Group):
     """The `firewall` commands are built (and their netfilter modules imported) only when asked for."""
 
     _LAZY = {"firewall": "nodeguard.cli.firewall:firewall_app"}
 
-    def list_commands(self, ctx: Context) -> list[str]:
+    def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._LAZY})
 
-    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self._LAZY and cmd_name not in self.commands:
             import importlib
 
             module, _, attr = self._LAZY[cmd_name].partition(":")
-            sub = typer.main.get_command(getattr(importlib.import_module(module), attr))
-            sub.name = cmd_name
-            # Built on its own, a Typer offers shell completion; as a subcommand it must not.
-            sub.params = [p for p in sub.params if p.name not in ("install_completion", "show_completion")]
-            self.add_command(sub, cmd_name)
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
         return super().get_command(ctx, cmd_name)
 
 
-app = typer.Typer(
+app = _LazyGroup(
     name="nodeguard",
     help="Hold a Docker host to a written security policy: audit it once (check) or keep it there (run).",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    cls=_LazyGroup,
+    context_settings=CONTEXT_SETTINGS,
 )
-policy_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
-app.add_typer(policy_app, name="policy")
-app.add_typer(events_app, name="events")
-cis_app = typer.Typer(help="The CIS Docker Benchmark and what nodeguard does about each recommendation.",
-                      no_args_is_help=True)
-app.add_typer(cis_app, name="cis")
+policy_app = group("policy", "Work with policy files.")
+app.add_command(policy_app, "policy")
+app.add_command(events_app, "events")
+cis_app = group("cis", "The CIS Docker Benchmark and what nodeguard does about each recommendation.")
+app.add_command(cis_app, "cis")
 
 
-def _err(markup: str) -> None:
-    """One message on stderr; rich (and its start-up cost) only when something goes wrong."""
-    from rich.console import Console
-
-    # soft_wrap: one "file:line: field: why" per line, whatever the terminal width, so it can be grepped.
-    Console(stderr=True, soft_wrap=True).print(markup, highlight=False)
+def _err(headline: str, rest: str = "") -> None:
+    """One message on stderr: the headline red on a terminal (click strips the colour elsewhere), the rest as is."""
+    click.echo(click.style(headline, fg="red") + rest, err=True)
 
 
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
-    sarif = "sarif"
-    junit = "junit"
-    ocsf = "ocsf"
+def _exit(code: ExitCode) -> NoReturn:
+    raise click.exceptions.Exit(int(code))
 
 
-class FailOn(StrEnum):
-    low = "low"
-    medium = "medium"
-    high = "high"
-    critical = "critical"
-
-
-HostRootOpt = Annotated[
-    Path,
-    typer.Option("--host-root", envvar="NODEGUARD_HOST_ROOT",
-                 help="Where the host's filesystem is: / from a shell, /host in a pod.", show_default=True),
-]
-PolicyOpt = Annotated[
-    Path | None,
-    typer.Option("--policy", envvar="NODEGUARD_POLICY",
-                 help="Policy YAML; names only what it changes from the embedded CIS default."),
-]
+OUTPUT_FORMATS = ("table", "json", "sarif", "junit", "ocsf")
+FAIL_ON = ("low", "medium", "high", "critical")
 
 
 def _load_policy_or_exit(path: Path | None) -> Policy:
@@ -111,8 +81,8 @@ def _load_policy_or_exit(path: Path | None) -> Policy:
     try:
         return load_policy(path)
     except PolicyError as exc:
-        _err(f"[red]policy rejected[/]\n{exc.render()}")
-        raise typer.Exit(ExitCode.USAGE) from None
+        _err("policy rejected", "\n" + exc.render())
+        _exit(ExitCode.USAGE)
 
 
 def _host_or_exit(path: Path) -> HostRoot:
@@ -121,16 +91,16 @@ def _host_or_exit(path: Path) -> HostRoot:
     try:
         return HostRoot(path)
     except HostPathError as exc:
-        _err(f"[red]{exc.strerror}[/]")
-        raise typer.Exit(ExitCode.USAGE) from None
+        _err(exc.strerror or str(exc))
+        _exit(ExitCode.USAGE)
 
 
-def _ids(values: list[str] | None) -> list[str]:
+def _ids(values: Iterable[str] | None) -> list[str]:
     """`--check 2.2,2.14 --check icc` -> ["2.2", "2.14", "icc"]."""
     return [part.strip() for v in values or [] for part in v.split(",") if part.strip()]
 
 
-def _rules_or_exit(flag: str, values: list[str] | None) -> set[tuple[str, str]] | None:
+def _rules_or_exit(flag: str, values: Iterable[str] | None) -> set[tuple[str, str]] | None:
     from nodeguard.catalog import rules_matching
 
     ids = _ids(values)
@@ -138,9 +108,9 @@ def _rules_or_exit(flag: str, values: list[str] | None) -> set[tuple[str, str]] 
         return None
     found, unknown = rules_matching(ids)
     if unknown:
-        _err(f"[red]{flag}: unknown id {', '.join(repr(u) for u in unknown)}[/]; give a CIS id (2.2, 1.1), a rule "
+        _err(f"{flag}: unknown id {', '.join(repr(u) for u in unknown)}", "; give a CIS id (2.2, 1.1), a rule "
              "id (icc, daemon-config/icc) or a control name; `nodeguard cis list` shows them")
-        raise typer.Exit(ExitCode.USAGE)
+        _exit(ExitCode.USAGE)
     return found
 
 
@@ -161,30 +131,26 @@ def write_output(path: Path, text: str | Iterable[str]) -> None:
         raise
 
 
-@app.command()
-def check(
-    host_root: HostRootOpt = Path("/"),
-    policy: PolicyOpt = None,
-    output_format: Annotated[OutputFormat, typer.Option(
-        "--format", help="table for people; json, sarif (2.1.0), junit (XML) or ocsf (JSON lines) for tools.")] = (
-        OutputFormat.table),
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Write the report to this file (whole or not at all) instead of stdout.")] = None,
-    fail_on: Annotated[FailOn, typer.Option(
-        "--fail-on", help="Exit 1 only for a failing rule of this severity or above (low: any failing rule).")] = (
-        FailOn.low),
-    select: Annotated[list[str] | None, typer.Option(
-        "--check", help="Run only these checks: CIS ids (2.2, or a section: 1.1), rule ids (icc, "
-        "daemon-config/icc) or control names; comma-separated or repeated.")] = None,
-    skip: Annotated[list[str] | None, typer.Option(
-        "--skip", help="Leave these checks out (same ids as --check).")] = None,
-    only: Annotated[list[str] | None, typer.Option(
-        "--only", help="Run only this control (repeatable); `nodeguard cis list` names them.")] = None,
-    failed_only: Annotated[bool, typer.Option("--failed", help="Table: show failing rules only.")] = False,
-    remediation: Annotated[bool, typer.Option("--remediation", help="Table: how to fix each failing rule.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Table: one row per skipped check, not one "
-                                                                  "line per reason.")] = False,
-) -> None:
+@app.command(cls=Command)
+@setting_option(settings.HOST_ROOT)
+@setting_option(settings.POLICY)
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="table", show_default=True,
+              help="table for people; json, sarif (2.1.0), junit (XML) or ocsf (JSON lines) for tools.")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="Write the report to this file (whole or not at all) instead of stdout.")
+@click.option("--fail-on", type=click.Choice(FAIL_ON), default="low", show_default=True,
+              help="Exit 1 only for a failing rule of this severity or above (low: any failing rule).")
+@click.option("--check", "select", multiple=True,
+              help="Run only these checks: CIS ids (2.2, or a section: 1.1), rule ids (icc, daemon-config/icc) or "
+                   "control names; comma-separated or repeated.")
+@click.option("--skip", multiple=True, help="Leave these checks out (same ids as --check).")
+@click.option("--only", multiple=True, help="Run only this control (repeatable); `nodeguard cis list` names them.")
+@click.option("--failed", "failed_only", is_flag=True, help="Table: show failing rules only.")
+@click.option("--remediation", is_flag=True, help="Table: how to fix each failing rule.")
+@click.option("--verbose", "-v", is_flag=True, help="Table: one row per skipped check, not one line per reason.")
+def check(host_root: Path, policy: Path | None, output_format: str, output: Path | None, fail_on: str,
+          select: tuple[str, ...], skip: tuple[str, ...], only: tuple[str, ...], failed_only: bool, remediation: bool,
+          verbose: bool) -> None:
     """Audit the host once. Exit 0: nothing fails (at --fail-on); 1: a rule fails; 2: usage or policy error.
 
     With no Docker engine under the host root (and no --only/--check), one line says so, exit 0.
@@ -195,14 +161,14 @@ def check(
     known = set(control_names())
     for name in only or []:
         if name not in known:
-            _err(f"[red]unknown control {name!r}[/]; known: {', '.join(sorted(known))}")
-            raise typer.Exit(ExitCode.USAGE)
+            _err(f"unknown control {name!r}", f"; known: {', '.join(sorted(known))}")
+            _exit(ExitCode.USAGE)
     selected = _rules_or_exit("--check", select)
     skipped = _rules_or_exit("--skip", skip) or set()
     host = _host_or_exit(host_root)
     if output is not None and not output.parent.is_dir():
-        _err(f"[red]--output: {output.parent} is not a folder[/]")
-        raise typer.Exit(ExitCode.USAGE)
+        _err(f"--output: {output.parent} is not a folder")
+        _exit(ExitCode.USAGE)
 
     from nodeguard.audit import AuditReport, docker_engine_evidence, run_audit
     from nodeguard.events.resource import host_name, machine_id
@@ -217,12 +183,12 @@ def check(
         message = (f"no Docker engine under {host.root} (no dockerd binary, socket, daemon.json or unit): "
                    "nothing to check")
         report = AuditReport(started=time.time(), ended=time.time())
-        if output_format is OutputFormat.table:
+        if output_format == "table":
             _emit(output, message + "\n")
-            raise typer.Exit(ExitCode.OK)
+            _exit(ExitCode.OK)
         extra = {"docker_engine": False, "message": message}
     else:
-        report = run_audit(host, pol, only=only, select=selected, skip=skipped)
+        report = run_audit(host, pol, only=list(only) or None, select=selected, skip=skipped)
     host_attrs = {"host.name": info.host_name}
     mid = machine_id(host.root)
     if mid:
@@ -230,8 +196,8 @@ def check(
     _emit(output, _render(report, info, output_format, host_attrs, extra, show_passed=not failed_only,
                           verbose=verbose, remediation=remediation))
     # `low` keeps the first behaviour: any failing rule fails the run, an info-severity one included.
-    failing = report.failed if fail_on is FailOn.low else report.failed_at(Severity(fail_on.value))
-    raise typer.Exit(ExitCode.FAILED if failing else ExitCode.OK)
+    failing = report.failed if fail_on == "low" else report.failed_at(Severity(fail_on))
+    _exit(ExitCode.FAILED if failing else ExitCode.OK)
 
 
 def _emit(output: Path | None, text: str | Iterable[str]) -> None:
@@ -241,24 +207,24 @@ def _emit(output: Path | None, text: str | Iterable[str]) -> None:
     try:
         write_output(output, text)
     except OSError as exc:
-        _err(f"[red]--output {output}: {exc.strerror or exc}[/]")
-        raise typer.Exit(ExitCode.USAGE) from None
+        _err(f"--output {output}: {exc.strerror or exc}")
+        _exit(ExitCode.USAGE)
 
 
-def _render(report: Any, info: Any, fmt: OutputFormat, host_attrs: dict[str, str], extra: dict[str, Any], *,
+def _render(report: Any, info: Any, fmt: str, host_attrs: dict[str, str], extra: dict[str, Any], *,
             show_passed: bool, verbose: bool, remediation: bool) -> str | Iterable[str]:
     import json
 
     from nodeguard import report as rep
 
-    if fmt is OutputFormat.json:
+    if fmt == "json":
         # In pieces: a 100,000-member group's report is never one string (nor one dict) in memory.
         return rep.iter_json(report, info, extra)
-    if fmt is OutputFormat.sarif:
+    if fmt == "sarif":
         return json.dumps(rep.to_sarif(report, info), indent=2, default=str) + "\n"
-    if fmt is OutputFormat.junit:
+    if fmt == "junit":
         return rep.to_junit(report, info)
-    if fmt is OutputFormat.ocsf:
+    if fmt == "ocsf":
         return rep.to_ocsf_lines(report, host_attrs)
     import io
 
@@ -272,15 +238,10 @@ def _render(report: Any, info: Any, fmt: OutputFormat, host_attrs: dict[str, str
     return buf.getvalue()
 
 
-class CisListFormat(StrEnum):
-    table = "table"
-    json = "json"
-
-
-@cis_app.command("list")
-def cis_list(
-    output_format: Annotated[CisListFormat, typer.Option("--format", help="table or json.")] = CisListFormat.table,
-) -> None:
+@cis_app.command("list", cls=Command)
+@click.option("--format", "output_format", type=click.Choice(("table", "json")), default="table", show_default=True,
+              help="table or json.")
+def cis_list(output_format: str) -> None:
     """Every CIS Docker Benchmark v1.6.0 recommendation (sections 1-3) and every other nodeguard rule:
     its title, and whether nodeguard enforces it, reports it, or does not check it (and why)."""
     import json
@@ -288,38 +249,33 @@ def cis_list(
     from nodeguard.cis import catalog_rows
 
     rows = catalog_rows()
-    if output_format is CisListFormat.json:
-        typer.echo(json.dumps(rows, indent=2))
+    if output_format == "json":
+        click.echo(json.dumps(rows, indent=2))
         return
     # Plain lines, not a table: titles are long, and a line per fact greps well.
     for row in rows:
-        typer.echo(f"{row['id']:<8} {row['nodeguard']:<12} {row['title']}")
+        click.echo(f"{row['id']:<8} {row['nodeguard']:<12} {row['title']}")
         detail = ", ".join(row["rules"]) or "-"
-        typer.echo(f"{'':<8} {'':<12} by {detail}" + (f" ({row['why']})" if row.get("why") else ""))
+        click.echo(f"{'':<8} {'':<12} by {detail}" + (f" ({row['why']})" if row.get("why") else ""))
     counts = {k: sum(1 for r in rows if r["nodeguard"] == k) for k in ("enforce", "report", "not checked")}
-    typer.echo(f"{len(rows)} checks: {counts['enforce']} enforced, {counts['report']} reported, "
+    click.echo(f"{len(rows)} checks: {counts['enforce']} enforced, {counts['report']} reported, "
                f"{counts['not checked']} not checked")
 
 
-@policy_app.command("validate")
-def policy_validate(
-    file: Annotated[Path, typer.Argument(help="The policy file to check.")],
-) -> None:
+@policy_app.command("validate", cls=Command)
+@click.argument("file", type=click.Path(path_type=Path), cls=DocArgument, doc="The policy file to check.")
+def policy_validate(file: Path) -> None:
     """Explain what is wrong with a policy file: file, line, field and why. Exit 0 valid, 2 invalid."""
     _load_policy_or_exit(file)
-    typer.echo(f"{file}: valid")
+    click.echo(f"{file}: valid")
 
 
-@policy_app.command("show")
-def policy_show(policy: PolicyOpt = None) -> None:
+@policy_app.command("show", cls=Command)
+@setting_option(settings.POLICY)
+def policy_show(policy: Path | None) -> None:
     """Print the effective policy (the file merged over the embedded default) as JSON."""
     pol = _load_policy_or_exit(policy)
-    typer.echo(pol.model_dump_json(by_alias=True, indent=2))
-
-
-class RunMode(StrEnum):
-    observe = "observe"
-    enforce = "enforce"
+    click.echo(pol.model_dump_json(by_alias=True, indent=2))
 
 
 def _least_privilege_or_exit(host_root: Path, policy: Path | None, state_dir: Path) -> None:
@@ -341,8 +297,8 @@ def _least_privilege_or_exit(host_root: Path, policy: Path | None, state_dir: Pa
         try:
             check_not_writable_by_others(path)
         except UnsafePath as exc:
-            _err(f"[red]refused:[/] {exc}")
-            raise typer.Exit(ExitCode.USAGE) from None
+            _err("refused:", f" {exc}")
+            _exit(ExitCode.USAGE)
     try:
         after = drop_capabilities(AGENT_CAPABILITIES)
     except PrivilegeError as exc:
@@ -366,40 +322,40 @@ def _event_folders_safe_or_exit(*targets: str | None) -> None:
         try:
             check_not_writable_by_others(folder)
         except UnsafePath as exc:
-            _err(f"[red]refused:[/] {exc}")
-            raise typer.Exit(ExitCode.USAGE) from None
+            _err("refused:", f" {exc}")
+            _exit(ExitCode.USAGE)
 
 
-@app.command()
+_EXPORT = "Event export"
+
+
+@app.command(cls=Command)
+@setting_option(settings.HOST_ROOT)
+@setting_option(settings.POLICY)
+@setting_option(settings.MODE)
+@setting_option(settings.EVENTS_FILE)
+@setting_option(settings.STATE_DIR)
+@setting_option(settings.LOG_LEVEL)
+@setting_option(settings.METRICS_BIND_ADDRESS)
+# The export flags stay None when not given: ExportOptions.from_env reads their variables.
+@setting_option(settings.OTLP_ENDPOINT, resolve=False, panel=_EXPORT)
+@setting_option(settings.OTLP_PROTOCOL, resolve=False, panel=_EXPORT)
+@setting_option(settings.OTLP_HEADERS, resolve=False, panel=_EXPORT)
+@setting_option(settings.OTLP_CERTIFICATE, resolve=False, panel=_EXPORT)
+@setting_option(settings.OTLP_CLIENT_KEY, resolve=False, panel=_EXPORT)
+@setting_option(settings.OTLP_CLIENT_CERTIFICATE, resolve=False, panel=_EXPORT)
+@setting_option(settings.OTLP_INSECURE, resolve=False, panel=_EXPORT)
+@setting_option(settings.OTLP_TIMEOUT, resolve=False, panel=_EXPORT)
+@setting_option(settings.OCSF_FILE, resolve=False, panel=_EXPORT)
+@setting_option(settings.SPOOL_MAX_BYTES, resolve=False, panel=_EXPORT)
+@setting_option(settings.AGGREGATE_SECONDS, resolve=False, panel=_EXPORT)
+@setting_option(settings.METRICS, resolve=False, panel=_EXPORT)
 def run(
-    host_root: HostRootOpt = Path("/"),
-    policy: PolicyOpt = None,
-    mode: Annotated[RunMode | None, typer.Option(
-        "--mode", envvar="NODEGUARD_MODE",
-        help="Override the policy's spec.mode for every control (rules set explicitly keep theirs).")] = None,
-    events_file: Annotated[str, typer.Option(
-        "--events-file", envvar="NODEGUARD_EVENTS_FILE",
-        help="Append each event as one JSON line to this file; - for stdout.")] = "-",
-    state_dir: Annotated[Path, typer.Option(
-        "--state-dir", envvar="NODEGUARD_STATE_DIR",
-        help="Last observed state, last good files, quarantined files.")] = Path("/var/lib/nodeguard"),
-    log_level: Annotated[str, typer.Option("--log-level", envvar="NODEGUARD_LOG_LEVEL",
-                                           help="debug, info, warning, error.")] = "info",
-    otlp_endpoint: ev_opts.OtlpEndpointOpt = None,
-    otlp_protocol: ev_opts.OtlpProtocolOpt = None,
-    otlp_headers: ev_opts.OtlpHeadersOpt = None,
-    otlp_certificate: ev_opts.OtlpCertificateOpt = None,
-    otlp_client_key: ev_opts.OtlpClientKeyOpt = None,
-    otlp_client_certificate: ev_opts.OtlpClientCertificateOpt = None,
-    otlp_insecure: ev_opts.OtlpInsecureOpt = None,
-    otlp_timeout: ev_opts.OtlpTimeoutOpt = None,
-    ocsf_file: ev_opts.OcsfFileOpt = None,
-    spool_max_bytes: ev_opts.SpoolMaxBytesOpt = None,
-    aggregate_seconds: ev_opts.AggregateSecondsOpt = None,
-    metrics: ev_opts.MetricsOpt = None,
-    metrics_bind_address: Annotated[str | None, typer.Option(
-        "--metrics-bind-address", envvar="NODEGUARD_METRICS_BIND_ADDRESS",
-        help="Serve Prometheus metrics on HOST:PORT (plain HTTP, no auth; off by default).")] = None,
+    host_root: Path, policy: Path | None, mode: str | None, events_file: str, state_dir: Path, log_level: str,
+    metrics_bind_address: str | None, otlp_endpoint: str | None, otlp_protocol: settings.OtlpProtocol | None,
+    otlp_headers: str | None, otlp_certificate: Path | None, otlp_client_key: Path | None,
+    otlp_client_certificate: Path | None, otlp_insecure: bool | None, otlp_timeout: float | None,
+    ocsf_file: str | None, spool_max_bytes: int | None, aggregate_seconds: float | None, metrics: bool | None,
 ) -> None:
     """Run the agent: evaluate everything, then watch the host; report drift (observe) or revert it (enforce).
 
@@ -407,6 +363,7 @@ def run(
     """
     from nodeguard.agent import run_agent
     from nodeguard.engine import EngineOptions
+    from nodeguard.events import options as ev_opts
     from nodeguard.events.pipeline import build_pipeline
     from nodeguard.events.spool import SpoolBusy
     from nodeguard.policy import PolicyError
@@ -418,11 +375,11 @@ def run(
     try:
         endpoint = PrometheusEndpoint(parse_bind_address(metrics_bind_address)) if metrics_bind_address else None
     except ValueError as exc:
-        _err(f"[red]--metrics-bind-address: {exc}[/]")
-        raise typer.Exit(ExitCode.USAGE) from None
+        _err(f"--metrics-bind-address: {exc}")
+        _exit(ExitCode.USAGE)
     host = _host_or_exit(host_root)
     _least_privilege_or_exit(host_root, policy, state_dir)
-    options = EngineOptions(host, state_dir, policy, Mode(mode.value) if mode else None)
+    options = EngineOptions(host, state_dir, policy, Mode(mode) if mode else None)
     try:
         export = ev_opts.export_options_from_flags(
             host_root=host_root, events_file=events_file, otlp_endpoint=otlp_endpoint, otlp_protocol=otlp_protocol,
@@ -430,22 +387,22 @@ def run(
             otlp_client_certificate=otlp_client_certificate, otlp_insecure=otlp_insecure, otlp_timeout=otlp_timeout,
             ocsf_file=ocsf_file, spool_max_bytes=spool_max_bytes, aggregate_seconds=aggregate_seconds, metrics=metrics)
     except ValueError as exc:  # an OTEL_*/NODEGUARD_* variable that does not parse
-        _err(f"[red]event export settings: {exc}[/]")
-        raise typer.Exit(ExitCode.USAGE) from None
+        _err(f"event export settings: {exc}")
+        _exit(ExitCode.USAGE)
     _event_folders_safe_or_exit(export.events_file, export.ocsf_file)
     try:
         # Events are spooled durably under the state dir, then exported (OTLP, --events-file, --ocsf-file).
         sink = build_pipeline(export, state_dir, metric_readers=[endpoint.reader] if endpoint else ())
     except SpoolBusy as exc:
-        _err(f"[red]{exc}[/]")
-        raise typer.Exit(ExitCode.USAGE) from None
+        _err(str(exc))
+        _exit(ExitCode.USAGE)
     try:
         if endpoint is not None:
             endpoint.start()
     except OSError as exc:
         sink.close()
-        _err(f"[red]--metrics-bind-address {endpoint.address if endpoint else ''}: {exc.strerror or exc}[/]")
-        raise typer.Exit(ExitCode.USAGE) from None
+        _err(f"--metrics-bind-address {endpoint.address if endpoint else ''}: {exc.strerror or exc}")
+        _exit(ExitCode.USAGE)
     from nodeguard.events.kube import kube_sink_from_env
 
     # In a cluster, each node's state also shows as a Node condition and Node Events.
@@ -453,33 +410,30 @@ def run(
     try:
         run_agent(options, [sink] if kube is None else [sink, kube])
     except PolicyError as exc:
-        _err(f"[red]policy rejected and no last good policy to fall back to[/]\n{exc.render()}")
-        raise typer.Exit(ExitCode.USAGE) from None
+        _err("policy rejected and no last good policy to fall back to", "\n" + exc.render())
+        _exit(ExitCode.USAGE)
     finally:
         if endpoint is not None:
             endpoint.close()
 
 
-@app.command()
+@app.command(cls=Command)
 def version() -> None:
     """Print nodeguard's version."""
-    typer.echo(__version__)
+    click.echo(__version__)
 
 
-@app.command()
-def health(
-    state_dir: Annotated[Path, typer.Option("--state-dir", envvar="NODEGUARD_STATE_DIR",
-                                            help="The agent's state dir, where it writes its heartbeat.")] = (
-        Path("/var/lib/nodeguard")),
-    max_age: Annotated[float, typer.Option("--max-age", min=1, help="Oldest heartbeat (seconds) still healthy.")] = (
-        180.0),
-) -> None:
+@app.command(cls=Command)
+@setting_option(settings.STATE_DIR, help="The agent's state dir, where it writes its heartbeat.")
+@click.option("--max-age", type=click.FloatRange(min=1), default=DEFAULT_MAX_AGE, show_default=True,
+              help="Oldest heartbeat (seconds) still healthy.")
+def health(state_dir: Path, max_age: float) -> None:
     """Exit 0 when the running agent's heartbeat is fresh, 1 otherwise: the pod's exec probe."""
     from nodeguard.health import check_heartbeat
 
     result = check_heartbeat(state_dir, max_age)
-    typer.echo(result.message)
-    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.FAILED)
+    click.echo(result.message)
+    _exit(ExitCode.OK if result.ok else ExitCode.FAILED)
 
 
 def main() -> None:

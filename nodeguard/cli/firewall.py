@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 
+from nodeguard import settings
+from nodeguard.cli.flags import Command, group, setting_option
 from nodeguard.exit_codes import ExitCode
 from nodeguard.host import HostRoot
 from nodeguard.netfilter.backend import BackendError
@@ -21,12 +22,11 @@ from nodeguard.netfilter.model import Desired
 from nodeguard.netfilter.select import Selection, backend_for, legacy_usable, nft_usable, select_backend, writes_refused
 from nodeguard.policy import FirewallPolicy
 
-firewall_app = typer.Typer(help="nodeguard's own firewall rules: show, apply, remove.", no_args_is_help=True)
+firewall_app = group("firewall", "nodeguard's own firewall rules: show, apply, remove.")
 
-HostRootOpt = Annotated[Path, typer.Option("--host-root", envvar="NODEGUARD_HOST_ROOT",
-                                           help="Where the host's filesystem is (its /run/xtables.lock is used).")]
-PolicyOpt = Annotated[Path | None, typer.Option("--policy", envvar="NODEGUARD_POLICY",
-                                                help="Policy YAML (its firewall section).")]
+host_root_option = setting_option(
+    settings.HOST_ROOT, help="Where the host's filesystem is (its /run/xtables.lock is used).")
+policy_option = setting_option(settings.POLICY, help="Policy YAML (its firewall section).")
 
 
 def _selection(host_root: Path, policy: Path | None) -> tuple[HostRoot, FirewallPolicy, Selection]:
@@ -38,17 +38,16 @@ def _selection(host_root: Path, policy: Path | None) -> tuple[HostRoot, Firewall
     return host, fw, select_backend(fw.backend, host)
 
 
-@firewall_app.command("show")
-def show(
-    host_root: HostRootOpt = Path("/"),
-    policy: PolicyOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
+@firewall_app.command("show", cls=Command)
+@host_root_option
+@policy_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show(host_root: Path, policy: Path | None, as_json: bool) -> None:
     """Which backend, why, and nodeguard's rules as the kernel holds them. Exit 1 when they differ from the policy."""
     _, fw, sel = _selection(host_root, policy)
     if sel.backend is None:
-        typer.echo(f"no firewall backend: {sel.reason}", err=True)
-        raise typer.Exit(ExitCode.USAGE)
+        click.echo(f"no firewall backend: {sel.reason}", err=True)
+        raise click.exceptions.Exit(ExitCode.USAGE)
     state = sel.backend.read_state()
     desired = Desired.from_policy(fw)
     in_place = sel.backend.in_place(desired, state)
@@ -59,34 +58,38 @@ def show(
                            for c in sel.backend.desired_chains(desired)]}
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
     else:
-        typer.echo(f"backend: {sel.name} ({sel.reason})")
-        typer.echo(f"where:   {sel.backend.describe()}")
+        click.echo(f"backend: {sel.name} ({sel.reason})")
+        click.echo(f"where:   {sel.backend.describe()}")
         if state.error:
-            typer.echo(f"error:   {state.error}")
+            click.echo(f"error:   {state.error}")
         for line in state.render():
-            typer.echo(f"  {line}")
-        typer.echo("in place: yes" if in_place else "in place: NO (differs from the policy)")
-    raise typer.Exit(ExitCode.OK if in_place else ExitCode.FAILED)
+            click.echo(f"  {line}")
+        click.echo("in place: yes" if in_place else "in place: NO (differs from the policy)")
+    raise click.exceptions.Exit(ExitCode.OK if in_place else ExitCode.FAILED)
 
 
-@firewall_app.command("apply")
-def apply(host_root: HostRootOpt = Path("/"), policy: PolicyOpt = None) -> None:
+@firewall_app.command("apply", cls=Command)
+@host_root_option
+@policy_option
+def apply(host_root: Path, policy: Path | None) -> None:
     """Put the policy's rules in place now (idempotent: nothing is written when they already are)."""
     host, fw, sel = _selection(host_root, policy)
     if sel.backend is None:
-        typer.echo(f"no firewall backend: {sel.reason}", err=True)
-        raise typer.Exit(ExitCode.USAGE)
+        click.echo(f"no firewall backend: {sel.reason}", err=True)
+        raise click.exceptions.Exit(ExitCode.USAGE)
     _refuse_or_continue(host)
     try:
         changed = sel.backend.apply(Desired.from_policy(fw))
     except BackendError as exc:
-        typer.echo(f"{sel.name}: {exc}", err=True)
-        raise typer.Exit(ExitCode.FAILED) from None
-    typer.echo(f"{sel.name}: {'applied' if changed else 'already in place'} ({sel.backend.describe()})")
+        click.echo(f"{sel.name}: {exc}", err=True)
+        raise click.exceptions.Exit(ExitCode.FAILED) from None
+    click.echo(f"{sel.name}: {'applied' if changed else 'already in place'} ({sel.backend.describe()})")
 
 
-@firewall_app.command("remove")
-def remove(host_root: HostRootOpt = Path("/"), policy: PolicyOpt = None) -> None:
+@firewall_app.command("remove", cls=Command)
+@host_root_option
+@policy_option
+def remove(host_root: Path, policy: Path | None) -> None:
     """Remove nodeguard's rules from every backend that holds them (uninstall). Nothing else is touched.
 
     Run it after the agent is gone: a running agent in enforce mode puts them back.
@@ -108,11 +111,11 @@ def remove(host_root: HostRootOpt = Path("/"), policy: PolicyOpt = None) -> None
             removed = backend.remove()
         except BackendError as exc:
             # iptables-nft tools may be missing on an nft-only host: that backend holds nothing then.
-            typer.echo(f"{name}: not removed: {exc}", err=True)
+            click.echo(f"{name}: not removed: {exc}", err=True)
             failed = failed or name != "iptables-nft"
             continue
-        typer.echo(f"{name}: {'removed ' + backend.describe() if removed else 'nothing of nodeguard there'}")
-    raise typer.Exit(ExitCode.FAILED if failed else ExitCode.OK)
+        click.echo(f"{name}: {'removed ' + backend.describe() if removed else 'nothing of nodeguard there'}")
+    raise click.exceptions.Exit(ExitCode.FAILED if failed else ExitCode.OK)
 
 
 def nft_usable_ok() -> bool:
@@ -124,5 +127,5 @@ def nft_usable_ok() -> bool:
 def _refuse_or_continue(host: HostRoot) -> None:
     refused = writes_refused(host)
     if refused is not None:
-        typer.echo(refused, err=True)
-        raise typer.Exit(ExitCode.USAGE)
+        click.echo(refused, err=True)
+        raise click.exceptions.Exit(ExitCode.USAGE)

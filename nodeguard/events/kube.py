@@ -50,6 +50,7 @@ from typing import Any
 
 from nodeguard.events.model import Event, EventName
 from nodeguard.reconcile import Backoff, event_finding_key, split_key
+from nodeguard.settings import EVENT_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ CONDITION_TYPE = "DockerDaemonCompliant"
 COMPONENT = "nodeguard"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 # Events of cluster-scoped objects (a Node) live in "default", as client-go's recorder puts them.
-DEFAULT_EVENT_NAMESPACE = "default"
+DEFAULT_EVENT_NAMESPACE: str = EVENT_NAMESPACE.default
 # Where nodeguard kept a second copy of its open drifts before it read them from the engine (and
 # findings.json): removed at start, never read.
 OLD_OPEN_DRIFTS_FILE = "kube-open-drifts.json"
@@ -385,7 +386,7 @@ def kube_sink_from_env(env: Mapping[str, str] | None = None, *,
                           cert_filename=str(service_account_dir / "ca.crt"),
                           environ=dict(env)).load_and_set(configuration)
     return KubeSink(client.CoreV1Api(client.ApiClient(configuration)), node,
-                    event_namespace=env.get("NODEGUARD_EVENT_NAMESPACE", DEFAULT_EVENT_NAMESPACE),
+                    event_namespace=EVENT_NAMESPACE.resolve(None, env),
                     wait_for_engine=wait_for_engine)
 
 

@@ -40,11 +40,12 @@ from pathlib import Path
 from nodeguard.events.chain import ATTR_HASH, ATTR_PREV, ATTR_SEQ, GENESIS, event_hash, normalize
 from nodeguard.events.model import Event, EventName
 from nodeguard.events.verify import ATTR_DROPPED_FIRST, ATTR_DROPPED_LAST
+from nodeguard.settings import DEFAULT_SPOOL_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
 SPOOL_FILE = "spool.sqlite"
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BYTES = DEFAULT_SPOOL_MAX_BYTES  # --spool-max-bytes' default (nodeguard.settings)
 # After a drop the spool is brought down to this share of the cap.
 LOW_WATER = 0.9
 

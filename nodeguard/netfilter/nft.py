@@ -43,6 +43,7 @@ from nodeguard.netfilter.model import (
     rules_for,
 )
 from nodeguard.netfilter.nftown import OwnedTable, persist_supported
+from nodeguard.settings import NFT_OWN_TABLE
 
 TABLE = "nodeguard"
 CHAIN = "input"
@@ -138,7 +139,7 @@ def table_owner(info: nftnl.TableInfo) -> TableOwner | None:
                       agent=bool(pids) and all(nftnl.is_nodeguard_agent(p) for p in pids))
 
 
-OWN_TABLE_ENV = "NODEGUARD_NFT_OWN_TABLE"
+OWN_TABLE_ENV = NFT_OWN_TABLE.env[0]
 _owned: dict[tuple[int, int], OwnedTable] = {}
 _owned_lock = threading.Lock()
 
@@ -159,10 +160,8 @@ def own_table_default() -> bool:
     NODEGUARD_NFT_OWN_TABLE=0 forces the older way (a plain table, watched and restored), =1
     forces ownership (which on a kernel without `persist` fails every write: EOPNOTSUPP).
     """
-    forced = os.environ.get(OWN_TABLE_ENV)
-    if forced in ("0", "1"):
-        return forced == "1"
-    return persist_supported()
+    forced: bool | None = NFT_OWN_TABLE.read()
+    return persist_supported() if forced is None else forced
 
 
 class NftablesBackend(Backend):

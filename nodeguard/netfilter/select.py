@@ -33,6 +33,7 @@ from nodeguard.netfilter.libnft import Nft, NftError, netns_id, shared_nft
 from nodeguard.netfilter.nft import TABLE as NFT_TABLE
 from nodeguard.netfilter.nft import NftablesBackend
 from nodeguard.netfilter.xtables import XtablesLegacyBackend, legacy_chain_names, legacy_tables, on_worker
+from nodeguard.settings import FIREWALL_ANY_ROOT
 
 HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
 DOCKER_CHAINS = ("DOCKER", "DOCKER-USER", "DOCKER-FORWARD")
@@ -231,7 +232,7 @@ def forget_decisions() -> None:
         _decided.clear()
 
 
-ANY_ROOT_ENV = "NODEGUARD_FIREWALL_ANY_ROOT"
+ANY_ROOT_ENV = FIREWALL_ANY_ROOT.env[0]
 
 
 def writes_refused(host: HostRoot, proc: Path = Path("/proc")) -> str | None:
@@ -243,7 +244,7 @@ def writes_refused(host: HostRoot, proc: Path = Path("/proc")) -> str | None:
     NODEGUARD_FIREWALL_ANY_ROOT=1. When the namespaces cannot be compared, the answer is "refuse".
     """
     root = str(host.root)
-    if root == "/" or root == "/host" or root.startswith("/host/") or os.environ.get(ANY_ROOT_ENV) == "1":
+    if root == "/" or root == "/host" or root.startswith("/host/") or FIREWALL_ANY_ROOT.resolve(None):
         return None
     if not _in_machine_netns(proc):
         return None

@@ -69,7 +69,14 @@ def test_light_commands_import_no_heavy_library(args: list[str], tmp_path: Path)
 
 def test_the_probe_imports_no_heavy_library(tmp_path: Path) -> None:
     top = loaded_after(_RUN_PROBE, ["--state-dir", str(tmp_path)])
-    assert sorted(top & {*HEAVY, "typer", "pydantic"}) == []
+    assert sorted(top & {*HEAVY, "typer", "pydantic", "click"}) == []
+
+
+def test_check_for_tools_loads_the_cli_parser_alone(tmp_path: Path) -> None:
+    """`check --format json` parses with click; rich (the table) and the exporters are not loaded."""
+    top = loaded_after(_RUN_CLI, ["check", "--host-root", str(tmp_path), "--only", "socket", "--format", "json"])
+    assert "click" in top
+    assert sorted(top & {*HEAVY, "typer", "rich"}) == []
 
 
 def test_the_heavy_imports_are_really_seen(tmp_path: Path) -> None:

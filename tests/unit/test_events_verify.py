@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from nodeguard.cli import app
 from nodeguard.events.model import Event, EventName
@@ -35,7 +35,7 @@ class Result:
 
 
 def verify_cli(path: Path) -> Result:
-    """The real typer app, in-process (a subprocess per case would cost seconds of imports each)."""
+    """The real click app, in-process (a subprocess per case would cost seconds of imports each)."""
     res = CliRunner().invoke(app, ["events", "verify", str(path)])
     return Result(res.exit_code, res.output)
 
