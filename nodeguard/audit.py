@@ -135,7 +135,10 @@ def run_audit(
     wanted = set(only) if only else None
     report = AuditReport(started=time.time())
     chosen: list[Control] = []
-    for control in controls if controls is not None else all_controls():
+    if controls is None:
+        # Only the controls that can be chosen are imported (the catalog knows their keys and rules).
+        controls = all_controls(_candidates(wanted, select))
+    for control in controls:
         if wanted is not None and control.name not in wanted and control.policy_key not in wanted:
             continue
         if policy.mode_of(control.policy_key) is Mode.OFF and wanted is None:
@@ -164,6 +167,22 @@ def run_audit(
     report.results = [_selected(results[c.name], select, skip) for c in chosen]
     report.ended = time.time()
     return report
+
+
+def _candidates(wanted: set[str] | None, select: Collection[tuple[str, str]] | None) -> list[str]:
+    """Names of the controls that `--only` (names or policy keys) and `--check` leave in."""
+    from nodeguard.catalog import RULES
+
+    names = []
+    for entry in RULES:
+        if entry.control in names:
+            continue
+        if wanted is not None and entry.control not in wanted and entry.policy_key not in wanted:
+            continue
+        if select is not None and not any(control == entry.control for control, _ in select):
+            continue
+        names.append(entry.control)
+    return names
 
 
 _DOCKERD_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin")

@@ -9,7 +9,6 @@ compares the two.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -176,6 +175,9 @@ def write_readme(path: Path) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Here, not at the top: `check` imports this module for its CIS summary, not its command line.
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m nodeguard.cis", description="CIS coverage table")
     parser.add_argument("--write", type=Path, metavar="README", help="update the generated table in this file")
     args = parser.parse_args(argv)

@@ -7,7 +7,6 @@ edit cannot be proven right the whole object is re-serialized instead (still val
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import signal
@@ -149,6 +148,8 @@ FLAG_ONLY = "set by a dockerd flag, not in daemon.json: change the unit or its d
 
 
 def unified_diff(before: bytes, after: bytes, path: str) -> str:
+    import difflib  # only a revert shows a diff: a one-shot check never does
+
     lines = difflib.unified_diff(before.decode("utf-8", "replace").splitlines(keepends=True),
                                  after.decode("utf-8", "replace").splitlines(keepends=True),
                                  fromfile=f"{path} (drifted)", tofile=f"{path} (policy)")

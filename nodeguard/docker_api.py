@@ -88,6 +88,9 @@ def connect(host: HostRoot, policy: Policy, *, counter: CallCounter | None = Non
             raise DaemonUnresponsive(f"the daemon at {shown} accepts connections but did not answer within "
                                      f"{wait:g}s") from None
         raise DaemonUnavailable(f"the daemon at {shown} does not answer: {_reason(exc)}") from None
+    # A unix socket takes no proxy (the SDK's adapter ignores them), no .netrc password and no CA
+    # bundle; left on, requests reads the environment for all three on every request (~0.4 ms each).
+    client.trust_env = False
     if counter is not None:
         counter.calls += 1  # the version negotiation above
         counter.by_path["/version"] = counter.by_path.get("/version", 0) + 1

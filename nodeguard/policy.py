@@ -11,16 +11,17 @@ operator exactly what to fix.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
+import json
 import os
+import pkgutil
 import re
 import stat
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -33,6 +34,9 @@ from pydantic import (
 )
 
 from nodeguard.structs import Mode
+
+if TYPE_CHECKING:
+    import yaml
 
 API_VERSION = "nodeguard.io/v1alpha1"
 KIND = "NodeGuardPolicy"
@@ -91,26 +95,8 @@ FileMode = Annotated[str, BeforeValidator(_mode_is_text),
                      AfterValidator(_mode_is_permissions)]
 
 
-class _PolicyLoader(yaml.SafeLoader):
-    """YAML 1.1 minus its surprise booleans: `mode: off` is the string "off", not False.
-
-    Only true/false are booleans; pydantic still accepts yes/no/on/off for boolean fields.
-    """
-
-
-_PolicyLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_PolicyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
-class _CPolicyLoader(getattr(yaml, "CSafeLoader", _PolicyLoader)):  # type: ignore[misc]
-    """The same, parsed by libyaml: a 1 MiB policy in ~1.5 s instead of ~15 s."""
-
-
-_CPolicyLoader.yaml_implicit_resolvers = _PolicyLoader.yaml_implicit_resolvers
+# PyYAML is imported only when a document is parsed: `check` with the embedded default reads its
+# JSON rendition instead (see _embedded_default), and the import (~25 ms) is a tenth of its budget.
 # libyaml's composer recurses in C without a depth check: deep nesting overflows the C stack and
 # kills the process. Documents that could nest deeper than this go to the pure-Python loader, whose
 # recursion ends in a RecursionError instead.
@@ -120,12 +106,70 @@ _C_LOADER_MAX_NESTING = 500
 MAX_ALIAS_EXPANSION = 10_000
 
 
+@functools.cache
+def _loaders() -> tuple[type[yaml.SafeLoader], type[yaml.SafeLoader]]:
+    """(pure-Python, libyaml) loaders: YAML 1.1 minus its surprise booleans.
+
+    `mode: off` is the string "off", not False: only true/false are booleans; pydantic still
+    accepts yes/no/on/off for boolean fields. libyaml parses a 1 MiB policy in ~1.5 s instead of ~15 s.
+    """
+    import yaml
+
+    class _PolicyLoader(yaml.SafeLoader):
+        pass
+
+    _PolicyLoader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _PolicyLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+    class _CPolicyLoader(getattr(yaml, "CSafeLoader", _PolicyLoader)):  # type: ignore[misc]
+        pass
+
+    _CPolicyLoader.yaml_implicit_resolvers = _PolicyLoader.yaml_implicit_resolvers
+    return _PolicyLoader, _CPolicyLoader
+
+
 def _loader_for(text: str) -> type[yaml.SafeLoader]:
     # An upper bound of the nesting depth: every level needs a flow bracket or more indentation
     # (or block indicators) at the start of a line.
     bound = text.count("[") + text.count("{")
     bound += max((len(ln) - len(ln.lstrip(" -?:")) for ln in text.splitlines()), default=0)
-    return _CPolicyLoader if bound <= _C_LOADER_MAX_NESTING else _PolicyLoader
+    python_loader, c_loader = _loaders()
+    return c_loader if bound <= _C_LOADER_MAX_NESTING else python_loader
+
+
+def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for error lines) and its data, from one parse.
+
+    Raises PolicyError for YAML that is invalid, nested too deeply or an alias bomb.
+    """
+    import yaml
+
+    try:
+        return _compose_and_construct(text, source)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise PolicyError(source, [(line, "", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    except RecursionError:
+        raise PolicyError(source, [(None, "", "YAML nested too deeply")]) from None
+
+
+def _compose_and_construct(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    # What yaml.load does (get_single_data), split so that the nodes are composed once, for the
+    # data and for the error lines, and the aliases are counted before anything is built from them.
+    loader = _loader_for(text)(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _alias_expansion(node) > MAX_ALIAS_EXPANSION:
+            raise PolicyError(source, [(None, "", f"YAML aliases expand to more than {MAX_ALIAS_EXPANSION} extra "
+                                                  "nodes (or into themselves); write the values out")])
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 def _alias_expansion(root: yaml.Node) -> int:
@@ -133,6 +177,8 @@ def _alias_expansion(root: yaml.Node) -> int:
 
     An alias inside its own anchor (`&a [*a]`) expands forever: counted as more than any limit.
     """
+    import yaml
+
     size: dict[int, int] = {}
     open_nodes: set[int] = set()  # on the current path from the root: reaching one again is a cycle
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -274,7 +320,9 @@ class DockerGroupPolicy(ControlPolicy):
 
 class FirewallPort(_Strict):
     port: int = Field(ge=1, le=65535)
-    allow: list[str] = Field(default_factory=list)
+    # Not default_factory=list: pydantic copies a default per instance all the same, and asks a
+    # default factory for its signature, which for a builtin compiles tokenize's regexes (~4 ms).
+    allow: list[str] = Field(default=[])
     action: Literal["drop", "reject"] = "drop"
 
     @field_validator("allow")
@@ -463,8 +511,32 @@ def file_mode_bits(text: str) -> int:
 # -- loading ---------------------------------------------------------------------------------
 
 
+def _package_data(name: str) -> bytes:
+    # Through the package's loader, as importlib.resources would read it (a zipped install works
+    # too), without importing importlib.resources and what it pulls in (~15 ms of `check`).
+    data = pkgutil.get_data("nodeguard", f"data/{name}")
+    if data is None:
+        raise FileNotFoundError(f"nodeguard/data/{name}: the package's loader cannot read data files")
+    return data
+
+
 def default_policy_text() -> str:
-    return resources.files("nodeguard").joinpath("data/policy.yaml").read_text(encoding="utf-8")
+    return _package_data("policy.yaml").decode("utf-8")
+
+
+def default_policy_data() -> dict[str, Any]:
+    """The embedded default as data, from its JSON rendition `data/policy.json`: no YAML parser.
+
+    That file is generated from data/policy.yaml (`python -m nodeguard.policy`, see render_default_json)
+    and checked against it by tests/unit/test_policy_defaults.py, so the YAML stays the one source.
+    """
+    data: dict[str, Any] = json.loads(_package_data("policy.json"))
+    return data
+
+
+def render_default_json() -> str:
+    """data/policy.json: data/policy.yaml parsed as every policy is, written as JSON."""
+    return json.dumps(_parse_yaml(default_policy_text(), "<embedded default>")[1], indent=2) + "\n"
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -481,6 +553,8 @@ def _node_line(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     """Line of the YAML node at a pydantic error location (falls back to the nearest parent)."""
     if node is None:
         return None
+    import yaml
+
     best = node.start_mark.line + 1
     for part in loc:
         if isinstance(node, yaml.MappingNode):
@@ -530,19 +604,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate a policy document, merged over the embedded default."""
     if len(text.encode("utf-8", errors="replace")) > MAX_POLICY_BYTES:
         raise PolicyError(source, [(None, "", f"larger than {MAX_POLICY_BYTES} bytes")])
-    loader = _loader_for(text)
-    try:
-        node = yaml.compose(text, Loader=loader)
-        if node is not None and _alias_expansion(node) > MAX_ALIAS_EXPANSION:
-            raise PolicyError(source, [(None, "", f"YAML aliases expand to more than {MAX_ALIAS_EXPANSION} extra "
-                                                  "nodes (or into themselves); write the values out")])
-        data = yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise PolicyError(source, [(line, "", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    except RecursionError:
-        raise PolicyError(source, [(None, "", "YAML nested too deeply")]) from None
+    node, data = _parse_yaml(text, source)
     if data is None:
         # An empty file is what a reader sees in the middle of `cat new > policy.yaml` (truncate,
         # then write): refusing it keeps the last good policy instead of the embedded default.
@@ -555,8 +617,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         # A document cut short (or a fragment) is never merged over the default as if it were whole.
         raise PolicyError(source, [(1, key, f"missing: a policy document names `apiVersion: {API_VERSION}` and "
                                             f"`kind: {KIND}` (is the file complete?)") for key in missing])
-    default = yaml.load(default_policy_text(), Loader=_PolicyLoader)  # noqa: S506 (a SafeLoader subclass)
-    merged = _deep_merge(default, data)
+    merged = _deep_merge(default_policy_data(), data)
     try:
         policy = Policy.model_validate(merged)
     except ValidationError as exc:
@@ -577,10 +638,26 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     return policy
 
 
+def _embedded_default() -> Policy:
+    """The embedded default, validated from its JSON rendition: `check` without --policy parses no YAML.
+
+    The same Policy parse_policy makes of the YAML (the default merged over itself is itself); a
+    default that does not validate (a broken build) goes through parse_policy for the lines to fix.
+    """
+    data = default_policy_data()
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError:
+        return parse_policy(default_policy_text(), "<embedded default>")
+    if _check_rule_ids(data, None):
+        return parse_policy(default_policy_text(), "<embedded default>")
+    return policy
+
+
 def load_policy(path: str | Path | None = None) -> Policy:
     """The embedded default when `path` is None, else that file merged over the default."""
     if path is None:
-        return parse_policy(default_policy_text(), "<embedded default>")
+        return _embedded_default()
     p = Path(path)
     try:
         raw = read_policy_bytes(p)
@@ -607,3 +684,10 @@ def read_policy_bytes(path: str | Path) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+if __name__ == "__main__":
+    # python -m nodeguard.policy > nodeguard/data/policy.json (after editing config/policy.yaml and its copy)
+    import sys
+
+    sys.stdout.write(render_default_json())

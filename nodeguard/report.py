@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -249,6 +248,8 @@ def to_sarif(report: AuditReport, info: RunInfo) -> dict[str, Any]:
 
 def to_junit(report: AuditReport, info: RunInfo) -> str:
     """One testcase per rule (its findings folded), a <failure> per failing rule, <skipped> when all skip."""
+    import xml.etree.ElementTree as ET  # only --format junit pays for the XML library
+
     by_rule: dict[tuple[str, str], list[Finding]] = {}
     for f in report.findings:
         by_rule.setdefault((f.control, f.rule), []).append(f)

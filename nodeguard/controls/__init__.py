@@ -1,44 +1,65 @@
-"""The controls, one module per enforced surface. `ALL_CONTROLS` is the order they run in."""
+"""The controls, one module per enforced surface. `ALL_CONTROLS` is the order they run in.
+
+A control's module is imported when that control is first asked for (`all_controls(names)`):
+`check --only socket` does not import the nine others (netfilter backends, sock_diag, the TLS and
+sshd parsers...). Asking for `ALL_CONTROLS` imports them all.
+"""
 
 from __future__ import annotations
 
-from nodeguard.controls.audit_rules import HostAuditControl
+import importlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 from nodeguard.controls.base import Context, Control, Outcome
-from nodeguard.controls.daemon_config import DaemonConfigControl
-from nodeguard.controls.daemon_files import DaemonFilesControl
-from nodeguard.controls.docker_group import DockerGroupControl
-from nodeguard.controls.firewall import FirewallControl
-from nodeguard.controls.host_checks import HostControl
-from nodeguard.controls.host_layout import HostLayoutControl
-from nodeguard.controls.listeners import ListenersControl
-from nodeguard.controls.runtime import RuntimeControl
-from nodeguard.controls.socket import SocketControl
 
-ALL_CONTROLS: tuple[type[Control], ...] = (
-    DaemonConfigControl,
-    DaemonFilesControl,
-    SocketControl,
-    DockerGroupControl,
-    FirewallControl,
-    ListenersControl,
-    RuntimeControl,
-    HostControl,
-    HostLayoutControl,
-    HostAuditControl,
-)
+# name -> "module:class", in the order they run (nodeguard.catalog lists the same names in the
+# same order: tests/unit/test_catalog.py).
+_CLASSES = {
+    "daemon-config": "nodeguard.controls.daemon_config:DaemonConfigControl",
+    "daemon-files": "nodeguard.controls.daemon_files:DaemonFilesControl",
+    "socket": "nodeguard.controls.socket:SocketControl",
+    "docker-group": "nodeguard.controls.docker_group:DockerGroupControl",
+    "firewall": "nodeguard.controls.firewall:FirewallControl",
+    "listeners": "nodeguard.controls.listeners:ListenersControl",
+    "runtime": "nodeguard.controls.runtime:RuntimeControl",
+    "host": "nodeguard.controls.host_checks:HostControl",
+    "host-layout": "nodeguard.controls.host_layout:HostLayoutControl",
+    "host-audit": "nodeguard.controls.audit_rules:HostAuditControl",
+}
 
 
-def all_controls() -> list[Control]:
-    return [cls() for cls in ALL_CONTROLS]
+def control_class(name: str) -> type[Control]:
+    """The class of the control named `name` ("daemon-config"); KeyError for an unknown name."""
+    module, _, attr = _CLASSES[name].partition(":")
+    cls: type[Control] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
+def all_controls(names: Iterable[str] | None = None) -> list[Control]:
+    """A fresh instance of every control, in run order; of those in `names` only when given."""
+    wanted = None if names is None else set(names)
+    return [control_class(n)() for n in _CLASSES if wanted is None or n in wanted]
 
 
 def control_names() -> list[str]:
-    return [cls.name for cls in ALL_CONTROLS]
+    return list(_CLASSES)
 
 
 def rule_ids_by_policy_key() -> dict[str, set[str]]:
-    return {cls.policy_key: {r.id for r in cls.rules} for cls in ALL_CONTROLS}
+    return {cls.policy_key: {r.id for r in cls.rules} for cls in map(control_class, _CLASSES)}
 
 
-__all__ = ["ALL_CONTROLS", "Context", "Control", "Outcome", "all_controls", "control_names",
+if TYPE_CHECKING:
+    ALL_CONTROLS: tuple[type[Control], ...]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the tuple of classes is built (and every control imported) on first use.
+    if name == "ALL_CONTROLS":
+        return tuple(control_class(n) for n in _CLASSES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ALL_CONTROLS", "Context", "Control", "Outcome", "all_controls", "control_class", "control_names",
            "rule_ids_by_policy_key"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -318,6 +317,8 @@ class HostAuditControl(Control):
         auditctl = shutil.which("auditctl")
         if auditctl is None:
             return
+        import subprocess  # only when the host root is this machine's own `/`
+
         try:
             proc = subprocess.run([auditctl, "-l"], capture_output=True, text=True, timeout=AUDITCTL_TIMEOUT,
                                   check=False)

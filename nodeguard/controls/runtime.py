@@ -240,17 +240,26 @@ class RuntimeControl(Control):
 
             # Every call at once, a few at a time (the client's connection pool holds 10): version
             # and info beside the list, then one inspect per container, since the list has no
-            # HostConfig (privileged, caps, pid mode).
+            # HostConfig (privileged, caps, pid mode). The inspects are queued as soon as the list
+            # is in, not after info: dockerd takes ~10 ms over /info, the inspects fill that wait.
             with ThreadPoolExecutor(max_workers=INSPECT_WORKERS) as pool:
                 version = pool.submit(client.version, api_version=False)
                 info = pool.submit(client.info)
                 # all=True: a created or stopped container is one `docker start` away from running.
                 ids = [str(c["Id"]) for c in client.containers(all=True)]
-                obs.version = dict(version.result())
-                obs.info = dict(info.result())
-                for raw in pool.map(inspect, ids):
-                    if raw is not None:
-                        obs.containers.append(_container_view(host, raw))
+                inspected = [pool.submit(inspect, cid) for cid in ids]
+                try:
+                    obs.version = dict(version.result())
+                    obs.info = dict(info.result())
+                    for fut in inspected:
+                        raw = fut.result()
+                        if raw is not None:
+                            obs.containers.append(_container_view(host, raw))
+                except BaseException:
+                    # A daemon failing mid-read: the queued inspects are not sent (each could wait
+                    # out the timeout); the ones in flight end with their own timeout.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
         except Exception as exc:  # docker.errors.APIError, requests errors: a daemon going away mid-read
             obs.unresponsive = is_timeout(exc)
             obs.error = (f"the daemon at {socket_host_path} stopped answering mid-read (timeout "

@@ -63,6 +63,22 @@ class _Lib:
             return rc, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+# The soname Debian and Fedora ship: dlopen finds it through ld.so's own cache. find_library,
+# which runs `ldconfig -p` in a child process (~3 ms of every `check`; gcc and ld when ldconfig
+# knows no such library), is asked only when that name is not there.
+_SONAME = "libnftables.so.1"
+
+
+def _load_libnftables() -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL(_SONAME)
+    except OSError:
+        name = ctypes.util.find_library("nftables")
+        if name is None or name == _SONAME:
+            raise
+        return ctypes.CDLL(name)
+
+
 class Nft:
     """Run nft commands: `nft.run("list table inet nodeguard", json=True)`."""
 
@@ -70,9 +86,8 @@ class Nft:
         self._lib: _Lib | None = None
         self.via = "nft binary"
         if prefer_library:
-            name = ctypes.util.find_library("nftables") or "libnftables.so.1"
             try:
-                self._lib = _Lib(ctypes.CDLL(name))
+                self._lib = _Lib(_load_libnftables())
                 self.via = "libnftables"
             except OSError:
                 self._lib = None

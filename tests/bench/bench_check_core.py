@@ -42,7 +42,7 @@ PER_CONTROL = """
 import json, sys, time
 t0 = time.perf_counter()
 from nodeguard.audit import evaluate_control
-from nodeguard.controls import Context, all_controls
+from nodeguard.controls import ALL_CONTROLS, Context, all_controls  # ALL_CONTROLS: every control's module
 from nodeguard.host import HostRoot
 from nodeguard.policy import load_policy
 imports = time.perf_counter() - t0
