@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
-import json
 import os
 import pkgutil
 import re
@@ -95,8 +94,7 @@ FileMode = Annotated[str, BeforeValidator(_mode_is_text),
                      AfterValidator(_mode_is_permissions)]
 
 
-# PyYAML is imported only when a document is parsed: `check` with the embedded default reads its
-# JSON rendition instead (see _embedded_default), and the import (~25 ms) is a tenth of its budget.
+# PyYAML is imported only when a document is parsed.
 # libyaml's composer recurses in C without a depth check: deep nesting overflows the C stack and
 # kills the process. Documents that could nest deeper than this go to the pure-Python loader, whose
 # recursion ends in a RecursionError instead.
@@ -525,18 +523,9 @@ def default_policy_text() -> str:
 
 
 def default_policy_data() -> dict[str, Any]:
-    """The embedded default as data, from its JSON rendition `data/policy.json`: no YAML parser.
-
-    That file is generated from data/policy.yaml (`python -m nodeguard.policy`, see render_default_json)
-    and checked against it by tests/unit/test_policy_defaults.py, so the YAML stays the one source.
-    """
-    data: dict[str, Any] = json.loads(_package_data("policy.json"))
+    """The embedded default as data (libyaml's loader: the pure-Python one takes ~11 ms more)."""
+    data: dict[str, Any] = _parse_yaml(default_policy_text(), "<embedded default>")[1]
     return data
-
-
-def render_default_json() -> str:
-    """data/policy.json: data/policy.yaml parsed as every policy is, written as JSON."""
-    return json.dumps(_parse_yaml(default_policy_text(), "<embedded default>")[1], indent=2) + "\n"
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -638,26 +627,10 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     return policy
 
 
-def _embedded_default() -> Policy:
-    """The embedded default, validated from its JSON rendition: `check` without --policy parses no YAML.
-
-    The same Policy parse_policy makes of the YAML (the default merged over itself is itself); a
-    default that does not validate (a broken build) goes through parse_policy for the lines to fix.
-    """
-    data = default_policy_data()
-    try:
-        policy = Policy.model_validate(data)
-    except ValidationError:
-        return parse_policy(default_policy_text(), "<embedded default>")
-    if _check_rule_ids(data, None):
-        return parse_policy(default_policy_text(), "<embedded default>")
-    return policy
-
-
 def load_policy(path: str | Path | None = None) -> Policy:
     """The embedded default when `path` is None, else that file merged over the default."""
     if path is None:
-        return _embedded_default()
+        return parse_policy(default_policy_text(), "<embedded default>")
     p = Path(path)
     try:
         raw = read_policy_bytes(p)
@@ -685,9 +658,3 @@ def read_policy_bytes(path: str | Path) -> bytes:
     finally:
         os.close(fd)
 
-
-if __name__ == "__main__":
-    # python -m nodeguard.policy > nodeguard/data/policy.json (after editing config/policy.yaml and its copy)
-    import sys
-
-    sys.stdout.write(render_default_json())

@@ -14,8 +14,6 @@ from nodeguard.policy import (
     Policy,
     default_policy_text,
     load_policy,
-    parse_policy,
-    render_default_json,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,11 +56,3 @@ def test_the_embedded_default_names_every_setting() -> None:
 
 def test_the_chart_example_does_not_disagree() -> None:
     assert (REPO / "config/policy.yaml").read_text(encoding="utf-8") == default_policy_text()
-
-
-def test_the_json_rendition_is_the_yaml_default() -> None:
-    # load_policy() validates data/policy.json, so that `check` without --policy imports no YAML
-    # parser: it must be the YAML default, parsed as every policy is, and give the same Policy.
-    assert (REPO / "nodeguard/data/policy.json").read_text(encoding="utf-8") == render_default_json(), (
-        "nodeguard/data/policy.json is stale: python -m nodeguard.policy > nodeguard/data/policy.json")
-    assert load_policy() == parse_policy(default_policy_text(), "<embedded default>")
