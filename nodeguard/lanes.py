@@ -35,8 +35,9 @@ class Lane:
 
     def __init__(self, engine: Engine, name: str, controls: Sequence[Control], *, realtime: bool = False) -> None:
         self.engine = engine
-        # Real-time priority from the wake-up to the revert only (nodeguard/priority.py): the rest
-        # of a pass (verify, outcome events, state) must not keep a CPU from the host's own tasks.
+        # Real-time priority (nodeguard/priority.py) from the wake-up until a revert is written (a
+        # pass with nothing to revert is only a look); the rest of a reverting pass (verify, outcome
+        # events) runs at normal priority: it must not keep a CPU from the host's own tasks.
         self.realtime = realtime
         self._lowered = False
         self.name = name
