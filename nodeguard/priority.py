@@ -8,8 +8,8 @@ lay between the inotify event and the woken thread running (event at 0.15 ms, la
 slice ends, and a thread that has just used CPU in a burst (a revert) is the one that waits.
 SCHED_FIFO priority 1, the lowest real-time priority, runs it at once. Both threads do little per
 event (a stat, an ACL read, a chmod; the account files are parsed again only when they changed),
-the folders they watch are system folders only root writes on a sound host (a daemon file in a
-folder others can write is itself a finding), and the lane holds the
+the folders they watch are system folders (/etc, /run, the daemon's) that only root writes on a
+sound host, and the lane holds the
 priority only from its wake-up to its revert: the rest of that pass (verify, outcome events) runs at normal priority
 (`Lane.revert_done`), so the host's own tasks get the CPU back as soon as the socket is safe. The
 kernel's real-time throttling (sched_rt_runtime_us) leaves other tasks their share even under an
