@@ -21,6 +21,8 @@ from nodeguard.controls.base import Context, Control
 from nodeguard.daemon_settings import tls_enabled
 from nodeguard.netfilter.model import RuleSpec
 from nodeguard.policy import Policy
+from nodeguard.sock_diag import TcpListener
+from nodeguard.sock_diag import tcp_listeners as diag_tcp_listeners
 from nodeguard.structs import Finding, Rule, Severity, Status
 
 if TYPE_CHECKING:
@@ -30,13 +32,9 @@ PLAINTEXT_PORT = 2375
 
 
 @dataclass(frozen=True)
-class Listener:
-    family: int  # socket.AF_INET / AF_INET6
-    address: str
-    port: int
-    inode: int
-    uid: int
-    v6only: bool | None = None
+class Listener(TcpListener):
+    """A listening socket as the kernel reports it, and the processes holding it."""
+
     pids: tuple[int, ...] = ()
     comm: str | None = None
 
@@ -67,11 +65,17 @@ class ListenersObservation:
         return [lst for lst in self.listeners if lst.comm == "dockerd"]
 
 
-def tcp_listeners() -> list[Listener]:
-    """Every listening TCP socket of this network namespace (IPv4 and IPv6) via inet_diag."""
-    from nodeguard.sock_diag import tcp_listeners as diag
-
-    return [Listener(s.family, s.address, s.port, s.inode, s.uid, s.v6only) for s in diag()]
+def tcp_listeners(proc: Path = Path("/proc"), first: int | None = None) -> list[Listener]:
+    """Every listening TCP socket of this network namespace (IPv4 and IPv6) via inet_diag, with the
+    processes holding it (`first`: the pid whose descriptors are looked at before the rest)."""
+    found = diag_tcp_listeners()
+    owners = socket_owners({s.inode for s in found if s.inode}, proc, first)
+    out = []
+    for s in found:
+        pids = tuple(owners.get(s.inode, ()))
+        out.append(Listener(s.family, s.address, s.port, s.inode, s.uid, s.v6only, pids,
+                            _comm(proc, pids[0]) if pids else None))
+    return out
 
 
 def socket_owners(inodes: set[int], proc: Path, first: int | None = None) -> dict[int, list[int]]:
@@ -145,16 +149,10 @@ class ListenersControl(Control):
         daemon = ctx.daemon
         obs.daemon_pid = daemon.pid if daemon is not None else None
         try:
-            found = tcp_listeners()
+            obs.listeners = tcp_listeners(ctx.proc, obs.daemon_pid)
         except OSError as exc:
             obs.error = f"socket diagnostics unavailable: {exc}"
             return obs
-        owners = socket_owners({lst.inode for lst in found if lst.inode}, ctx.proc, obs.daemon_pid)
-        for lst in found:
-            pids = tuple(owners.get(lst.inode, ()))
-            comm = _comm(ctx.proc, pids[0]) if pids else None
-            obs.listeners.append(Listener(lst.family, lst.address, lst.port, lst.inode, lst.uid, lst.v6only,
-                                          pids, comm))
         cfg = ctx.daemon_config
         if cfg is not None and (cfg.config is not None or cfg.flags):
             obs.daemon_tls = tls_enabled(cfg.effective)
