@@ -162,15 +162,20 @@ def _listed(line: str, ended: bool = True) -> str | None:
     return stripped
 
 
+def _read_lines(text: str) -> Iterator[tuple[int, str, str | None]]:
+    """(number, line, what nss_readline hands the parser or None when it skips the line)."""
+    count = text.count("\n") + (not text.endswith("\n"))
+    for number, line in lines(text):
+        yield number, line, _listed(line, _ended(text, number, count))
+
+
 def group_lines(text: str) -> tuple[list[GroupLine], list[int]]:
     """Every line initgroups would parse (with `listed` telling getgrent's view), and rejected line numbers."""
     out: list[GroupLine] = []
     rejected: list[int] = []
-    count = text.count("\n") + (not text.endswith("\n"))
-    for number, line in lines(text):
+    for number, line, shown in _read_lines(text):
         # getgrent parses the line without its leading blanks, initgroups with them: the gid and the
         # members come out the same, and the name getgrnam matches is the stripped one.
-        shown = _listed(line, _ended(text, number, count))
         raw = parse_group_line(line, number, listed=False)
         if shown is not None and shown == line and raw is not None:
             # The same text read twice: getgrent's entry is initgroups' (the member names shared,
@@ -193,9 +198,7 @@ def passwd_lines(text: str) -> tuple[list[PasswdLine], list[int]]:
     """Entries getpwent returns (blank-led and `#` lines skipped), and rejected line numbers."""
     out: list[PasswdLine] = []
     rejected: list[int] = []
-    count = text.count("\n") + (not text.endswith("\n"))
-    for number, raw in lines(text):
-        line = _listed(raw, _ended(text, number, count))
+    for number, _, line in _read_lines(text):
         if line is None:
             continue
         parts = _content(line).split(":")
@@ -219,9 +222,7 @@ def gshadow_lines(text: str) -> tuple[list[GshadowLine], list[int]]:
     """Entries getsgent returns (what newgrp and gpasswd see), and rejected line numbers."""
     out: list[GshadowLine] = []
     rejected: list[int] = []
-    count = text.count("\n") + (not text.endswith("\n"))
-    for number, raw in lines(text):
-        line = _listed(raw, _ended(text, number, count))
+    for number, _, line in _read_lines(text):
         if line is None:
             continue
         parts = _content(line).split(":")
