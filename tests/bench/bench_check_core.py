@@ -22,17 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.dockerd import import_busybox, running_dockerd
-from tests.support.sandbox import make_sandbox, usermod_add
+from tests.bench.audit_host import audit_host
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -86,49 +83,37 @@ def main() -> None:
     ap.add_argument("--containers", type=int, default=10, help="created containers the runtime checks list")
     args = ap.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="ng-", dir="/tmp"))
-    sb = make_sandbox(root)
-    # A host worth auditing: a docker group member, a TLS-less TCP listener flag, a loose daemon.json.
-    usermod_add(sb, "bob")
-    try:
-        with running_dockerd(sb, {"icc": False, "live-restore": True},
-                             hosts=["tcp://127.0.0.1:23750"]) as d:
-            image = import_busybox(d)
-            for i in range(args.containers):
-                d.cli("create", "--name", f"bench-{i:03d}", image, "sleep", "3600")
-            sb.path("/etc/docker/daemon.json").chmod(0o606)
-            in_netns = ["nsenter", f"--net=/var/run/netns/{d.netns}"]
-            base = [*in_netns, sys.executable, "-m", "nodeguard"]
-            host = ["--host-root", str(sb.root)]
-            state = root / "state"
-            state.mkdir(mode=0o700)
-            cases = {
-                "python -c pass (floor)": [*in_netns, sys.executable, "-c", "pass"],
-                "nodeguard version": [*base, "version"],
-                "python -m nodeguard.health": [*in_netns, sys.executable, "-m", "nodeguard.health", "--state-dir",
-                                               str(state)],
-                "check --format json": [*base, "check", *host, "--format", "json"],
-                "check --format sarif": [*base, "check", *host, "--format", "sarif"],
-                "check --format junit": [*base, "check", *host, "--format", "junit"],
-                "check (table)": [*base, "check", *host],
-                "check --only daemon-config": [*base, "check", *host, "--only", "daemon-config", "--format", "json"],
-                "check --only daemon-files": [*base, "check", *host, "--only", "daemon-files", "--format", "json"],
-                "check --only socket": [*base, "check", *host, "--only", "socket", "--format", "json"],
-                "check --only docker-group": [*base, "check", *host, "--only", "docker-group", "--format", "json"],
-            }
-            # What the full audit saw (proof the numbers are of a real, failing audit); it also warms
-            # the page cache and the .pyc files.
-            out = subprocess.run(cases["check --format json"], capture_output=True, text=True, cwd=REPO, check=False,
-                                 env=ENV)
-            summary = json.loads(out.stdout)["summary"]
-            results: dict[str, list[Run]] = {}
-            for name, argv in cases.items():
-                results[name] = [run_once(argv) for _ in range(args.runs)]
-            split = json.loads(subprocess.run([*in_netns, sys.executable, "-c", PER_CONTROL, str(sb.root),
-                                               str(args.runs)], capture_output=True, text=True, cwd=REPO,
-                                              check=True, env=ENV).stdout)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with audit_host(args.containers) as (sb, d):
+        in_netns = ["nsenter", f"--net=/var/run/netns/{d.netns}"]
+        base = [*in_netns, sys.executable, "-m", "nodeguard"]
+        host = ["--host-root", str(sb.root)]
+        state = sb.root / "state"
+        state.mkdir(mode=0o700)
+        cases = {
+            "python -c pass (floor)": [*in_netns, sys.executable, "-c", "pass"],
+            "nodeguard version": [*base, "version"],
+            "python -m nodeguard.health": [*in_netns, sys.executable, "-m", "nodeguard.health", "--state-dir",
+                                           str(state)],
+            "check --format json": [*base, "check", *host, "--format", "json"],
+            "check --format sarif": [*base, "check", *host, "--format", "sarif"],
+            "check --format junit": [*base, "check", *host, "--format", "junit"],
+            "check (table)": [*base, "check", *host],
+            "check --only daemon-config": [*base, "check", *host, "--only", "daemon-config", "--format", "json"],
+            "check --only daemon-files": [*base, "check", *host, "--only", "daemon-files", "--format", "json"],
+            "check --only socket": [*base, "check", *host, "--only", "socket", "--format", "json"],
+            "check --only docker-group": [*base, "check", *host, "--only", "docker-group", "--format", "json"],
+        }
+        # What the full audit saw (proof the numbers are of a real, failing audit); it also warms
+        # the page cache and the .pyc files.
+        out = subprocess.run(cases["check --format json"], capture_output=True, text=True, cwd=REPO, check=False,
+                             env=ENV)
+        summary = json.loads(out.stdout)["summary"]
+        results: dict[str, list[Run]] = {}
+        for name, argv in cases.items():
+            results[name] = [run_once(argv) for _ in range(args.runs)]
+        split = json.loads(subprocess.run([*in_netns, sys.executable, "-c", PER_CONTROL, str(sb.root),
+                                           str(args.runs)], capture_output=True, text=True, cwd=REPO,
+                                          check=True, env=ENV).stdout)
 
     print(f"nodeguard check on a sandbox host root with a real dockerd "
           f"({args.containers} containers, median/min/max of {args.runs} runs)")

@@ -17,15 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from tests.support.dockerd import import_busybox, running_dockerd
-from tests.support.sandbox import make_sandbox, usermod_add
+from tests.bench.audit_host import audit_host
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -82,26 +79,16 @@ def main() -> None:
     ap.add_argument("--only", action="append", default=[], help="controls to run (default: every control)")
     args = ap.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="ng-", dir="/tmp"))
-    sb = make_sandbox(root)
-    usermod_add(sb, "bob")
     runs: list[dict[str, list[float]]] = []
     floor: list[float] = []
-    try:
-        with running_dockerd(sb, {"icc": False, "live-restore": True}, hosts=["tcp://127.0.0.1:23750"]) as d:
-            image = import_busybox(d)
-            for i in range(args.containers):
-                d.cli("create", "--name", f"bench-{i:03d}", image, "sleep", "3600")
-            sb.path("/etc/docker/daemon.json").chmod(0o606)
-            in_netns = ["nsenter", f"--net=/var/run/netns/{d.netns}"]
-            child = [*in_netns, sys.executable, "-c", PHASES, str(sb.root), *args.only]
-            subprocess.run(child, capture_output=True, cwd=REPO, env=ENV, check=True)  # warm-up: .pyc, page cache
-            for _ in range(args.runs):
-                proc = subprocess.run(child, capture_output=True, text=True, cwd=REPO, env=ENV, check=True)
-                runs.append(json.loads(proc.stdout))
-                floor.append(_floor([*in_netns, sys.executable, "-c", "pass"]))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with audit_host(args.containers) as (sb, d):
+        in_netns = ["nsenter", f"--net=/var/run/netns/{d.netns}"]
+        child = [*in_netns, sys.executable, "-c", PHASES, str(sb.root), *args.only]
+        subprocess.run(child, capture_output=True, cwd=REPO, env=ENV, check=True)  # warm-up: .pyc, page cache
+        for _ in range(args.runs):
+            proc = subprocess.run(child, capture_output=True, text=True, cwd=REPO, env=ENV, check=True)
+            runs.append(json.loads(proc.stdout))
+            floor.append(_floor([*in_netns, sys.executable, "-c", "pass"]))
 
     what = f"--only {' --only '.join(args.only)}" if args.only else "every control"
     print(f"check --format json below the CLI, {what}, {args.containers} containers: "

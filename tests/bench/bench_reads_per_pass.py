@@ -13,32 +13,19 @@ Counts, not times: the machine's load does not move them.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
-from pathlib import Path
 
-from tests.support.dockerd import import_busybox, running_dockerd
+from tests.bench.audit_host import audit_host
 from tests.support.netns import in_netns
 from tests.support.passcount import one_check_pass
-from tests.support.sandbox import make_sandbox, usermod_add
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--containers", type=int, default=10, help="created containers the runtime checks list")
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ng-", dir="/tmp"))
-    sb = make_sandbox(root)
-    usermod_add(sb, "bob")
-    try:
-        with running_dockerd(sb, {"icc": False, "live-restore": True}, hosts=["tcp://127.0.0.1:23750"]) as d:
-            image = import_busybox(d)
-            for i in range(args.containers):
-                d.cli("create", "--name", f"bench-{i:03d}", image, "sleep", "3600")
-            assert d.netns is not None
-            seen = in_netns(d.netns, one_check_pass, str(sb.root))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with audit_host(args.containers) as (sb, d):
+        assert d.netns is not None
+        seen = in_netns(d.netns, one_check_pass, str(sb.root))
     reads = seen["reads"]
     rows = [("daemon.json", reads.get(seen["daemon_json"], 0)),
             ("dockerd's pid file (the daemon and its flags)", reads.get(seen["pid_file"], 0)),
