@@ -634,9 +634,13 @@ class Engine:
             log.exception("cannot build the watchers; the periodic resync covers what they would see")
             return []
 
-    def _start_watchers(self, watch_map: dict[Path, set[str]], only: NameFilters) -> None:
+    def _start_folder_watcher(self, watch_map: dict[Path, set[str]], only: NameFilters) -> None:
+        # Its reader thread at real-time priority: it is first on every revert's path (priority.py).
         self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND, only, realtime=True)
         self._folder_watcher.start(self.trigger)
+
+    def _start_watchers(self, watch_map: dict[Path, set[str]], only: NameFilters) -> None:
+        self._start_folder_watcher(watch_map, only)
         self._watchers = self._build_watchers(self.policy)
         self._start_each(self._watchers)
 
@@ -651,9 +655,7 @@ class Engine:
         """Every watcher from the new policy: folders, the Docker events stream, the firewall monitor.
         The new folder watches start before the old stop, and a resync follows: nothing falls between."""
         old_folder = self._folder_watcher
-        watch_map, only = self._watch_plan(self.policy)
-        self._folder_watcher = FolderWatcher(watch_map, ATTRIB_BLIND, only, realtime=True)
-        self._folder_watcher.start(self.trigger)
+        self._start_folder_watcher(*self._watch_plan(self.policy))
         if old_folder is not None:
             old_folder.stop()
         if self._static_watchers is None:
