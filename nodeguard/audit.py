@@ -1,9 +1,12 @@
 """One pass over the host: observe and evaluate every control, then apply the policy's modes.
 
 The runtime control talks to the Docker API (network I/O with timeouts); it runs on its own
-thread while the file-based controls run here, so a one-shot `check` pays for the slowest of the
-two, not their sum. A selection (`--check`/`--skip`, by CIS id or rule id) runs only the controls
-that own a selected rule and keeps only the selected rules' findings.
+thread while the file-based controls run here, so a pass pays for the slowest of the two, not
+their sum. `check` goes further: its forked reader (nodeguard.api_prefetch) has imported the Docker
+SDK and read the daemon by the time the file-based controls are done.
+
+A selection (`--check`/`--skip`, by CIS id or rule id) runs only the controls that own a selected
+rule and keeps only the selected rules' findings.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ import dataclasses
 import logging
 import time
 from collections.abc import Collection, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodeguard.controls import Context, Control, all_controls
 from nodeguard.host import HostRoot
 from nodeguard.policy import Policy
 from nodeguard.structs import Finding, Mode, Severity, Status
+
+if TYPE_CHECKING:
+    from nodeguard.api_prefetch import ForkedDaemonReader
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +134,13 @@ def run_audit(
     skip: Collection[tuple[str, str]] = (),
     proc: Path = Path("/proc"),
     controls: Iterable[Control] | None = None,
+    daemon_reader: ForkedDaemonReader | None = None,
 ) -> AuditReport:
-    """Audit once. `only`: control names or policy keys; `select`/`skip`: (control, rule) pairs."""
+    """Audit once. `only`: control names or policy keys; `select`/`skip`: (control, rule) pairs.
+
+    `daemon_reader`: a forked reader of the Docker API (`check`), asked as soon as the chosen
+    controls are known; the runtime control collects its answer after the file-based controls ran.
+    """
     host = host if isinstance(host, HostRoot) else HostRoot(host)
     ctx = Context(host, policy, proc)
     wanted = set(only) if only else None
@@ -150,23 +161,41 @@ def run_audit(
             continue
         chosen.append(control)
     api = [c for c in chosen if c.name in _API_CONTROLS]
-    if api:
-        # The Docker SDK is imported here, before the API thread starts: two threads importing at
-        # once (this one runs the netfilter worker, which imports python-iptables) can deadlock on
-        # the import locks. The shared observations are made once for the same reason.
-        import docker  # noqa: F401
+    results: dict[str, ControlResult]
+    if api and daemon_reader is not None:
+        _ask(daemon_reader, ctx)
+        ctx.read_daemon = daemon_reader.read
+        # The reads run in the forked process, so the controls here run one after the other, the
+        # API ones last, by when the answer is in: no thread, and no Docker SDK in this process.
+        results = {c.name: evaluate_control(c, ctx) for c in sorted(chosen, key=lambda c: c.name in _API_CONTROLS)}
+    else:
+        if api:
+            # The Docker SDK is imported here, before the API thread starts: two threads importing at
+            # once (this one runs the netfilter worker, which imports python-iptables) can deadlock on
+            # the import locks. The shared observations are made once for the same reason.
+            import docker  # noqa: F401
 
-        try:
-            _ = ctx.daemon_config
-        except Exception:  # the daemon-config control reports it in its own finding
-            log.debug("daemon configuration not readable", exc_info=True)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-api") as pool:
-        pending: dict[str, Future[ControlResult]] = {c.name: pool.submit(evaluate_control, c, ctx) for c in api}
-        results = {c.name: evaluate_control(c, ctx) for c in chosen if c.name not in pending}
-        results.update({name: fut.result() for name, fut in pending.items()})
+            try:
+                _ = ctx.daemon_config
+            except Exception:  # the daemon-config control reports it in its own finding
+                log.debug("daemon configuration not readable", exc_info=True)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-api") as pool:
+            pending = {c.name: pool.submit(evaluate_control, c, ctx) for c in api}
+            results = {c.name: evaluate_control(c, ctx) for c in chosen if c.name not in pending}
+            results.update({name: fut.result() for name, fut in pending.items()})
     report.results = [_selected(results[c.name], select, skip) for c in chosen]
     report.ended = time.time()
     return report
+
+
+def _ask(reader: ForkedDaemonReader, ctx: Context) -> None:
+    """Send the forked reader the socket and the timeout the runtime control will ask with."""
+    shown = ctx.policy.spec.controls.socket.path
+    try:
+        real = ctx.host.resolve(shown)
+    except (OSError, ValueError):  # the runtime control meets (and reports) the same error itself
+        return
+    reader.request(real, shown, ctx.policy.spec.controls.runtime.timeout_seconds)
 
 
 def _candidates(wanted: set[str] | None, select: Collection[tuple[str, str]] | None) -> list[str]:

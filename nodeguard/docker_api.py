@@ -67,18 +67,22 @@ def socket_path(host: HostRoot, policy: Policy) -> Path:
 def connect(host: HostRoot, policy: Policy, *, counter: CallCounter | None = None,
             timeout: float | None = None) -> Any:
     """A low-level `docker.APIClient` on the policy's socket; raises DaemonUnavailable with a reason."""
+    wait = timeout if timeout is not None else policy.spec.controls.runtime.timeout_seconds
+    return connect_at(socket_path(host, policy), policy.spec.controls.socket.path, wait, counter=counter)
+
+
+def connect_at(real: Path, shown: str, wait: float, *, counter: CallCounter | None = None) -> Any:
+    """A `docker.APIClient` on the socket at `real` (named `shown` in messages), every request
+    bounded by `wait` seconds; raises DaemonUnavailable with a reason."""
     import docker
     import docker.errors
     import requests
 
-    real = socket_path(host, policy)
-    shown = policy.spec.controls.socket.path
     if not real.exists():
         raise DaemonUnavailable(f"no daemon socket at {shown} ({real}): is dockerd running?")
     if not real.is_socket():
         raise DaemonUnavailable(f"{shown} ({real}) is not a socket")
     # Every call on this client is bounded: a hung dockerd costs at most `wait` per request.
-    wait = timeout if timeout is not None else policy.spec.controls.runtime.timeout_seconds
     try:
         # version="auto" asks the daemon which API version it speaks (one GET /version): an SDK
         # newer than the daemon would otherwise be refused.
@@ -113,3 +117,99 @@ def _reason(exc: BaseException) -> str:
 
 def describe_error(exc: BaseException) -> str:
     return _reason(exc)
+
+
+# -- one pass's reads -------------------------------------------------------------------------
+
+# What nodeguard reads of a container's inspect: the rest (its full config, the environment with
+# its secrets, labels, the network settings) is dropped as soon as it arrives, so a host with
+# thousands of containers is never held in memory whole.
+_HOST_CONFIG_KEYS = ("Privileged", "CapAdd", "PidMode", "NetworkMode", "SecurityOpt")
+_MOUNT_KEYS = ("Type", "Source", "Destination", "RW")
+INSPECT_WORKERS = 4
+
+
+def slim_inspect(raw: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `GET /containers/{id}/json` that the runtime rules read, in the daemon's shape."""
+    state = raw.get("State")
+    host_config = raw.get("HostConfig") or {}
+    return {
+        "Id": raw.get("Id", ""),
+        "Name": raw.get("Name", ""),
+        "State": {"Status": state.get("Status", "")} if isinstance(state, dict) else state,
+        "Config": {"Image": (raw.get("Config") or {}).get("Image", "")},
+        "HostConfig": {k: host_config[k] for k in _HOST_CONFIG_KEYS if k in host_config},
+        "Mounts": [{k: m[k] for k in _MOUNT_KEYS if k in m} for m in raw.get("Mounts") or []],
+    }
+
+
+@dataclass
+class DaemonReads:
+    """What one pass asked the daemon: /version, /info and every container's inspect (slimmed).
+
+    Plain JSON values only, so a reader in another process can hand them over as they are.
+    """
+
+    version: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    containers: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0
+    error: str | None = None
+    # The socket accepted the connection but the daemon did not answer within the timeout.
+    unresponsive: bool = False
+
+
+def read_daemon(real: Path, shown: str, timeout: float, counter: CallCounter | None = None) -> DaemonReads:
+    """Version, info and every container (created or running) of the daemon at `real`; each request
+    bounded by `timeout` seconds. A daemon that is missing, hung or failing mid-read is an `error`
+    in the result, never an exception."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reads = DaemonReads()
+    counter = counter if counter is not None else CallCounter()
+    try:
+        client = connect_at(real, shown, timeout, counter=counter)
+    except DaemonUnavailable as exc:
+        reads.error = str(exc)
+        reads.unresponsive = isinstance(exc, DaemonUnresponsive)
+        reads.calls = counter.calls
+        return reads
+    try:
+        def inspect(cid: str) -> dict[str, Any] | None:
+            try:
+                return slim_inspect(client.inspect_container(cid))
+            except Exception as exc:  # removed between the list and the inspect
+                if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+                    return None
+                raise
+
+        # Every call at once, a few at a time (the client's connection pool holds 10): version
+        # and info beside the list, then one inspect per container, since the list has no
+        # HostConfig (privileged, caps, pid mode). The inspects are queued as soon as the list
+        # is in, not after info: dockerd takes ~10 ms over /info, the inspects fill that wait.
+        with ThreadPoolExecutor(max_workers=INSPECT_WORKERS) as pool:
+            version = pool.submit(client.version, api_version=False)
+            info = pool.submit(client.info)
+            # all=True: a created or stopped container is one `docker start` away from running.
+            ids = [str(c["Id"]) for c in client.containers(all=True)]
+            inspected = [pool.submit(inspect, cid) for cid in ids]
+            try:
+                reads.version = dict(version.result())
+                reads.info = dict(info.result())
+                for fut in inspected:
+                    raw = fut.result()
+                    if raw is not None:
+                        reads.containers.append(raw)
+            except BaseException:
+                # A daemon failing mid-read: the queued inspects are not sent (each could wait
+                # out the timeout); the ones in flight end with their own timeout.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    except Exception as exc:  # docker.errors.APIError, requests errors: a daemon going away mid-read
+        reads.unresponsive = is_timeout(exc)
+        reads.error = (f"the daemon at {shown} stopped answering mid-read (timeout {timeout:g}s)"
+                       if reads.unresponsive else f"the daemon at {shown} failed mid-read: {describe_error(exc)}")
+    finally:
+        client.close()
+        reads.calls = counter.calls
+    return reads

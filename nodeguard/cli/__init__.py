@@ -23,6 +23,7 @@ from nodeguard.health import DEFAULT_MAX_AGE
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from nodeguard.api_prefetch import ForkedDaemonReader
     from nodeguard.host import HostRoot
     from nodeguard.policy import Policy
 
@@ -155,6 +156,24 @@ def check(host_root: Path, policy: Path | None, output_format: str, output: Path
 
     With no Docker engine under the host root (and no --only/--check), one line says so, exit 0.
     """
+    reader = None
+    if not only or "runtime" in only:
+        # Forked before anything heavy is imported: it imports the Docker SDK while this process
+        # loads the policy and the controls (nodeguard.api_prefetch).
+        from nodeguard.api_prefetch import ForkedDaemonReader
+
+        reader = ForkedDaemonReader()
+    try:
+        _check(host_root, policy, output_format, output, fail_on, select, skip, only, failed_only, remediation,
+               verbose, reader)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _check(host_root: Path, policy: Path | None, output_format: str, output: Path | None, fail_on: str,
+           select: tuple[str, ...], skip: tuple[str, ...], only: tuple[str, ...], failed_only: bool,
+           remediation: bool, verbose: bool, reader: ForkedDaemonReader | None) -> None:
     from nodeguard.catalog import control_names
 
     pol = _load_policy_or_exit(policy)
@@ -188,7 +207,7 @@ def check(host_root: Path, policy: Path | None, output_format: str, output: Path
             _exit(ExitCode.OK)
         extra = {"docker_engine": False, "message": message}
     else:
-        report = run_audit(host, pol, only=list(only) or None, select=selected, skip=skipped)
+        report = run_audit(host, pol, only=list(only) or None, select=selected, skip=skipped, daemon_reader=reader)
     host_attrs = {"host.name": info.host_name}
     mid = machine_id(host.root)
     if mid:

@@ -8,12 +8,13 @@ finding and says what it did.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from nodeguard.daemon_settings import DaemonConfigObservation
+from nodeguard.docker_api import CallCounter, DaemonReads, read_daemon
 from nodeguard.dockerd import DaemonProcess
 from nodeguard.host import HostRoot
 from nodeguard.host.accounts import AccountDB
@@ -38,6 +39,10 @@ class Context:
     proc: Path = Path("/proc")  # fixed for the pass: the shared observations read under it
     # State that outlives a pass (last good daemon.json, quarantine): the agent's --state-dir.
     state_dir: Path | None = None
+    # How the runtime control reads the Docker API (the pass's one reader of it): in this process,
+    # or a `check`'s forked reader (nodeguard.api_prefetch) that imported the Docker SDK meanwhile.
+    read_daemon: Callable[[Path, str, float, CallCounter | None], DaemonReads] = field(
+        default=read_daemon, repr=False, compare=False)
     observed: Observations = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

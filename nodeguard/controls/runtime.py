@@ -11,20 +11,12 @@ Observe-only: nodeguard reports these, it never stops or changes a container.
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from nodeguard.controls.base import Context, Control
 from nodeguard.daemon_settings import RELOADABLE_KEYS, hosts_of
-from nodeguard.docker_api import (
-    CallCounter,
-    DaemonUnavailable,
-    DaemonUnresponsive,
-    connect,
-    describe_error,
-    is_timeout,
-)
+from nodeguard.docker_api import CallCounter
 from nodeguard.host import HostPathError, HostRoot, expand_glob
 from nodeguard.policy import Policy, RuntimePolicy
 from nodeguard.structs import Finding, JSONValue, Rule, Severity, Status
@@ -35,7 +27,6 @@ DEFAULT_CAPABILITIES = frozenset({
     "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
 })
 DEFAULT_DATA_ROOT = "/var/lib/docker"
-INSPECT_WORKERS = 4
 _VERSION = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 
 
@@ -222,52 +213,10 @@ class RuntimeControl(Control):
                                                         limit=16).strip().upper().startswith("Y")
             except OSError:
                 obs.apparmor_available = None
-        counter = counter if counter is not None else CallCounter()
-        try:
-            client = connect(host, ctx.policy, counter=counter)
-        except DaemonUnavailable as exc:
-            obs.error = str(exc)
-            obs.unresponsive = isinstance(exc, DaemonUnresponsive)
-            return obs
-        try:
-            def inspect(cid: str) -> dict[str, Any] | None:
-                try:
-                    return dict(client.inspect_container(cid))
-                except Exception as exc:  # removed between the list and the inspect
-                    if getattr(getattr(exc, "response", None), "status_code", None) == 404:
-                        return None
-                    raise
-
-            # Every call at once, a few at a time (the client's connection pool holds 10): version
-            # and info beside the list, then one inspect per container, since the list has no
-            # HostConfig (privileged, caps, pid mode). The inspects are queued as soon as the list
-            # is in, not after info: dockerd takes ~10 ms over /info, the inspects fill that wait.
-            with ThreadPoolExecutor(max_workers=INSPECT_WORKERS) as pool:
-                version = pool.submit(client.version, api_version=False)
-                info = pool.submit(client.info)
-                # all=True: a created or stopped container is one `docker start` away from running.
-                ids = [str(c["Id"]) for c in client.containers(all=True)]
-                inspected = [pool.submit(inspect, cid) for cid in ids]
-                try:
-                    obs.version = dict(version.result())
-                    obs.info = dict(info.result())
-                    for fut in inspected:
-                        raw = fut.result()
-                        if raw is not None:
-                            obs.containers.append(_container_view(host, raw))
-                except BaseException:
-                    # A daemon failing mid-read: the queued inspects are not sent (each could wait
-                    # out the timeout); the ones in flight end with their own timeout.
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-        except Exception as exc:  # docker.errors.APIError, requests errors: a daemon going away mid-read
-            obs.unresponsive = is_timeout(exc)
-            obs.error = (f"the daemon at {socket_host_path} stopped answering mid-read (timeout "
-                         f"{s.timeout_seconds:g}s)" if obs.unresponsive else
-                         f"the daemon at {socket_host_path} failed mid-read: {describe_error(exc)}")
-        finally:
-            client.close()
-            obs.api_calls = counter.calls
+        reads = ctx.read_daemon(host.resolve(socket_host_path), socket_host_path, s.timeout_seconds, counter)
+        obs.version, obs.info = reads.version, reads.info
+        obs.containers = [_container_view(host, raw) for raw in reads.containers]
+        obs.error, obs.unresponsive, obs.api_calls = reads.error, reads.unresponsive, reads.calls
         return obs
 
     # -- evaluate ------------------------------------------------------------------------------

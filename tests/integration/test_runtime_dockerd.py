@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from nodeguard.api_prefetch import ForkedDaemonReader
+from nodeguard.audit import run_audit
 from nodeguard.controls.base import Context
 from nodeguard.controls.runtime import RuntimeControl
 from nodeguard.host import HostRoot
@@ -166,6 +169,47 @@ def test_check_command_reports_the_socket_mount(fleet: Fleet) -> None:
     subjects = {f["subject"] for f in report["findings"]
                 if f["rule"] == "docker-socket-mount" and f["status"] == "fail"}
     assert "sock-rel" in subjects
+
+
+# -- check's forked reader (nodeguard.api_prefetch) ---------------------------------------------
+
+def _as_rows(findings: list[dict[str, object]]) -> list[tuple[object, ...]]:
+    return [(f["control"], f["rule"], f["subject"], f["status"], f["observed"], f["message"]) for f in findings]
+
+
+def test_check_through_its_forked_reader_reports_what_the_in_process_audit_reports(fleet: Fleet) -> None:
+    """`check` reads the daemon in a forked child; the findings are those of the agent's way (the
+    API read in process, on a thread), field by field, for a daemon with a container of each kind."""
+    proc = subprocess.run([sys.executable, "-m", "nodeguard", "check", "--host-root", str(fleet.sb.root),
+                           "--format", "json"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    forked = _as_rows(json.loads(proc.stdout)["findings"])
+    in_process = run_audit(HostRoot(fleet.sb.root), load_policy())
+    expected = _as_rows([{"control": f.control, "rule": f.rule, "subject": f.subject, "status": f.status.value,
+                          "observed": json.loads(json.dumps(f.observed)), "message": f.message}
+                         for f in in_process.findings])
+    runtime = [row for row in forked if row[0] == "runtime"]
+    assert len(runtime) > 20, runtime  # the containers were really read: one row per container and rule
+    assert forked == expected
+
+
+def test_a_reader_killed_before_it_answers_is_replaced_by_a_read_in_process(
+        fleet: Fleet, caplog: pytest.LogCaptureFixture) -> None:
+    policy = load_policy()
+    expected = [(f.rule, f.subject, f.status, f.message)
+                for f in run_audit(HostRoot(fleet.sb.root), policy, only=["runtime"]).findings]
+    assert len(expected) > 20
+    reader = ForkedDaemonReader()
+    pid = reader.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with caplog.at_level("WARNING", logger="nodeguard.api_prefetch"):
+        report = run_audit(HostRoot(fleet.sb.root), policy, only=["runtime"], daemon_reader=reader)
+    assert [(f.rule, f.subject, f.status, f.message) for f in report.findings] == expected
+    assert "reading the daemon in process" in caplog.text
+    assert reader.pid is None
+    with pytest.raises(ChildProcessError):  # reaped: no zombie left behind
+        os.waitpid(pid, os.WNOHANG)
 
 
 def test_watcher_triggers_on_a_new_socket_mounting_container(fleet: Fleet) -> None:

@@ -79,12 +79,34 @@ def test_check_for_tools_loads_the_cli_parser_alone(tmp_path: Path) -> None:
     assert sorted(top & {*HEAVY, "typer", "rich"}) == []
 
 
+_RUN_AUDIT = """
+import json, sys
+from nodeguard.audit import run_audit
+from nodeguard.policy import load_policy
+run_audit(json.loads(sys.argv[1])[0], load_policy(), only=["runtime"])
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
 def test_the_heavy_imports_are_really_seen(tmp_path: Path) -> None:
-    """The tests above can fail: `check` of the runtime control does load the Docker SDK."""
+    """The tests above can fail: the runtime control read in process (the agent's way) loads the Docker SDK."""
     (tmp_path / "etc" / "docker").mkdir(parents=True)
     (tmp_path / "etc" / "docker" / "daemon.json").write_text("{}")
-    top = loaded_after(_RUN_CLI, ["check", "--host-root", str(tmp_path), "--only", "runtime"])
-    assert "docker" in top
+    assert "docker" in loaded_after(_RUN_AUDIT, [str(tmp_path)])
+
+
+def test_check_leaves_the_docker_sdk_to_its_forked_reader(tmp_path: Path) -> None:
+    """`check` of the runtime control imports the SDK in its forked reader (nodeguard.api_prefetch),
+    never in the process that loads the policy and runs the other controls."""
+    (tmp_path / "etc" / "docker").mkdir(parents=True)
+    (tmp_path / "etc" / "docker" / "daemon.json").write_text("{}")
+    loaded, out = modules_after(_RUN_CLI, ["check", "--host-root", str(tmp_path), "--only", "runtime",
+                                           "--format", "json"])
+    assert "nodeguard.api_prefetch" in loaded and "nodeguard.controls.runtime" in loaded
+    assert "docker" not in {m.split(".")[0] for m in loaded}
+    # The runtime control ran, and its reader answered (no socket here: the reader says so).
+    runtime = [f for f in json.loads(out)["findings"] if f["control"] == "runtime"]
+    assert runtime and all("no daemon socket" in f["message"] for f in runtime if f["status"] == "skip"), runtime
 
 
 def test_version_is_answered_before_the_cli_is_built() -> None:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from nodeguard.api_prefetch import ForkedDaemonReader
+from nodeguard.audit import run_audit
 from nodeguard.controls.base import Context
 from nodeguard.controls.runtime import RuntimeControl
 from nodeguard.host import HostRoot
 from nodeguard.policy import parse_policy
 from nodeguard.structs import Status
 from tests.support.hung_daemon import hung_socket
+from tests.support.orphans import run_and_count_orphans
 from tests.support.sandbox import Sandbox
 
 POLICY = ("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\n"
@@ -42,3 +49,52 @@ def test_a_missing_daemon_is_not_a_hung_one(sandbox: Sandbox) -> None:
     obs = control.observe(Context(HostRoot(sandbox.root), policy))
     assert not obs.unresponsive
     assert {f.status for f in control.evaluate(obs, policy)} == {Status.SKIP}
+
+
+# -- `check` reads the daemon through a forked reader (nodeguard.api_prefetch) -----------------
+
+@pytest.mark.root
+def test_check_reports_a_hung_daemon_through_its_forked_reader_and_leaves_no_process(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    with hung_socket(sandbox.path("/run/docker.sock")) as held:
+        run = run_and_count_orphans([sys.executable, "-m", "nodeguard", "check", "--host-root", str(sandbox.root),
+                                     "--policy", str(policy), "--only", "runtime", "--format", "json"])
+        assert held, "the reader never connected: the test would not show a hang"
+    assert run.returncode == 1, run.stderr
+    found = {f["rule"]: f for f in json.loads(run.stdout)["findings"]}
+    assert found["daemon-unresponsive"]["status"] == "fail"
+    assert "did not answer within 0.5s" in found["daemon-unresponsive"]["message"]
+    assert run.took < 10, f"the forked reader's wait was not bounded by the policy's timeout ({run.took:.1f}s)"
+    assert run.left == [], "check left its reader behind"
+
+
+@pytest.mark.root
+def test_a_reader_that_is_never_asked_does_not_touch_the_daemon_and_is_reaped(sandbox: Sandbox) -> None:
+    """--only another control (or the runtime control off): the child is ended unasked."""
+    with hung_socket(sandbox.path("/run/docker.sock")) as held:
+        reader = ForkedDaemonReader()
+        pid = reader.pid
+        assert pid is not None
+        report = run_audit(HostRoot(sandbox.root), parse_policy(POLICY), only=["socket"], daemon_reader=reader)
+        reader.close()
+        time.sleep(0.3)  # a connection the child made would have been accepted by now
+        assert report.findings
+        assert held == []
+    with pytest.raises(ChildProcessError):  # reaped: no zombie
+        os.waitpid(pid, os.WNOHANG)
+
+
+@pytest.mark.root
+def test_a_check_whose_policy_turns_the_runtime_control_off_asks_the_daemon_nothing(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY + "      mode: \"off\"\n")
+    with hung_socket(sandbox.path("/run/docker.sock")) as held:
+        run = run_and_count_orphans([sys.executable, "-m", "nodeguard", "check", "--host-root", str(sandbox.root),
+                                     "--policy", str(policy), "--format", "json"])
+        time.sleep(0.3)
+        assert held == []
+    assert "runtime" not in {f["control"] for f in json.loads(run.stdout)["findings"]}, run.stderr
+    assert run.left == []
