@@ -22,8 +22,13 @@ import os
 import signal
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nodeguard.docker_api import CallCounter, DaemonReads, read_daemon
+
+if TYPE_CHECKING:
+    from nodeguard.host import HostRoot
+    from nodeguard.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,15 @@ class ForkedDaemonReader:
             log.debug("forked Docker API reader did not take the request", exc_info=True)
         os.close(self._requests)
         self._requests = None
+
+    def request_for(self, host: HostRoot, policy: Policy) -> None:
+        """Start the reads the runtime control will ask for: the policy's socket and timeout."""
+        shown = policy.spec.controls.socket.path
+        try:
+            real = host.resolve(shown)
+        except OSError:  # the runtime control meets (and reports) the same error itself
+            return
+        self.request(real, shown, policy.spec.controls.runtime.timeout_seconds)
 
     def read(self, real: Path, shown: str, timeout: float, counter: CallCounter | None = None) -> DaemonReads:
         """The child's answer to the request made for these arguments, else a read in this process."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from nodeguard.controls import Context, Control, all_controls
 from nodeguard.host import HostRoot
 from nodeguard.policy import Policy
+from nodeguard.selection import candidates, runs
 from nodeguard.structs import Finding, Mode, Severity, Status
 
 if TYPE_CHECKING:
@@ -138,32 +139,22 @@ def run_audit(
 ) -> AuditReport:
     """Audit once. `only`: control names or policy keys; `select`/`skip`: (control, rule) pairs.
 
-    `daemon_reader`: a forked reader of the Docker API (`check`), asked as soon as the chosen
-    controls are known; the runtime control collects its answer after the file-based controls ran.
+    `daemon_reader`: a forked reader of the Docker API (`check`, which asks it as soon as the policy
+    is loaded); the runtime control collects its answer after the file-based controls ran.
     """
     host = host if isinstance(host, HostRoot) else HostRoot(host)
     ctx = Context(host, policy, proc)
     wanted = set(only) if only else None
     report = AuditReport(started=time.time())
-    chosen: list[Control] = []
     if controls is None:
         # Only the controls that can be chosen are imported (the catalog knows their keys and rules).
-        controls = all_controls(_candidates(wanted, select))
-    for control in controls:
-        if wanted is not None and control.name not in wanted and control.policy_key not in wanted:
-            continue
-        if policy.mode_of(control.policy_key) is Mode.OFF and wanted is None:
-            continue
-        rule_ids = {r.id for r in control.rules}
-        if select is not None and not any((control.name, r) in select for r in rule_ids):
-            continue
-        if rule_ids and all((control.name, r) in skip for r in rule_ids):
-            continue
-        chosen.append(control)
+        controls = all_controls(candidates(wanted, select))
+    chosen = [c for c in controls if runs(c.name, c.policy_key, {r.id for r in c.rules}, policy,
+                                          wanted=wanted, select=select, skip=skip)]
     api = [c for c in chosen if c.name in _API_CONTROLS]
     results: dict[str, ControlResult]
     if api and daemon_reader is not None:
-        _ask(daemon_reader, ctx)
+        daemon_reader.request_for(host, policy)  # `check` asked already; a no-op then
         ctx.read_daemon = daemon_reader.read
         # The reads run in the forked process, so the controls here run one after the other, the
         # API ones last, by when the answer is in: no thread, and no Docker SDK in this process.
@@ -186,32 +177,6 @@ def run_audit(
     report.results = [_selected(results[c.name], select, skip) for c in chosen]
     report.ended = time.time()
     return report
-
-
-def _ask(reader: ForkedDaemonReader, ctx: Context) -> None:
-    """Send the forked reader the socket and the timeout the runtime control will ask with."""
-    shown = ctx.policy.spec.controls.socket.path
-    try:
-        real = ctx.host.resolve(shown)
-    except (OSError, ValueError):  # the runtime control meets (and reports) the same error itself
-        return
-    reader.request(real, shown, ctx.policy.spec.controls.runtime.timeout_seconds)
-
-
-def _candidates(wanted: set[str] | None, select: Collection[tuple[str, str]] | None) -> list[str]:
-    """Names of the controls that `--only` (names or policy keys) and `--check` leave in."""
-    from nodeguard.catalog import RULES
-
-    names = []
-    for entry in RULES:
-        if entry.control in names:
-            continue
-        if wanted is not None and entry.control not in wanted and entry.policy_key not in wanted:
-            continue
-        if select is not None and not any(control == entry.control for control, _ in select):
-            continue
-        names.append(entry.control)
-    return names
 
 
 _DOCKERD_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin")

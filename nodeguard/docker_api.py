@@ -12,10 +12,11 @@ import errno
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nodeguard.host import HostRoot
-from nodeguard.policy import Policy
+if TYPE_CHECKING:  # `check` forks its reader (nodeguard.api_prefetch) before the policy is imported
+    from nodeguard.host import HostRoot
+    from nodeguard.policy import Policy
 
 
 class DaemonUnavailable(Exception):

@@ -188,6 +188,14 @@ def _check(host_root: Path, policy: Path | None, output_format: str, output: Pat
     if output is not None and not output.parent.is_dir():
         _err(f"--output: {output.parent} is not a folder")
         _exit(ExitCode.USAGE)
+    if reader is not None:
+        from nodeguard.selection import controls_to_run
+
+        if "runtime" in controls_to_run(pol, wanted=set(only) or None, select=selected, skip=skipped):
+            reader.request_for(host, pol)  # the daemon is read while the controls are imported
+        else:
+            reader.close()
+            reader = None
 
     from nodeguard.audit import AuditReport, docker_engine_evidence, run_audit
     from nodeguard.events.resource import host_name, machine_id

@@ -48,19 +48,21 @@ done("fork the Docker API reader")
 import pydantic
 done("import pydantic")
 from nodeguard.policy import load_policy
+from nodeguard.host import HostRoot
 done("import nodeguard.policy (models)")
 policy = load_policy()
-done("load_policy() (embedded default)")
+host = HostRoot(sys.argv[1])
+if reader is not None:
+    reader.request_for(host, policy)  # as `check` does once the policy is in: the daemon is read meanwhile
+done("load_policy(), ask the reader")
 import nodeguard.audit, nodeguard.report
 from nodeguard.controls import all_controls
 from nodeguard.events.resource import host_name, machine_id
-from nodeguard.host import HostRoot
 all_controls(only)
 done("import audit, report, controls")
-host = HostRoot(sys.argv[1])
 nodeguard.audit.docker_engine_evidence(host, policy)
 report = nodeguard.audit.run_audit(host, policy, only=only, daemon_reader=reader)
-done("audit pass (with the reader's answer)")
+done("audit pass, reader's answer")
 text = "".join(nodeguard.report.iter_json(report, nodeguard.report.RunInfo(str(host.root), host_name(host.root)), {}))
 machine_id(host.root)
 done("render JSON")
