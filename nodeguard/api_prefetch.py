@@ -74,7 +74,12 @@ class ForkedDaemonReader:
         self._asked: tuple[str, str, float] | None = None
         req_r, req_w = os.pipe2(os.O_CLOEXEC)
         ans_r, ans_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (req_r, req_w, ans_r, ans_w):
+                os.close(fd)
+            raise
         if pid == 0:  # the child
             code = 1
             try:
@@ -101,6 +106,16 @@ class ForkedDaemonReader:
             log.debug("forked Docker API reader did not take the request", exc_info=True)
         os.close(self._requests)
         self._requests = None
+
+    @classmethod
+    def start(cls) -> ForkedDaemonReader | None:
+        """A reader, or None when this process cannot fork one (a pids limit, no fds left): the
+        runtime control then reads in process, as the agent does."""
+        try:
+            return cls()
+        except OSError as exc:
+            log.info("no forked Docker API reader (%s): the daemon is read in process", exc)
+            return None
 
     def request_for(self, host: HostRoot, policy: Policy) -> None:
         """Start the reads the runtime control will ask for: the policy's socket and timeout."""

@@ -162,7 +162,7 @@ def check(host_root: Path, policy: Path | None, output_format: str, output: Path
         # loads the policy and the controls (nodeguard.api_prefetch).
         from nodeguard.api_prefetch import ForkedDaemonReader
 
-        reader = ForkedDaemonReader()
+        reader = ForkedDaemonReader.start()
     try:
         _check(host_root, policy, output_format, output, fail_on, select, skip, only, failed_only, remediation,
                verbose, reader)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from nodeguard.policy import parse_policy
 from nodeguard.structs import Status
 from tests.support.hung_daemon import hung_socket
 from tests.support.orphans import run_and_count_orphans
-from tests.support.sandbox import Sandbox
+from tests.support.sandbox import Sandbox, require, require_root
 
 POLICY = ("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\n"
           "spec:\n  controls:\n    runtime:\n      timeoutSeconds: 0.5\n")
@@ -98,3 +99,35 @@ def test_a_check_whose_policy_turns_the_runtime_control_off_asks_the_daemon_noth
         assert held == []
     assert "runtime" not in {f["control"] for f in json.loads(run.stdout)["findings"]}, run.stderr
     assert run.left == []
+
+
+_START_UNDER_LIMIT = """
+import json, os, sys
+from nodeguard.api_prefetch import ForkedDaemonReader
+with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))
+before = sorted(os.listdir("/proc/self/fd"))
+reader = ForkedDaemonReader.start()
+print(json.dumps({"reader": reader is not None, "fds_kept": sorted(os.listdir("/proc/self/fd")) == before}))
+"""
+
+
+@pytest.mark.root
+def test_a_check_that_cannot_fork_reads_in_process(tmp_path: Path) -> None:
+    """Under a pids limit (a container's pids.max) fork fails: no reader, no leaked pipe, and
+    `check` goes on with the read in process."""
+    require_root()
+    pids = Path("/sys/fs/cgroup/pids")
+    require(pids.is_dir(), "needs the cgroup v1 pids controller at /sys/fs/cgroup/pids")
+    group = pids / f"ng-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "pids.max").write_text("1")  # the interpreter itself: nothing more
+        proc = subprocess.run([sys.executable, "-c", _START_UNDER_LIMIT, str(group)], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout) == {"reader": False, "fds_kept": True}
+        refused = int((group / "pids.events").read_text().split()[1])
+        assert refused >= 1, "the limit never refused a fork: the test did not test the fallback"
+    finally:
+        group.rmdir()
