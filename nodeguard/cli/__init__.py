@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -118,6 +117,8 @@ def _rules_or_exit(flag: str, values: Iterable[str] | None) -> set[tuple[str, st
 def write_output(path: Path, text: str | Iterable[str]) -> None:
     """Write the whole report or nothing: a temporary file in the same folder, fsynced, renamed over."""
     folder = path.parent
+    import tempfile  # only for --output: ~5 ms (random, shutil) that a report to stdout never needs
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
