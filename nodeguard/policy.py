@@ -1,4 +1,4 @@
-"""The policy: a versioned YAML document, validated by pydantic, merged over the embedded default.
+"""The policy: a versioned YAML document, validated by msgspec, merged over the embedded default.
 
 A user's file names `apiVersion` and `kind`, then only what it changes. It is deep-merged over the
 embedded default (`config/policy.yaml`, shipped as `nodeguard/data/policy.yaml`): mappings merge
@@ -8,29 +8,26 @@ range. Errors name the file, the line and the field, so `nodeguard policy valida
 operator exactly what to fix.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: msgspec reads the Structs' annotations when it first
+# converts a document, and would evaluate them from strings then (~4 ms more of every `check`).
+import enum
 import errno
 import functools
 import ipaddress
+import math
 import os
 import pkgutil
 import re
 import stat
-from collections.abc import Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import msgspec
+from msgspec import Meta
 
 from nodeguard.structs import Mode
 
@@ -74,26 +71,6 @@ def _parse_mode(value: object) -> int:
     raise ValueError(f"must be an octal string such as \"0660\" (quoted), got {value!r}")
 
 
-def _mode_is_text(value: object) -> object:
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise ValueError(f'must be a quoted octal string such as "0660", got the bare number {value}: '
-                         "YAML reads 0660 as octal (432) and 660 as decimal, so quote it")
-    return value
-
-
-def _mode_is_permissions(value: str) -> str:
-    # The most permissive mode allowed: setuid, setgid and sticky bits in it would let a file carry
-    # them unreported, and "7777" allows every bit, which quietly turns the mode rule off.
-    if int(value, 8) > 0o777:
-        raise ValueError(f"{value!r} is wider than 0777: setuid, setgid and sticky bits are never allowed")
-    return value
-
-
-FileMode = Annotated[str, BeforeValidator(_mode_is_text),
-                     Field(pattern=_OCTAL_MODE.pattern, description='octal, quoted: "0660"'),
-                     AfterValidator(_mode_is_permissions)]
-
-
 # PyYAML is imported only when a document is parsed.
 # libyaml's composer recurses in C without a depth check: deep nesting overflows the C stack and
 # kills the process. Documents that could nest deeper than this go to the pure-Python loader, whose
@@ -105,11 +82,11 @@ MAX_ALIAS_EXPANSION = 10_000
 
 
 @functools.cache
-def _loaders() -> tuple[type[yaml.SafeLoader], type[yaml.SafeLoader]]:
+def _loaders() -> "tuple[type[yaml.SafeLoader], type[yaml.SafeLoader]]":
     """(pure-Python, libyaml) loaders: YAML 1.1 minus its surprise booleans.
 
-    `mode: off` is the string "off", not False: only true/false are booleans; pydantic still
-    accepts yes/no/on/off for boolean fields. libyaml parses a 1 MiB policy in ~1.5 s instead of ~15 s.
+    `mode: off` is the string "off", not False: only true/false are booleans; boolean fields
+    still accept yes/no/on/off (_collect). libyaml parses a 1 MiB policy in ~1.5 s instead of ~15 s.
     """
     import yaml
 
@@ -130,7 +107,7 @@ def _loaders() -> tuple[type[yaml.SafeLoader], type[yaml.SafeLoader]]:
     return _PolicyLoader, _CPolicyLoader
 
 
-def _loader_for(text: str) -> type[yaml.SafeLoader]:
+def _loader_for(text: str) -> "type[yaml.SafeLoader]":
     # An upper bound of the nesting depth: every level needs a flow bracket or more indentation
     # (or block indicators) at the start of a line.
     bound = text.count("[") + text.count("{")
@@ -139,7 +116,7 @@ def _loader_for(text: str) -> type[yaml.SafeLoader]:
     return c_loader if bound <= _C_LOADER_MAX_NESTING else python_loader
 
 
-def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+def _parse_yaml(text: str, source: str) -> "tuple[yaml.Node | None, Any]":
     """The document's node tree (for error lines) and its data, from one parse.
 
     Raises PolicyError for YAML that is invalid, nested too deeply or an alias bomb.
@@ -156,7 +133,7 @@ def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         raise PolicyError(source, [(None, "", "YAML nested too deeply")]) from None
 
 
-def _compose_and_construct(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+def _compose_and_construct(text: str, source: str) -> "tuple[yaml.Node | None, Any]":
     # What yaml.load does (get_single_data), split so that the nodes are composed once, for the
     # data and for the error lines, and the aliases are counted before anything is built from them.
     loader = _loader_for(text)(text)
@@ -170,7 +147,7 @@ def _compose_and_construct(text: str, source: str) -> tuple[yaml.Node | None, An
         loader.dispose()
 
 
-def _alias_expansion(root: yaml.Node) -> int:
+def _alias_expansion(root: "yaml.Node") -> int:
     """Nodes that aliases add when `root` is expanded; memoised, so linear in the distinct nodes.
 
     An alias inside its own anchor (`&a [*a]`) expands forever: counted as more than any limit.
@@ -201,155 +178,93 @@ def _alias_expansion(root: yaml.Node) -> int:
     return size[id(root)] - len(size)
 
 
-# The defaults live in one place, nodeguard/data/policy.yaml, which is merged under every document
-# before validation: the models below carry none of their own (a second copy drifts), so a setting
-# missing from that file fails every load (tests/unit/test_policy_defaults.py). Two kinds of field
-# keep a model default, because the YAML cannot hold it: ControlPolicy's `mode`/`rules` (unset
-# means "inherit", not a value), and the fields of list items (FileRequirement, FirewallPort): a
-# list replaces the default's whole, so its items have nothing to be merged under.
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+# -- the models -------------------------------------------------------------------------------
+#
+# msgspec Structs, converted from the merged document in one call (C, no schema to build at
+# import: pydantic cost `check` ~160 ms of imports and model building). msgspec stops at the first
+# problem; `policy validate` names them all, so a failed conversion is followed by _collect, which
+# walks the same types field by field (below the models).
 
 
-class ControlPolicy(_Strict):
-    """Settings every control shares: its mode and per-rule overrides."""
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A field's validation beyond its type, carried in its Annotated type (msgspec ignores it).
 
-    mode: Mode | None = Field(default=None, description="off | observe | enforce; unset: spec.mode")
-    rules: dict[str, Mode] = Field(default_factory=dict, description="rule id -> off | observe | enforce")
+    `after` gets the converted value and returns it (normalised) or raises ValueError; it runs in
+    every Struct's __post_init__, and at the field's own location when problems are collected.
+    `before` sees the value as written, to explain what the type refuses in plainer words.
+    """
 
-    def rule_mode(self, rule_id: str, default: Mode) -> Mode:
-        control_mode = self.mode or default
-        if control_mode is Mode.OFF:
-            return Mode.OFF
-        return self.rules.get(rule_id, control_mode)
-
-
-class LogRotation(_Strict):
-    # Numbers written the way dockerd's json-file driver reads them; max-file below 1 stops dockerd.
-    max_size: str = Field(alias="maxSize", pattern=r"^[1-9][0-9]{0,9}[kmg]?$")
-    max_file: str = Field(alias="maxFile", pattern=r"^[1-9][0-9]{0,3}$")
+    after: Callable[[Any], Any] | None = None
+    before: Callable[[Any], object] | None = None
 
 
-class DaemonConfigPolicy(ControlPolicy):
-    path: str
-    allowed_insecure_registries: list[str] = Field(alias="allowedInsecureRegistries")
-    log_rotation: LogRotation = Field(alias="logRotation")
-    log_level: str = Field(alias="logLevel")
-    # CIS 2.10: a cgroup-parent other than the default is a finding unless confirmed here.
-    allowed_cgroup_parents: list[str] = Field(alias="allowedCgroupParents")
-    # A revert never restarts dockerd: a key that needs a restart is reported as "restart required".
-    # `true` is refused (see _no_restart): kept in the schema so existing files keep validating.
-    restart_daemon: bool = Field(alias="restartDaemon")
-
-    @field_validator("restart_daemon")
-    @classmethod
-    def _no_restart(cls, value: bool) -> bool:
-        # Restarting dockerd safely means asking the host's service manager (systemd's RestartUnit
-        # over the system D-Bus), checking the file loads first, rate-limiting, and live-restore;
-        # none of that can be tested against a real service manager where nodeguard is built, so
-        # it is not offered rather than offered untested.
-        if value:
-            raise ValueError(RESTART_REFUSED)
-        return value
+def _matching(pattern: str) -> Meta:
+    # msgspec's re.search: `$` also matches before a final newline, so "0660\n" would pass. \Z
+    # is the end of the string, as the pattern means (and as pydantic's regex engine read `$`).
+    return Meta(pattern=pattern.removesuffix("$") + r"\Z")
 
 
-class FileRequirement(_Strict):
-    path: str
-    owner: str = "root"
-    group: str = "root"
-    file_mode: FileMode = Field(alias="fileMode")
+def _checks_in(tp: Any) -> list[Check]:
+    return [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, Check)]
 
 
-class DaemonFilesPolicy(ControlPolicy):
-    config_dir: str = Field(alias="configDir")
-    unit_dirs: list[str] = Field(alias="unitDirs")
-    extra: list[FileRequirement]
-    # CIS 3.23/3.24: containerd's socket is root on the host as much as dockerd's.
-    containerd_socket: str = Field(alias="containerdSocket")
+@functools.cache
+def _field_checks(cls: type[msgspec.Struct]) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    return tuple((f.name, c.after) for f in msgspec.structs.fields(cls) for c in _checks_in(f.type) if c.after)
 
 
-class HostAuditPolicy(ControlPolicy):
-    """CIS 1.1.3-1.1.18: where the host's audit rules and Docker's binaries are looked for."""
-
-    audit_rules_files: list[str] = Field(alias="auditRulesFiles")
-    audit_rules_dirs: list[str] = Field(alias="auditRulesDirs")
-    # `auditctl -l` shows what the kernel really has loaded; only meaningful when the host root is `/`.
-    auditctl: Literal["auto", "never"]
-    binary_dirs: list[str] = Field(alias="binaryDirs")
+def _mode_is_text(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'must be a quoted octal string such as "0660", got the bare number {value}: '
+                         "YAML reads 0660 as octal (432) and 660 as decimal, so quote it")
+    return value
 
 
-class HostLayoutPolicy(ControlPolicy):
-    """CIS 1.1.1: the mount table read to tell whether the data root has a partition of its own."""
-
-    # Read inside the host root (the host's init sees the host's mounts); when it is missing the
-    # agent's own /proc/self/mountinfo is used and matched against real paths.
-    mountinfo: str
-
-
-class SocketPolicy(ControlPolicy):
-    path: str
-    owner: str
-    group: str
-    file_mode: FileMode = Field(alias="fileMode")
-    # Extra ACL entries tolerated on the socket, as "user:NAME:PERMS" or "group:NAME:PERMS".
-    allowed_acl: list[str] = Field(alias="allowedAcl")
-
-    @field_validator("allowed_acl")
-    @classmethod
-    def _acl_entries(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            if not re.match(r"^(user|group):[^:]+:[r-][w-][x-]$", entry):
-                raise ValueError(f"ACL entry {entry!r} must look like user:NAME:rw- or group:NAME:r--")
-        return value
+def _mode_is_permissions(value: str) -> str:
+    # The most permissive mode allowed: setuid, setgid and sticky bits in it would let a file carry
+    # them unreported, and "7777" allows every bit, which quietly turns the mode rule off.
+    if int(value, 8) > 0o777:
+        raise ValueError(f"{value!r} is wider than 0777: setuid, setgid and sticky bits are never allowed")
+    return value
 
 
-class DockerGroupPolicy(ControlPolicy):
-    group: str
-    allowed_members: list[str] = Field(alias="allowedMembers")
-
-    @field_validator("allowed_members")
-    @classmethod
-    def _names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not _NAME.match(name):
-                raise ValueError(f"{name!r} is not a valid user name")
-        return value
+# octal, quoted: "0660"
+FileMode = Annotated[str, _matching(_OCTAL_MODE.pattern), Check(after=_mode_is_permissions, before=_mode_is_text)]
 
 
-class FirewallPort(_Strict):
-    port: int = Field(ge=1, le=65535)
-    # Not default_factory=list: pydantic copies a default per instance all the same, and asks a
-    # default factory for its signature, which for a builtin compiles tokenize's regexes (~4 ms).
-    allow: list[str] = Field(default=[])
-    action: Literal["drop", "reject"] = "drop"
-
-    @field_validator("allow")
-    @classmethod
-    def _cidrs(cls, value: list[str]) -> list[str]:
-        out = []
-        for cidr in value:
-            try:
-                out.append(str(ipaddress.ip_network(cidr, strict=False)))
-            except ValueError as exc:
-                raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 network: {exc}") from None
-        return out
+def _no_restart(value: bool) -> bool:
+    # Restarting dockerd safely means asking the host's service manager (systemd's RestartUnit
+    # over the system D-Bus), checking the file loads first, rate-limiting, and live-restore;
+    # none of that can be tested against a real service manager where nodeguard is built, so
+    # it is not offered rather than offered untested.
+    if value:
+        raise ValueError(RESTART_REFUSED)
+    return value
 
 
-class FirewallPolicy(ControlPolicy):
-    backend: Literal["auto", "nftables", "iptables-legacy", "iptables-nft"]
-    ports: list[FirewallPort]
-
-    @model_validator(mode="after")
-    def _unique_ports(self) -> FirewallPolicy:
-        seen = [p.port for p in self.ports]
-        dupes = sorted({p for p in seen if seen.count(p) > 1})
-        if dupes:
-            raise ValueError(f"port(s) {dupes} listed more than once")
-        return self
+def _acl_entries(value: list[str]) -> list[str]:
+    for entry in value:
+        if not re.match(r"^(user|group):[^:]+:[r-][w-][x-]$", entry):
+            raise ValueError(f"ACL entry {entry!r} must look like user:NAME:rw- or group:NAME:r--")
+    return value
 
 
-class ListenersPolicy(ControlPolicy):
-    pass
+def _user_names(value: list[str]) -> list[str]:
+    for name in value:
+        if not _NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid user name")
+    return value
+
+
+def _cidrs(value: list[str]) -> list[str]:
+    out = []
+    for cidr in value:
+        try:
+            out.append(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 network: {exc}") from None
+    return out
 
 
 def _container_names(value: list[str]) -> list[str]:
@@ -359,123 +274,245 @@ def _container_names(value: list[str]) -> list[str]:
     return value
 
 
-class RuntimePolicy(ControlPolicy):
+def _capabilities(value: list[str]) -> list[str]:
+    return [c.upper().removeprefix("CAP_") for c in value]
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} must be an absolute host path")
+    return value
+
+
+def _absolute_all(value: list[str]) -> list[str]:
+    for path in value:
+        _absolute(path)
+    return value
+
+
+ContainerNames = Annotated[list[str], Check(_container_names)]
+
+
+# The defaults live in one place, nodeguard/data/policy.yaml, which is merged under every document
+# before validation: the models below carry none of their own (a second copy drifts), so a setting
+# missing from that file fails every load (tests/unit/test_policy_defaults.py). Two kinds of field
+# keep a model default, because the YAML cannot hold it: ControlPolicy's `mode`/`rules` (unset
+# means "inherit", not a value), and the fields of list items (FileRequirement, FirewallPort): a
+# list replaces the default's whole, so its items have nothing to be merged under.
+# Keys are the fields' names in camelCase (rename); an unknown key is refused. kw_only=True lets
+# required fields follow ControlPolicy's defaulted ones and keeps the fields in the order written,
+# base class first (`policy show` prints them so). Both it and frozen=True are given per class:
+# msgspec does not inherit kw_only, and mypy reads frozen from each class's own keywords.
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, rename="camel"):
+    def __post_init__(self) -> None:
+        for name, check in _field_checks(type(self)):
+            value = getattr(self, name)
+            checked = check(value)
+            if checked is not value:
+                msgspec.structs.force_setattr(self, name, checked)
+
+
+class ControlPolicy(_Strict, frozen=True):
+    """Settings every control shares: its mode and per-rule overrides."""
+
+    mode: Mode | None = None  # off | observe | enforce; unset: spec.mode
+    rules: dict[str, Mode] = {}  # rule id -> off | observe | enforce
+
+    def rule_mode(self, rule_id: str, default: Mode) -> Mode:
+        control_mode = self.mode or default
+        if control_mode is Mode.OFF:
+            return Mode.OFF
+        return self.rules.get(rule_id, control_mode)
+
+
+class LogRotation(_Strict, kw_only=True, frozen=True):
+    # Numbers written the way dockerd's json-file driver reads them; max-file below 1 stops dockerd.
+    max_size: Annotated[str, _matching(r"^[1-9][0-9]{0,9}[kmg]?$")]
+    max_file: Annotated[str, _matching(r"^[1-9][0-9]{0,3}$")]
+
+
+class DaemonConfigPolicy(ControlPolicy, kw_only=True, frozen=True):
+    path: str
+    allowed_insecure_registries: list[str]
+    log_rotation: LogRotation
+    log_level: str
+    # CIS 2.10: a cgroup-parent other than the default is a finding unless confirmed here.
+    allowed_cgroup_parents: list[str]
+    # A revert never restarts dockerd: a key that needs a restart is reported as "restart required".
+    # `true` is refused (see _no_restart): kept in the schema so existing files keep validating.
+    restart_daemon: Annotated[bool, Check(_no_restart)]
+
+
+class FileRequirement(_Strict, kw_only=True, frozen=True):
+    path: str
+    owner: str = "root"
+    group: str = "root"
+    file_mode: FileMode
+
+
+class DaemonFilesPolicy(ControlPolicy, kw_only=True, frozen=True):
+    config_dir: str
+    unit_dirs: list[str]
+    extra: list[FileRequirement]
+    # CIS 3.23/3.24: containerd's socket is root on the host as much as dockerd's.
+    containerd_socket: str
+
+
+class HostAuditPolicy(ControlPolicy, kw_only=True, frozen=True):
+    """CIS 1.1.3-1.1.18: where the host's audit rules and Docker's binaries are looked for."""
+
+    audit_rules_files: list[str]
+    audit_rules_dirs: list[str]
+    # `auditctl -l` shows what the kernel really has loaded; only meaningful when the host root is `/`.
+    auditctl: Literal["auto", "never"]
+    binary_dirs: list[str]
+
+
+class HostLayoutPolicy(ControlPolicy, kw_only=True, frozen=True):
+    """CIS 1.1.1: the mount table read to tell whether the data root has a partition of its own."""
+
+    # Read inside the host root (the host's init sees the host's mounts); when it is missing the
+    # agent's own /proc/self/mountinfo is used and matched against real paths.
+    mountinfo: str
+
+
+class SocketPolicy(ControlPolicy, kw_only=True, frozen=True):
+    path: str
+    owner: str
+    group: str
+    file_mode: FileMode
+    # Extra ACL entries tolerated on the socket, as "user:NAME:PERMS" or "group:NAME:PERMS".
+    allowed_acl: Annotated[list[str], Check(_acl_entries)]
+
+
+class DockerGroupPolicy(ControlPolicy, kw_only=True, frozen=True):
+    group: str
+    allowed_members: Annotated[list[str], Check(_user_names)]
+
+
+class FirewallPort(_Strict, kw_only=True, frozen=True):
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    allow: Annotated[list[str], Check(_cidrs)] = []
+    action: Literal["drop", "reject"] = "drop"
+
+
+class FirewallPolicy(ControlPolicy, kw_only=True, frozen=True):
+    backend: Literal["auto", "nftables", "iptables-legacy", "iptables-nft"]
+    ports: list[FirewallPort]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        seen = [p.port for p in self.ports]
+        dupes = sorted({p for p in seen if seen.count(p) > 1})
+        if dupes:
+            raise ValueError(f"port(s) {dupes} listed more than once")
+
+
+class ListenersPolicy(ControlPolicy, kw_only=True, frozen=True):
+    pass
+
+
+class RuntimePolicy(ControlPolicy, kw_only=True, frozen=True):
     """What the running daemon's containers and settings may be (read through the Docker API)."""
 
     # CIS 1.2.2: the oldest engine accepted as patched; compared numerically (20.10.24+dfsg1 -> 20.10.24).
-    min_engine_version: str = Field(alias="minEngineVersion", pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
+    min_engine_version: Annotated[str, _matching(r"^[0-9]+(\.[0-9]+){0,2}$")]
     # CIS 5.6: host paths a bind mount may not expose; the host root `/` is always one.
-    sensitive_mounts: list[str] = Field(alias="sensitiveMounts")
+    sensitive_mounts: Annotated[list[str], Check(_absolute_all)]
     # Containers (whole names) allowed to do what the rule forbids: an agent that needs the socket, say.
-    allowed_privileged: list[str] = Field(alias="allowedPrivileged")
-    allowed_socket_mounts: list[str] = Field(alias="allowedSocketMounts")
-    allowed_sensitive_mounts: list[str] = Field(alias="allowedSensitiveMounts")
-    allowed_host_namespaces: list[str] = Field(alias="allowedHostNamespaces")
+    allowed_privileged: ContainerNames
+    allowed_socket_mounts: ContainerNames
+    allowed_sensitive_mounts: ContainerNames
+    allowed_host_namespaces: ContainerNames
     # Capabilities any container may add beyond Docker's default set (e.g. NET_ADMIN).
-    allowed_capabilities: list[str] = Field(alias="allowedCapabilities")
+    allowed_capabilities: Annotated[list[str], Check(_capabilities)]
     # Per-user daemons outside the policy's reach (rootless Docker).
-    rootless_sockets: str = Field(alias="rootlessSockets")
-    timeout_seconds: float = Field(ge=0.1, le=300, allow_inf_nan=False, alias="timeoutSeconds")
-
-    _names = field_validator("allowed_privileged", "allowed_socket_mounts", "allowed_sensitive_mounts",
-                             "allowed_host_namespaces")(_container_names)
-
-    @field_validator("allowed_capabilities")
-    @classmethod
-    def _caps(cls, value: list[str]) -> list[str]:
-        return [c.upper().removeprefix("CAP_") for c in value]
-
-    @field_validator("sensitive_mounts", "rootless_sockets")
-    @classmethod
-    def _absolute(cls, value: str | list[str]) -> str | list[str]:
-        for path in [value] if isinstance(value, str) else value:
-            if not path.startswith("/"):
-                raise ValueError(f"{path!r} must be an absolute host path")
-        return value
+    rootless_sockets: Annotated[str, Check(_absolute)]
+    timeout_seconds: Annotated[float, Meta(ge=0.1, le=300)]
 
 
-class HostPolicy(ControlPolicy):
+class HostPolicy(ControlPolicy, kw_only=True, frozen=True):
     """Host-side checks: the daemon's TLS material, sshd, the data root's block device."""
 
-    cert_expiry_warn_days: int = Field(ge=0, le=3650, alias="certExpiryWarnDays")
-    min_rsa_bits: int = Field(ge=1024, le=16384, alias="minRsaBits")
-    min_ec_bits: int = Field(ge=160, le=571, alias="minEcBits")
-    sshd_config: str = Field(alias="sshdConfig")
+    cert_expiry_warn_days: Annotated[int, Meta(ge=0, le=3650)]
+    min_rsa_bits: Annotated[int, Meta(ge=1024, le=16384)]
+    min_ec_bits: Annotated[int, Meta(ge=160, le=571)]
+    sshd_config: str
     # PermitRootLogin values accepted (without-password is the old name of prohibit-password).
-    permit_root_login: list[str] = Field(alias="permitRootLogin")
+    permit_root_login: list[str]
 
 
-class Controls(_Strict):
-    daemon_config: DaemonConfigPolicy = Field(alias="daemonConfig")
-    daemon_files: DaemonFilesPolicy = Field(alias="daemonFiles")
+class Controls(_Strict, kw_only=True, frozen=True):
+    daemon_config: DaemonConfigPolicy
+    daemon_files: DaemonFilesPolicy
     socket: SocketPolicy
-    docker_group: DockerGroupPolicy = Field(alias="dockerGroup")
+    docker_group: DockerGroupPolicy
     firewall: FirewallPolicy
     listeners: ListenersPolicy
-    host_audit: HostAuditPolicy = Field(alias="hostAudit")
-    host_layout: HostLayoutPolicy = Field(alias="hostLayout")
+    host_audit: HostAuditPolicy
+    host_layout: HostLayoutPolicy
     runtime: RuntimePolicy
     host: HostPolicy
 
 
 # policy key ("daemonConfig") -> field name ("daemon_config"), for Policy.control.
-_CONTROL_FIELDS = {(info.alias or name): name for name, info in Controls.model_fields.items()}
+_CONTROL_FIELDS = {f.encode_name: f.name for f in msgspec.structs.fields(Controls)}
 
 
-class DaemonLocation(_Strict):
+class DaemonLocation(_Strict, kw_only=True, frozen=True):
     """Where to find the running dockerd (its pidfile), to read the flags it really runs with."""
 
-    pid_file: str = Field(alias="pidFile")
+    pid_file: str
 
 
 # Every number has a range (issue 17): a value outside it is refused with its line by `policy
 # validate` and by a reload (which keeps the last good policy), instead of an OverflowError in the
-# agent's loop (`resyncSeconds: 1e10`) or a rule quietly turned off. NaN and infinity are refused.
+# agent's loop (`resyncSeconds: 1e10`) or a rule quietly turned off. NaN and infinity are refused
+# (by the ranges; _collect says "finite").
 DAY_S = 86_400.0
 
 
-class Flapping(_Strict):
+class Flapping(_Strict, kw_only=True, frozen=True):
     # A threshold out of reach (1000000) is how a benchmark or a noisy host switches flapping off.
-    threshold: int = Field(ge=1, le=1_000_000, description="reverts of one finding within the window")
-    window_seconds: float = Field(ge=1, le=DAY_S, allow_inf_nan=False, alias="windowSeconds")
-    max_backoff_seconds: float = Field(ge=1, le=DAY_S, allow_inf_nan=False, alias="maxBackoffSeconds")
+    threshold: Annotated[int, Meta(ge=1, le=1_000_000)]  # reverts of one finding within the window
+    window_seconds: Annotated[float, Meta(ge=1, le=DAY_S)]
+    max_backoff_seconds: Annotated[float, Meta(ge=1, le=DAY_S)]
 
 
-class Attribution(_Strict):
+class Attribution(_Strict, kw_only=True, frozen=True):
     """Who made a drift, read from the host's audit log (nodeguard/attribution/)."""
 
     enabled: bool
-    audit_log: str | None = Field(alias="auditLog", pattern=r"^/",
-                                  description="host path; unset: log_file of the host's /etc/audit/auditd.conf")
-    wait_ms: int = Field(ge=0, le=5000, alias="waitMs",
-                         description="how long the actor may follow the drift event")
-    max_per_finding_per_minute: int = Field(ge=1, alias="maxPerFindingPerMinute",
-                                            description="beyond it (a fight), only flapping events are attributed")
+    # Host path; unset: log_file of the host's /etc/audit/auditd.conf.
+    audit_log: Annotated[str, Meta(pattern="^/")] | None
+    wait_ms: Annotated[int, Meta(ge=0, le=5000)]  # how long the actor may follow the drift event
+    # Beyond it (a fight), only flapping events are attributed.
+    max_per_finding_per_minute: Annotated[int, Meta(ge=1)]
 
 
-class AgentSettings(_Strict):
-    resync_seconds: float = Field(ge=1, le=DAY_S, allow_inf_nan=False, alias="resyncSeconds")
-    coalesce_ms: int = Field(ge=0, le=5000, alias="coalesceMs")
+class AgentSettings(_Strict, kw_only=True, frozen=True):
+    resync_seconds: Annotated[float, Meta(ge=1, le=DAY_S)]
+    coalesce_ms: Annotated[int, Meta(ge=0, le=5000)]
     # Events per rule per pass before the rest are folded into one summary event (issue 12.3).
-    max_events_per_rule: int = Field(ge=1, le=100_000, alias="maxEventsPerRule")
+    max_events_per_rule: Annotated[int, Meta(ge=1, le=100_000)]
     flapping: Flapping
     attribution: Attribution
 
 
-class Spec(_Strict):
+class Spec(_Strict, kw_only=True, frozen=True):
     mode: Mode
     daemon: DaemonLocation
     agent: AgentSettings
     controls: Controls
 
 
-class Metadata(_Strict):
+class Metadata(_Strict, kw_only=True, frozen=True):
     name: str
     labels: dict[str, str]
 
 
-class Policy(_Strict):
-    api_version: Literal["nodeguard.io/v1alpha1"] = Field(alias="apiVersion")
+class Policy(_Strict, kw_only=True, frozen=True):
+    api_version: Literal["nodeguard.io/v1alpha1"]
     kind: Literal["NodeGuardPolicy"]
     metadata: Metadata
     spec: Spec
@@ -497,13 +534,178 @@ class Policy(_Strict):
         """
         return self.control(policy_key).rule_mode(rule_id, self.spec.mode)
 
-    def with_mode(self, mode: Mode) -> Policy:
+    def with_mode(self, mode: Mode) -> "Policy":
         """The same policy with spec.mode overridden (the CLI's --mode)."""
-        return self.model_copy(update={"spec": self.spec.model_copy(update={"mode": mode})})
+        return msgspec.structs.replace(self, spec=msgspec.structs.replace(self.spec, mode=mode))
 
 
 def file_mode_bits(text: str) -> int:
     return _parse_mode(text)
+
+
+# -- every problem at once -------------------------------------------------------------------
+
+_Loc = tuple[int | str, ...]
+UNKNOWN_KEY = "unknown key (keys are case-sensitive camelCase; see `nodeguard policy show`)"
+# pydantic's lax booleans, which policies were validated with before msgspec (it takes true/false/1/0).
+_WORDS = {"y": True, "yes": True, "on": True, "t": True, "n": False, "no": False, "off": False, "f": False}
+# msgspec's words -> those `policy validate` has always printed (pydantic's; the README shows them).
+_MESSAGES = (
+    (r"Expected `(?:int|float)` >= (.+)", "Input should be greater than or equal to {}"),
+    (r"Expected `(?:int|float)` <= (.+)", "Input should be less than or equal to {}"),
+    (r"Expected `str` matching regex (.+)", "String should match pattern '{}'"),
+    (r"Expected `int`, got `str`", "Input should be a valid integer, unable to parse string as an integer"),
+    (r"Expected `int`, got `float`", "Input should be a valid integer, got a number with a fractional part"),
+    (r"Expected `float`, got `str`", "Input should be a valid number, unable to parse string as a number"),
+    (r"Expected `int`.*", "Input should be a valid integer"),
+    (r"Expected `float`.*", "Input should be a valid number"),
+    (r"Expected `str`.*", "Input should be a valid string"),
+    (r"Expected `array`.*", "Input should be a valid list"),
+    (r"Expected `object`.*", "Input should be a valid dictionary"),
+    (r"Object missing required field.*", "Field required"),
+    (r"Object contains unknown field.*", UNKNOWN_KEY),
+)
+
+
+def _bare(tp: Any) -> Any:
+    """The type under Annotated[...]."""
+    return tp.__origin__ if typing.get_origin(tp) is Annotated else tp
+
+
+def _shown(word: str) -> str:
+    """A bound or pattern in msgspec's message as pydantic printed it: 86400.0 -> 86400, \\Z -> $."""
+    if word.startswith("'"):
+        import ast
+
+        pattern: str = ast.literal_eval(word)
+        return pattern.removesuffix("\\Z") + "$" if pattern.endswith("\\Z") else pattern
+    return word.removesuffix(".0")
+
+
+def _why(exc: msgspec.ValidationError, tp: Any, value: Any) -> str:
+    """Why `value` is not a `tp`, in the words `policy validate` has always used."""
+    bare = _bare(tp)
+    choices = ([m.value for m in bare] if isinstance(bare, type) and issubclass(bare, enum.Enum)
+               else typing.get_args(bare) if typing.get_origin(bare) is Literal else None)
+    if choices:
+        words = [repr(c) for c in choices]
+        listed = f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
+        return f"Input should be {listed}, got {value!r}"
+    if bare is bool:  # pydantic's two wordings: a kind of value a boolean is written as, or another kind
+        readable = isinstance(value, str) or (isinstance(value, int) and abs(value) < 2**63) or (
+            isinstance(value, float) and value.is_integer())
+        return "Input should be a valid boolean" + (", unable to interpret input" if readable else "")
+    msg = str(exc).partition(" - at `")[0]
+    for rx, why in _MESSAGES:
+        if m := re.fullmatch(rx, msg):
+            return why.format(*(_shown(g) for g in m.groups()))
+    return msg
+
+
+def _path(exc: msgspec.ValidationError) -> _Loc:
+    """The location in msgspec's message: `... - at `$.spec.controls.firewall.ports[0]``."""
+    path = str(exc).partition(" - at `")[2]
+    return tuple(int(i) if i else k for k, i in re.findall(r"\.([^.\[`]+)|\[(\d+)\]", path))
+
+
+def _not_finite(value: Any, bare: Any) -> bool:
+    if isinstance(value, str) and bare is float:
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and bare in (int, float) and not math.isfinite(value)
+
+
+def _lax(value: Any, bare: Any) -> Any:
+    """What pydantic's lax mode, which policies were validated with before msgspec, read as a
+    bool or a number and msgspec's strict=False does not: `yes`/`off`, 1.0 and 0.0 as booleans,
+    booleans as numbers, and numbers written as Python reads them (" 5", "+5", "1_000")."""
+    if bare is bool and isinstance(value, str):
+        return _WORDS.get(value.lower(), value)
+    if bare is bool and isinstance(value, float) and value in (0.0, 1.0):
+        return bool(value)
+    if bare in (int, float) and isinstance(value, bool):
+        return int(value)
+    if bare in (int, float) and isinstance(value, str):
+        try:
+            return bare(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _collect(value: Any, tp: Any, loc: _Loc, problems: list[tuple[_Loc, str]]) -> Any:
+    """Every problem of `value` as a `tp`, each at its own location, appended to `problems`.
+
+    What pydantic reported and msgspec, stopping at the first, does not. Returns `value` with what
+    _lax reads made booleans and numbers. A subtree that msgspec converts whole is not walked.
+    """
+    checks = _checks_in(tp)
+    for check in checks:
+        try:
+            if check.before is not None:
+                check.before(value)
+        except ValueError as exc:
+            problems.append((loc, str(exc)))
+            return value
+    bare, found = _bare(tp), len(problems)
+    value = _lax(value, bare)
+    try:
+        converted = msgspec.convert(value, tp, strict=False)
+    except msgspec.ValidationError:
+        value = _collect_within(value, bare, loc, problems)
+        if len(problems) > found:
+            return value
+        try:  # nothing more exact below: the booleans fixed there were all it took, or the type's own words
+            converted = msgspec.convert(value, tp, strict=False)
+        except msgspec.ValidationError as exc:
+            where = _path(exc)
+            problems.append(((*loc, *where), _why(exc, None if where else tp, value)))
+            return value
+    for check in checks:
+        try:
+            if check.after is not None:
+                check.after(converted)
+        except ValueError as exc:
+            problems.append((loc, str(exc)))
+            break
+    return value
+
+
+def _collect_within(value: Any, bare: Any, loc: _Loc, problems: list[tuple[_Loc, str]]) -> Any:
+    """_collect on the parts of a Struct, list, dict or optional value."""
+    origin = typing.get_origin(bare)
+    if isinstance(bare, type) and issubclass(bare, msgspec.Struct):
+        if not isinstance(value, dict):
+            problems.append((loc, f"Input should be a valid dictionary or instance of {bare.__name__}"))
+            return value
+        fields = msgspec.structs.fields(bare)
+        known = {f.encode_name for f in fields}
+        out = dict(value)
+        for f in fields:
+            if f.encode_name in value:
+                out[f.encode_name] = _collect(value[f.encode_name], f.type, (*loc, f.encode_name), problems)
+            elif f.required:
+                problems.append(((*loc, f.encode_name), "Field required"))
+        problems.extend(((*loc, key), UNKNOWN_KEY if isinstance(key, str) else "Keys should be strings")
+                        for key in value if key not in known)
+        return out
+    if origin is list and isinstance(value, list):
+        return [_collect(v, typing.get_args(bare)[0], (*loc, i), problems) for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        items = {}
+        for key, v in value.items():
+            if not isinstance(key, str):
+                problems.append(((*loc, key, "[key]"), "Input should be a valid string"))
+            items[key] = _collect(v, typing.get_args(bare)[1], (*loc, key), problems)
+        return items
+    arms = [a for a in typing.get_args(bare) if a is not type(None)]
+    if origin in (types.UnionType, typing.Union) and value is not None and len(arms) == 1:
+        return _collect(value, arms[0], loc, problems)
+    if _not_finite(value, bare):
+        problems.append((loc, "Input should be a finite number"))
+    return value
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -538,8 +740,8 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
     return out
 
 
-def _node_line(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
-    """Line of the YAML node at a pydantic error location (falls back to the nearest parent)."""
+def _node_line(node: "yaml.Node | None", loc: Sequence[int | str]) -> int | None:
+    """Line of the YAML node at an error's location (falls back to the nearest parent)."""
     if node is None:
         return None
     import yaml
@@ -568,7 +770,7 @@ def _dotted(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _check_rule_ids(merged: Mapping[str, Any], node: yaml.Node | None) -> list[tuple[int | None, str, str]]:
+def _check_rule_ids(merged: Mapping[str, Any], node: "yaml.Node | None") -> list[tuple[int | None, str, str]]:
     """Unknown rule ids, read from the merged document so they are reported beside schema errors."""
     # The rule catalog is data below the policy: validating a rule id imports no control.
     from nodeguard.catalog import rule_ids_by_policy_key
@@ -578,7 +780,7 @@ def _check_rule_ids(merged: Mapping[str, Any], node: yaml.Node | None) -> list[t
     spec = merged.get("spec")
     controls = spec.get("controls") if isinstance(spec, Mapping) else None
     # An unknown control key is the schema's error to report, not a list of unknown rules.
-    control_keys = {info.alias or name for name, info in Controls.model_fields.items()}
+    control_keys = _CONTROL_FIELDS.keys()
     for key, ctl in controls.items() if isinstance(controls, Mapping) else ():
         rules = ctl.get("rules") if isinstance(ctl, Mapping) else None
         for rule_id in rules if isinstance(rules, Mapping) and key in control_keys else ():
@@ -608,19 +810,16 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
                                             f"`kind: {KIND}` (is the file complete?)") for key in missing])
     merged = _deep_merge(default_policy_data(), data)
     try:
-        policy = Policy.model_validate(merged)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
-            why = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                why = "unknown key (keys are case-sensitive camelCase; see `nodeguard policy show`)"
-            elif err["type"] in ("enum", "literal_error"):
-                why += f", got {err['input']!r}"
-            problems.append((_node_line(node, loc), _dotted(loc), why))
-        problems += _check_rule_ids(merged, node)
-        raise PolicyError(source, sorted(problems, key=lambda p: p[0] or 0)) from None
+        policy = msgspec.convert(merged, Policy, strict=False)
+    except msgspec.ValidationError:
+        # msgspec names the first problem only: find them all, each with its own line.
+        found: list[tuple[_Loc, str]] = []
+        fixed = _collect(merged, Policy, (), found)
+        if found:
+            problems = [(_node_line(node, loc), _dotted(loc), why) for loc, why in found]
+            problems += _check_rule_ids(merged, node)
+            raise PolicyError(source, sorted(problems, key=lambda p: p[0] or 0)) from None
+        policy = msgspec.convert(fixed, Policy, strict=False)  # booleans written as words (yes, off)
     problems = _check_rule_ids(merged, node)
     if problems:
         raise PolicyError(source, problems)
