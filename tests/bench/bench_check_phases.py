@@ -5,7 +5,7 @@
 Needs root, dockerd and busybox-static: the sandbox host root and daemon of bench_check_core.
 Every run is a fresh interpreter in the daemon's network namespace that does what `nodeguard
 check --format json` does under its CLI, one phase after the other, and reports each phase's wall
-and CPU time: importing pydantic, importing the policy module (pydantic builds the models),
+and CPU time: importing msgspec, importing the policy module (the models, msgspec Structs),
 load_policy() of the embedded default, importing the audit, the report and every control, importing
 the Docker SDK (the runtime control does it inside the audit), the audit pass, the JSON rendering.
 The table gives the median and the minimum of `--runs` runs, beside the same-run floor (`python -c
@@ -30,15 +30,14 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 # One run: argv[1] the host root, argv[2:] the --only controls. Prints {phase: [wall_s, cpu_s]}.
 PHASES = """
 import os, sys, time
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")  # as nodeguard/__main__.py does
 out, last = {}, (time.perf_counter(), time.process_time())
 def done(name):
     global last
     now = (time.perf_counter(), time.process_time())
     out[name] = [now[0] - last[0], now[1] - last[1]]
     last = now
-import pydantic
-done("import pydantic")
+import msgspec
+done("import msgspec")
 from nodeguard.policy import load_policy
 done("import nodeguard.policy (models)")
 policy = load_policy()
