@@ -10,19 +10,14 @@ operator exactly what to fix.
 
 # No `from __future__ import annotations`: msgspec reads the Structs' annotations when it first
 # converts a document, and would evaluate them from strings then (~4 ms more of every `check`).
-import enum
 import errno
 import functools
 import ipaddress
-import math
 import os
 import pkgutil
 import re
 import stat
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -30,6 +25,7 @@ import msgspec
 from msgspec import Meta
 
 from nodeguard.structs import Mode
+from nodeguard.validation import Check, Invalid, convert, matching, run_checks
 
 if TYPE_CHECKING:
     import yaml
@@ -39,6 +35,7 @@ KIND = "NodeGuardPolicy"
 # A policy larger than this is refused before parsing: a ConfigMap holds at most 1 MiB anyway.
 MAX_POLICY_BYTES = 1024 * 1024
 
+UNKNOWN_KEY = "unknown key (keys are case-sensitive camelCase; see `nodeguard policy show`)"
 RESTART_REFUSED = ("true is not supported: nodeguard never restarts dockerd. A revert of a key that needs a "
                    "restart is reported as restart_required; restart dockerd through its service manager "
                    "yourself (systemctl restart docker). Remove the key or set it to false")
@@ -86,7 +83,7 @@ def _loaders() -> "tuple[type[yaml.SafeLoader], type[yaml.SafeLoader]]":
     """(pure-Python, libyaml) loaders: YAML 1.1 minus its surprise booleans.
 
     `mode: off` is the string "off", not False: only true/false are booleans; boolean fields
-    still accept yes/no/on/off (_collect). libyaml parses a 1 MiB policy in ~1.5 s instead of ~15 s.
+    still accept yes/no/on/off (nodeguard.validation). libyaml parses a 1 MiB policy in ~1.5 s instead of ~15 s.
     """
     import yaml
 
@@ -180,38 +177,9 @@ def _alias_expansion(root: "yaml.Node") -> int:
 
 # -- the models -------------------------------------------------------------------------------
 #
-# msgspec Structs, converted from the merged document in one call (C, no schema to build at
-# import: pydantic cost `check` ~160 ms of imports and model building). msgspec stops at the first
-# problem; `policy validate` names them all, so a failed conversion is followed by _collect, which
-# walks the same types field by field (below the models).
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """A field's validation beyond its type, carried in its Annotated type (msgspec ignores it).
-
-    `after` gets the converted value and returns it (normalised) or raises ValueError; it runs in
-    every Struct's __post_init__, and at the field's own location when problems are collected.
-    `before` sees the value as written, to explain what the type refuses in plainer words.
-    """
-
-    after: Callable[[Any], Any] | None = None
-    before: Callable[[Any], object] | None = None
-
-
-def _matching(pattern: str) -> Meta:
-    # msgspec's re.search: `$` also matches before a final newline, so "0660\n" would pass. \Z
-    # is the end of the string, as the pattern means (and as pydantic's regex engine read `$`).
-    return Meta(pattern=pattern.removesuffix("$") + r"\Z")
-
-
-def _checks_in(tp: Any) -> list[Check]:
-    return [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, Check)]
-
-
-@functools.cache
-def _field_checks(cls: type[msgspec.Struct]) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-    return tuple((f.name, c.after) for f in msgspec.structs.fields(cls) for c in _checks_in(f.type) if c.after)
+# msgspec Structs (issue 13: pydantic's import and model building cost a one-shot `check` ~160 ms),
+# converted by nodeguard.validation: every problem named at once, in the words `policy validate`
+# has always printed. A field's validation beyond its type is a Check in its Annotated type.
 
 
 def _mode_is_text(value: object) -> object:
@@ -230,7 +198,7 @@ def _mode_is_permissions(value: str) -> str:
 
 
 # octal, quoted: "0660"
-FileMode = Annotated[str, _matching(_OCTAL_MODE.pattern), Check(after=_mode_is_permissions, before=_mode_is_text)]
+FileMode = Annotated[str, matching(_OCTAL_MODE.pattern), Check(after=_mode_is_permissions, before=_mode_is_text)]
 
 
 def _no_restart(value: bool) -> bool:
@@ -305,11 +273,7 @@ ContainerNames = Annotated[list[str], Check(_container_names)]
 # msgspec does not inherit kw_only, and mypy reads frozen from each class's own keywords.
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, rename="camel"):
     def __post_init__(self) -> None:
-        for name, check in _field_checks(type(self)):
-            value = getattr(self, name)
-            checked = check(value)
-            if checked is not value:
-                msgspec.structs.force_setattr(self, name, checked)
+        run_checks(self)
 
 
 class ControlPolicy(_Strict, frozen=True):
@@ -327,8 +291,8 @@ class ControlPolicy(_Strict, frozen=True):
 
 class LogRotation(_Strict, kw_only=True, frozen=True):
     # Numbers written the way dockerd's json-file driver reads them; max-file below 1 stops dockerd.
-    max_size: Annotated[str, _matching(r"^[1-9][0-9]{0,9}[kmg]?$")]
-    max_file: Annotated[str, _matching(r"^[1-9][0-9]{0,3}$")]
+    max_size: Annotated[str, matching(r"^[1-9][0-9]{0,9}[kmg]?$")]
+    max_file: Annotated[str, matching(r"^[1-9][0-9]{0,3}$")]
 
 
 class DaemonConfigPolicy(ControlPolicy, kw_only=True, frozen=True):
@@ -416,7 +380,7 @@ class RuntimePolicy(ControlPolicy, kw_only=True, frozen=True):
     """What the running daemon's containers and settings may be (read through the Docker API)."""
 
     # CIS 1.2.2: the oldest engine accepted as patched; compared numerically (20.10.24+dfsg1 -> 20.10.24).
-    min_engine_version: Annotated[str, _matching(r"^[0-9]+(\.[0-9]+){0,2}$")]
+    min_engine_version: Annotated[str, matching(r"^[0-9]+(\.[0-9]+){0,2}$")]
     # CIS 5.6: host paths a bind mount may not expose; the host root `/` is always one.
     sensitive_mounts: Annotated[list[str], Check(_absolute_all)]
     # Containers (whole names) allowed to do what the rule forbids: an agent that needs the socket, say.
@@ -468,7 +432,7 @@ class DaemonLocation(_Strict, kw_only=True, frozen=True):
 # Every number has a range (issue 17): a value outside it is refused with its line by `policy
 # validate` and by a reload (which keeps the last good policy), instead of an OverflowError in the
 # agent's loop (`resyncSeconds: 1e10`) or a rule quietly turned off. NaN and infinity are refused
-# (by the ranges; _collect says "finite").
+# (by the ranges; nodeguard.validation says "finite").
 DAY_S = 86_400.0
 
 
@@ -541,171 +505,6 @@ class Policy(_Strict, kw_only=True, frozen=True):
 
 def file_mode_bits(text: str) -> int:
     return _parse_mode(text)
-
-
-# -- every problem at once -------------------------------------------------------------------
-
-_Loc = tuple[int | str, ...]
-UNKNOWN_KEY = "unknown key (keys are case-sensitive camelCase; see `nodeguard policy show`)"
-# pydantic's lax booleans, which policies were validated with before msgspec (it takes true/false/1/0).
-_WORDS = {"y": True, "yes": True, "on": True, "t": True, "n": False, "no": False, "off": False, "f": False}
-# msgspec's words -> those `policy validate` has always printed (pydantic's; the README shows them).
-_MESSAGES = (
-    (r"Expected `(?:int|float)` >= (.+)", "Input should be greater than or equal to {}"),
-    (r"Expected `(?:int|float)` <= (.+)", "Input should be less than or equal to {}"),
-    (r"Expected `str` matching regex (.+)", "String should match pattern '{}'"),
-    (r"Expected `int`, got `str`", "Input should be a valid integer, unable to parse string as an integer"),
-    (r"Expected `int`, got `float`", "Input should be a valid integer, got a number with a fractional part"),
-    (r"Expected `float`, got `str`", "Input should be a valid number, unable to parse string as a number"),
-    (r"Expected `int`.*", "Input should be a valid integer"),
-    (r"Expected `float`.*", "Input should be a valid number"),
-    (r"Expected `str`.*", "Input should be a valid string"),
-    (r"Expected `array`.*", "Input should be a valid list"),
-    (r"Expected `object`.*", "Input should be a valid dictionary"),
-    (r"Object missing required field.*", "Field required"),
-    (r"Object contains unknown field.*", UNKNOWN_KEY),
-)
-
-
-def _bare(tp: Any) -> Any:
-    """The type under Annotated[...]."""
-    return tp.__origin__ if typing.get_origin(tp) is Annotated else tp
-
-
-def _shown(word: str) -> str:
-    """A bound or pattern in msgspec's message as pydantic printed it: 86400.0 -> 86400, \\Z -> $."""
-    if word.startswith("'"):
-        import ast
-
-        pattern: str = ast.literal_eval(word)
-        return pattern.removesuffix("\\Z") + "$" if pattern.endswith("\\Z") else pattern
-    return word.removesuffix(".0")
-
-
-def _why(exc: msgspec.ValidationError, tp: Any, value: Any) -> str:
-    """Why `value` is not a `tp`, in the words `policy validate` has always used."""
-    bare = _bare(tp)
-    choices = ([m.value for m in bare] if isinstance(bare, type) and issubclass(bare, enum.Enum)
-               else typing.get_args(bare) if typing.get_origin(bare) is Literal else None)
-    if choices:
-        words = [repr(c) for c in choices]
-        listed = f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
-        return f"Input should be {listed}, got {value!r}"
-    if bare is bool:  # pydantic's two wordings: a kind of value a boolean is written as, or another kind
-        readable = isinstance(value, str) or (isinstance(value, int) and abs(value) < 2**63) or (
-            isinstance(value, float) and value.is_integer())
-        return "Input should be a valid boolean" + (", unable to interpret input" if readable else "")
-    msg = str(exc).partition(" - at `")[0]
-    for rx, why in _MESSAGES:
-        if m := re.fullmatch(rx, msg):
-            return why.format(*(_shown(g) for g in m.groups()))
-    return msg
-
-
-def _path(exc: msgspec.ValidationError) -> _Loc:
-    """The location in msgspec's message: `... - at `$.spec.controls.firewall.ports[0]``."""
-    path = str(exc).partition(" - at `")[2]
-    return tuple(int(i) if i else k for k, i in re.findall(r"\.([^.\[`]+)|\[(\d+)\]", path))
-
-
-def _not_finite(value: Any, bare: Any) -> bool:
-    if isinstance(value, str) and bare is float:
-        try:
-            value = float(value)
-        except ValueError:
-            return False
-    return isinstance(value, float) and bare in (int, float) and not math.isfinite(value)
-
-
-def _lax(value: Any, bare: Any) -> Any:
-    """What pydantic's lax mode, which policies were validated with before msgspec, read as a
-    bool or a number and msgspec's strict=False does not: `yes`/`off`, 1.0 and 0.0 as booleans,
-    booleans as numbers, and numbers written as Python reads them (" 5", "+5", "1_000")."""
-    if bare is bool and isinstance(value, str):
-        return _WORDS.get(value.lower(), value)
-    if bare is bool and isinstance(value, float) and value in (0.0, 1.0):
-        return bool(value)
-    if bare in (int, float) and isinstance(value, bool):
-        return int(value)
-    if bare in (int, float) and isinstance(value, str):
-        try:
-            return bare(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _collect(value: Any, tp: Any, loc: _Loc, problems: list[tuple[_Loc, str]]) -> Any:
-    """Every problem of `value` as a `tp`, each at its own location, appended to `problems`.
-
-    What pydantic reported and msgspec, stopping at the first, does not. Returns `value` with what
-    _lax reads made booleans and numbers. A subtree that msgspec converts whole is not walked.
-    """
-    checks = _checks_in(tp)
-    for check in checks:
-        try:
-            if check.before is not None:
-                check.before(value)
-        except ValueError as exc:
-            problems.append((loc, str(exc)))
-            return value
-    bare, found = _bare(tp), len(problems)
-    value = _lax(value, bare)
-    try:
-        converted = msgspec.convert(value, tp, strict=False)
-    except msgspec.ValidationError:
-        value = _collect_within(value, bare, loc, problems)
-        if len(problems) > found:
-            return value
-        try:  # nothing more exact below: the booleans fixed there were all it took, or the type's own words
-            converted = msgspec.convert(value, tp, strict=False)
-        except msgspec.ValidationError as exc:
-            where = _path(exc)
-            problems.append(((*loc, *where), _why(exc, None if where else tp, value)))
-            return value
-    for check in checks:
-        try:
-            if check.after is not None:
-                check.after(converted)
-        except ValueError as exc:
-            problems.append((loc, str(exc)))
-            break
-    return value
-
-
-def _collect_within(value: Any, bare: Any, loc: _Loc, problems: list[tuple[_Loc, str]]) -> Any:
-    """_collect on the parts of a Struct, list, dict or optional value."""
-    origin = typing.get_origin(bare)
-    if isinstance(bare, type) and issubclass(bare, msgspec.Struct):
-        if not isinstance(value, dict):
-            problems.append((loc, f"Input should be a valid dictionary or instance of {bare.__name__}"))
-            return value
-        fields = msgspec.structs.fields(bare)
-        known = {f.encode_name for f in fields}
-        out = dict(value)
-        for f in fields:
-            if f.encode_name in value:
-                out[f.encode_name] = _collect(value[f.encode_name], f.type, (*loc, f.encode_name), problems)
-            elif f.required:
-                problems.append(((*loc, f.encode_name), "Field required"))
-        problems.extend(((*loc, key), UNKNOWN_KEY if isinstance(key, str) else "Keys should be strings")
-                        for key in value if key not in known)
-        return out
-    if origin is list and isinstance(value, list):
-        return [_collect(v, typing.get_args(bare)[0], (*loc, i), problems) for i, v in enumerate(value)]
-    if origin is dict and isinstance(value, dict):
-        items = {}
-        for key, v in value.items():
-            if not isinstance(key, str):
-                problems.append(((*loc, key, "[key]"), "Input should be a valid string"))
-            items[key] = _collect(v, typing.get_args(bare)[1], (*loc, key), problems)
-        return items
-    arms = [a for a in typing.get_args(bare) if a is not type(None)]
-    if origin in (types.UnionType, typing.Union) and value is not None and len(arms) == 1:
-        return _collect(value, arms[0], loc, problems)
-    if _not_finite(value, bare):
-        problems.append((loc, "Input should be a finite number"))
-    return value
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -810,16 +609,11 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
                                             f"`kind: {KIND}` (is the file complete?)") for key in missing])
     merged = _deep_merge(default_policy_data(), data)
     try:
-        policy = msgspec.convert(merged, Policy, strict=False)
-    except msgspec.ValidationError:
-        # msgspec names the first problem only: find them all, each with its own line.
-        found: list[tuple[_Loc, str]] = []
-        fixed = _collect(merged, Policy, (), found)
-        if found:
-            problems = [(_node_line(node, loc), _dotted(loc), why) for loc, why in found]
-            problems += _check_rule_ids(merged, node)
-            raise PolicyError(source, sorted(problems, key=lambda p: p[0] or 0)) from None
-        policy = msgspec.convert(fixed, Policy, strict=False)  # booleans written as words (yes, off)
+        policy = convert(merged, Policy, unknown_key=UNKNOWN_KEY)
+    except Invalid as exc:
+        problems = [(_node_line(node, loc), _dotted(loc), why) for loc, why in exc.problems]
+        problems += _check_rule_ids(merged, node)
+        raise PolicyError(source, sorted(problems, key=lambda p: p[0] or 0)) from None
     problems = _check_rule_ids(merged, node)
     if problems:
         raise PolicyError(source, problems)
