@@ -1,4 +1,4 @@
-"""The policy: a versioned YAML document, validated by pydantic, merged over the embedded default.
+"""The policy: a versioned YAML document, validated by msgspec, merged over the embedded default.
 
 A user's file names `apiVersion` and `kind`, then only what it changes. It is deep-merged over the
 embedded default (`config/policy.yaml`, shipped as `nodeguard/data/policy.yaml`): mappings merge
@@ -8,8 +8,8 @@ range. Errors name the file, the line and the field, so `nodeguard policy valida
 operator exactly what to fix.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: msgspec reads the Structs' annotations when it first
+# converts a document, and would evaluate them from strings then (~4 ms more of every `check`).
 import errno
 import functools
 import ipaddress
@@ -21,18 +21,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import msgspec
+from msgspec import Meta
 
 from nodeguard.structs import Mode
+from nodeguard.validation import Check, Invalid, convert, matching, run_checks
 
 if TYPE_CHECKING:
     import yaml
@@ -42,6 +35,7 @@ KIND = "NodeGuardPolicy"
 # A policy larger than this is refused before parsing: a ConfigMap holds at most 1 MiB anyway.
 MAX_POLICY_BYTES = 1024 * 1024
 
+UNKNOWN_KEY = "unknown key (keys are case-sensitive camelCase; see `nodeguard policy show`)"
 RESTART_REFUSED = ("true is not supported: nodeguard never restarts dockerd. A revert of a key that needs a "
                    "restart is reported as restart_required; restart dockerd through its service manager "
                    "yourself (systemctl restart docker). Remove the key or set it to false")
@@ -74,26 +68,6 @@ def _parse_mode(value: object) -> int:
     raise ValueError(f"must be an octal string such as \"0660\" (quoted), got {value!r}")
 
 
-def _mode_is_text(value: object) -> object:
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise ValueError(f'must be a quoted octal string such as "0660", got the bare number {value}: '
-                         "YAML reads 0660 as octal (432) and 660 as decimal, so quote it")
-    return value
-
-
-def _mode_is_permissions(value: str) -> str:
-    # The most permissive mode allowed: setuid, setgid and sticky bits in it would let a file carry
-    # them unreported, and "7777" allows every bit, which quietly turns the mode rule off.
-    if int(value, 8) > 0o777:
-        raise ValueError(f"{value!r} is wider than 0777: setuid, setgid and sticky bits are never allowed")
-    return value
-
-
-FileMode = Annotated[str, BeforeValidator(_mode_is_text),
-                     Field(pattern=_OCTAL_MODE.pattern, description='octal, quoted: "0660"'),
-                     AfterValidator(_mode_is_permissions)]
-
-
 # PyYAML is imported only when a document is parsed.
 # libyaml's composer recurses in C without a depth check: deep nesting overflows the C stack and
 # kills the process. Documents that could nest deeper than this go to the pure-Python loader, whose
@@ -105,11 +79,11 @@ MAX_ALIAS_EXPANSION = 10_000
 
 
 @functools.cache
-def _loaders() -> tuple[type[yaml.SafeLoader], type[yaml.SafeLoader]]:
+def _loaders() -> "tuple[type[yaml.SafeLoader], type[yaml.SafeLoader]]":
     """(pure-Python, libyaml) loaders: YAML 1.1 minus its surprise booleans.
 
-    `mode: off` is the string "off", not False: only true/false are booleans; pydantic still
-    accepts yes/no/on/off for boolean fields. libyaml parses a 1 MiB policy in ~1.5 s instead of ~15 s.
+    `mode: off` is the string "off", not False: only true/false are booleans; boolean fields
+    still accept yes/no/on/off (nodeguard.validation). libyaml parses a 1 MiB policy in ~1.5 s instead of ~15 s.
     """
     import yaml
 
@@ -130,7 +104,7 @@ def _loaders() -> tuple[type[yaml.SafeLoader], type[yaml.SafeLoader]]:
     return _PolicyLoader, _CPolicyLoader
 
 
-def _loader_for(text: str) -> type[yaml.SafeLoader]:
+def _loader_for(text: str) -> "type[yaml.SafeLoader]":
     # An upper bound of the nesting depth: every level needs a flow bracket or more indentation
     # (or block indicators) at the start of a line.
     bound = text.count("[") + text.count("{")
@@ -139,7 +113,7 @@ def _loader_for(text: str) -> type[yaml.SafeLoader]:
     return c_loader if bound <= _C_LOADER_MAX_NESTING else python_loader
 
 
-def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+def _parse_yaml(text: str, source: str) -> "tuple[yaml.Node | None, Any]":
     """The document's node tree (for error lines) and its data, from one parse.
 
     Raises PolicyError for YAML that is invalid, nested too deeply or an alias bomb.
@@ -156,7 +130,7 @@ def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         raise PolicyError(source, [(None, "", "YAML nested too deeply")]) from None
 
 
-def _compose_and_construct(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+def _compose_and_construct(text: str, source: str) -> "tuple[yaml.Node | None, Any]":
     # What yaml.load does (get_single_data), split so that the nodes are composed once, for the
     # data and for the error lines, and the aliases are counted before anything is built from them.
     loader = _loader_for(text)(text)
@@ -170,7 +144,7 @@ def _compose_and_construct(text: str, source: str) -> tuple[yaml.Node | None, An
         loader.dispose()
 
 
-def _alias_expansion(root: yaml.Node) -> int:
+def _alias_expansion(root: "yaml.Node") -> int:
     """Nodes that aliases add when `root` is expanded; memoised, so linear in the distinct nodes.
 
     An alias inside its own anchor (`&a [*a]`) expands forever: counted as more than any limit.
@@ -201,155 +175,64 @@ def _alias_expansion(root: yaml.Node) -> int:
     return size[id(root)] - len(size)
 
 
-# The defaults live in one place, nodeguard/data/policy.yaml, which is merged under every document
-# before validation: the models below carry none of their own (a second copy drifts), so a setting
-# missing from that file fails every load (tests/unit/test_policy_defaults.py). Two kinds of field
-# keep a model default, because the YAML cannot hold it: ControlPolicy's `mode`/`rules` (unset
-# means "inherit", not a value), and the fields of list items (FileRequirement, FirewallPort): a
-# list replaces the default's whole, so its items have nothing to be merged under.
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+# -- the models -------------------------------------------------------------------------------
+#
+# msgspec Structs (issue 13: pydantic's import and model building cost a one-shot `check` ~160 ms),
+# converted by nodeguard.validation: every problem named at once, in the words `policy validate`
+# has always printed. A field's validation beyond its type is a Check in its Annotated type.
 
 
-class ControlPolicy(_Strict):
-    """Settings every control shares: its mode and per-rule overrides."""
-
-    mode: Mode | None = Field(default=None, description="off | observe | enforce; unset: spec.mode")
-    rules: dict[str, Mode] = Field(default_factory=dict, description="rule id -> off | observe | enforce")
-
-    def rule_mode(self, rule_id: str, default: Mode) -> Mode:
-        control_mode = self.mode or default
-        if control_mode is Mode.OFF:
-            return Mode.OFF
-        return self.rules.get(rule_id, control_mode)
+def _mode_is_text(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'must be a quoted octal string such as "0660", got the bare number {value}: '
+                         "YAML reads 0660 as octal (432) and 660 as decimal, so quote it")
+    return value
 
 
-class LogRotation(_Strict):
-    # Numbers written the way dockerd's json-file driver reads them; max-file below 1 stops dockerd.
-    max_size: str = Field(alias="maxSize", pattern=r"^[1-9][0-9]{0,9}[kmg]?$")
-    max_file: str = Field(alias="maxFile", pattern=r"^[1-9][0-9]{0,3}$")
+def _mode_is_permissions(value: str) -> str:
+    # The most permissive mode allowed: setuid, setgid and sticky bits in it would let a file carry
+    # them unreported, and "7777" allows every bit, which quietly turns the mode rule off.
+    if int(value, 8) > 0o777:
+        raise ValueError(f"{value!r} is wider than 0777: setuid, setgid and sticky bits are never allowed")
+    return value
 
 
-class DaemonConfigPolicy(ControlPolicy):
-    path: str
-    allowed_insecure_registries: list[str] = Field(alias="allowedInsecureRegistries")
-    log_rotation: LogRotation = Field(alias="logRotation")
-    log_level: str = Field(alias="logLevel")
-    # CIS 2.10: a cgroup-parent other than the default is a finding unless confirmed here.
-    allowed_cgroup_parents: list[str] = Field(alias="allowedCgroupParents")
-    # A revert never restarts dockerd: a key that needs a restart is reported as "restart required".
-    # `true` is refused (see _no_restart): kept in the schema so existing files keep validating.
-    restart_daemon: bool = Field(alias="restartDaemon")
-
-    @field_validator("restart_daemon")
-    @classmethod
-    def _no_restart(cls, value: bool) -> bool:
-        # Restarting dockerd safely means asking the host's service manager (systemd's RestartUnit
-        # over the system D-Bus), checking the file loads first, rate-limiting, and live-restore;
-        # none of that can be tested against a real service manager where nodeguard is built, so
-        # it is not offered rather than offered untested.
-        if value:
-            raise ValueError(RESTART_REFUSED)
-        return value
+# octal, quoted: "0660"
+FileMode = Annotated[str, matching(_OCTAL_MODE.pattern), Check(after=_mode_is_permissions, before=_mode_is_text)]
 
 
-class FileRequirement(_Strict):
-    path: str
-    owner: str = "root"
-    group: str = "root"
-    file_mode: FileMode = Field(alias="fileMode")
+def _no_restart(value: bool) -> bool:
+    # Restarting dockerd safely means asking the host's service manager (systemd's RestartUnit
+    # over the system D-Bus), checking the file loads first, rate-limiting, and live-restore;
+    # none of that can be tested against a real service manager where nodeguard is built, so
+    # it is not offered rather than offered untested.
+    if value:
+        raise ValueError(RESTART_REFUSED)
+    return value
 
 
-class DaemonFilesPolicy(ControlPolicy):
-    config_dir: str = Field(alias="configDir")
-    unit_dirs: list[str] = Field(alias="unitDirs")
-    extra: list[FileRequirement]
-    # CIS 3.23/3.24: containerd's socket is root on the host as much as dockerd's.
-    containerd_socket: str = Field(alias="containerdSocket")
+def _acl_entries(value: list[str]) -> list[str]:
+    for entry in value:
+        if not re.match(r"^(user|group):[^:]+:[r-][w-][x-]$", entry):
+            raise ValueError(f"ACL entry {entry!r} must look like user:NAME:rw- or group:NAME:r--")
+    return value
 
 
-class HostAuditPolicy(ControlPolicy):
-    """CIS 1.1.3-1.1.18: where the host's audit rules and Docker's binaries are looked for."""
-
-    audit_rules_files: list[str] = Field(alias="auditRulesFiles")
-    audit_rules_dirs: list[str] = Field(alias="auditRulesDirs")
-    # `auditctl -l` shows what the kernel really has loaded; only meaningful when the host root is `/`.
-    auditctl: Literal["auto", "never"]
-    binary_dirs: list[str] = Field(alias="binaryDirs")
+def _user_names(value: list[str]) -> list[str]:
+    for name in value:
+        if not _NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid user name")
+    return value
 
 
-class HostLayoutPolicy(ControlPolicy):
-    """CIS 1.1.1: the mount table read to tell whether the data root has a partition of its own."""
-
-    # Read inside the host root (the host's init sees the host's mounts); when it is missing the
-    # agent's own /proc/self/mountinfo is used and matched against real paths.
-    mountinfo: str
-
-
-class SocketPolicy(ControlPolicy):
-    path: str
-    owner: str
-    group: str
-    file_mode: FileMode = Field(alias="fileMode")
-    # Extra ACL entries tolerated on the socket, as "user:NAME:PERMS" or "group:NAME:PERMS".
-    allowed_acl: list[str] = Field(alias="allowedAcl")
-
-    @field_validator("allowed_acl")
-    @classmethod
-    def _acl_entries(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            if not re.match(r"^(user|group):[^:]+:[r-][w-][x-]$", entry):
-                raise ValueError(f"ACL entry {entry!r} must look like user:NAME:rw- or group:NAME:r--")
-        return value
-
-
-class DockerGroupPolicy(ControlPolicy):
-    group: str
-    allowed_members: list[str] = Field(alias="allowedMembers")
-
-    @field_validator("allowed_members")
-    @classmethod
-    def _names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not _NAME.match(name):
-                raise ValueError(f"{name!r} is not a valid user name")
-        return value
-
-
-class FirewallPort(_Strict):
-    port: int = Field(ge=1, le=65535)
-    # Not default_factory=list: pydantic copies a default per instance all the same, and asks a
-    # default factory for its signature, which for a builtin compiles tokenize's regexes (~4 ms).
-    allow: list[str] = Field(default=[])
-    action: Literal["drop", "reject"] = "drop"
-
-    @field_validator("allow")
-    @classmethod
-    def _cidrs(cls, value: list[str]) -> list[str]:
-        out = []
-        for cidr in value:
-            try:
-                out.append(str(ipaddress.ip_network(cidr, strict=False)))
-            except ValueError as exc:
-                raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 network: {exc}") from None
-        return out
-
-
-class FirewallPolicy(ControlPolicy):
-    backend: Literal["auto", "nftables", "iptables-legacy", "iptables-nft"]
-    ports: list[FirewallPort]
-
-    @model_validator(mode="after")
-    def _unique_ports(self) -> FirewallPolicy:
-        seen = [p.port for p in self.ports]
-        dupes = sorted({p for p in seen if seen.count(p) > 1})
-        if dupes:
-            raise ValueError(f"port(s) {dupes} listed more than once")
-        return self
-
-
-class ListenersPolicy(ControlPolicy):
-    pass
+def _cidrs(value: list[str]) -> list[str]:
+    out = []
+    for cidr in value:
+        try:
+            out.append(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 network: {exc}") from None
+    return out
 
 
 def _container_names(value: list[str]) -> list[str]:
@@ -359,123 +242,241 @@ def _container_names(value: list[str]) -> list[str]:
     return value
 
 
-class RuntimePolicy(ControlPolicy):
+def _capabilities(value: list[str]) -> list[str]:
+    return [c.upper().removeprefix("CAP_") for c in value]
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} must be an absolute host path")
+    return value
+
+
+def _absolute_all(value: list[str]) -> list[str]:
+    for path in value:
+        _absolute(path)
+    return value
+
+
+ContainerNames = Annotated[list[str], Check(_container_names)]
+
+
+# The defaults live in one place, nodeguard/data/policy.yaml, which is merged under every document
+# before validation: the models below carry none of their own (a second copy drifts), so a setting
+# missing from that file fails every load (tests/unit/test_policy_defaults.py). Two kinds of field
+# keep a model default, because the YAML cannot hold it: ControlPolicy's `mode`/`rules` (unset
+# means "inherit", not a value), and the fields of list items (FileRequirement, FirewallPort): a
+# list replaces the default's whole, so its items have nothing to be merged under.
+# Keys are the fields' names in camelCase (rename); an unknown key is refused. kw_only=True lets
+# required fields follow ControlPolicy's defaulted ones and keeps the fields in the order written,
+# base class first (`policy show` prints them so). Both it and frozen=True are given per class:
+# msgspec does not inherit kw_only, and mypy reads frozen from each class's own keywords.
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, rename="camel"):
+    def __post_init__(self) -> None:
+        run_checks(self)
+
+
+class ControlPolicy(_Strict, frozen=True):
+    """Settings every control shares: its mode and per-rule overrides."""
+
+    mode: Mode | None = None  # off | observe | enforce; unset: spec.mode
+    rules: dict[str, Mode] = {}  # rule id -> off | observe | enforce
+
+    def rule_mode(self, rule_id: str, default: Mode) -> Mode:
+        control_mode = self.mode or default
+        if control_mode is Mode.OFF:
+            return Mode.OFF
+        return self.rules.get(rule_id, control_mode)
+
+
+class LogRotation(_Strict, kw_only=True, frozen=True):
+    # Numbers written the way dockerd's json-file driver reads them; max-file below 1 stops dockerd.
+    max_size: Annotated[str, matching(r"^[1-9][0-9]{0,9}[kmg]?$")]
+    max_file: Annotated[str, matching(r"^[1-9][0-9]{0,3}$")]
+
+
+class DaemonConfigPolicy(ControlPolicy, kw_only=True, frozen=True):
+    path: str
+    allowed_insecure_registries: list[str]
+    log_rotation: LogRotation
+    log_level: str
+    # CIS 2.10: a cgroup-parent other than the default is a finding unless confirmed here.
+    allowed_cgroup_parents: list[str]
+    # A revert never restarts dockerd: a key that needs a restart is reported as "restart required".
+    # `true` is refused (see _no_restart): kept in the schema so existing files keep validating.
+    restart_daemon: Annotated[bool, Check(_no_restart)]
+
+
+class FileRequirement(_Strict, kw_only=True, frozen=True):
+    path: str
+    owner: str = "root"
+    group: str = "root"
+    file_mode: FileMode
+
+
+class DaemonFilesPolicy(ControlPolicy, kw_only=True, frozen=True):
+    config_dir: str
+    unit_dirs: list[str]
+    extra: list[FileRequirement]
+    # CIS 3.23/3.24: containerd's socket is root on the host as much as dockerd's.
+    containerd_socket: str
+
+
+class HostAuditPolicy(ControlPolicy, kw_only=True, frozen=True):
+    """CIS 1.1.3-1.1.18: where the host's audit rules and Docker's binaries are looked for."""
+
+    audit_rules_files: list[str]
+    audit_rules_dirs: list[str]
+    # `auditctl -l` shows what the kernel really has loaded; only meaningful when the host root is `/`.
+    auditctl: Literal["auto", "never"]
+    binary_dirs: list[str]
+
+
+class HostLayoutPolicy(ControlPolicy, kw_only=True, frozen=True):
+    """CIS 1.1.1: the mount table read to tell whether the data root has a partition of its own."""
+
+    # Read inside the host root (the host's init sees the host's mounts); when it is missing the
+    # agent's own /proc/self/mountinfo is used and matched against real paths.
+    mountinfo: str
+
+
+class SocketPolicy(ControlPolicy, kw_only=True, frozen=True):
+    path: str
+    owner: str
+    group: str
+    file_mode: FileMode
+    # Extra ACL entries tolerated on the socket, as "user:NAME:PERMS" or "group:NAME:PERMS".
+    allowed_acl: Annotated[list[str], Check(_acl_entries)]
+
+
+class DockerGroupPolicy(ControlPolicy, kw_only=True, frozen=True):
+    group: str
+    allowed_members: Annotated[list[str], Check(_user_names)]
+
+
+class FirewallPort(_Strict, kw_only=True, frozen=True):
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    allow: Annotated[list[str], Check(_cidrs)] = []
+    action: Literal["drop", "reject"] = "drop"
+
+
+class FirewallPolicy(ControlPolicy, kw_only=True, frozen=True):
+    backend: Literal["auto", "nftables", "iptables-legacy", "iptables-nft"]
+    ports: list[FirewallPort]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        seen = [p.port for p in self.ports]
+        dupes = sorted({p for p in seen if seen.count(p) > 1})
+        if dupes:
+            raise ValueError(f"port(s) {dupes} listed more than once")
+
+
+class ListenersPolicy(ControlPolicy, kw_only=True, frozen=True):
+    pass
+
+
+class RuntimePolicy(ControlPolicy, kw_only=True, frozen=True):
     """What the running daemon's containers and settings may be (read through the Docker API)."""
 
     # CIS 1.2.2: the oldest engine accepted as patched; compared numerically (20.10.24+dfsg1 -> 20.10.24).
-    min_engine_version: str = Field(alias="minEngineVersion", pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
+    min_engine_version: Annotated[str, matching(r"^[0-9]+(\.[0-9]+){0,2}$")]
     # CIS 5.6: host paths a bind mount may not expose; the host root `/` is always one.
-    sensitive_mounts: list[str] = Field(alias="sensitiveMounts")
+    sensitive_mounts: Annotated[list[str], Check(_absolute_all)]
     # Containers (whole names) allowed to do what the rule forbids: an agent that needs the socket, say.
-    allowed_privileged: list[str] = Field(alias="allowedPrivileged")
-    allowed_socket_mounts: list[str] = Field(alias="allowedSocketMounts")
-    allowed_sensitive_mounts: list[str] = Field(alias="allowedSensitiveMounts")
-    allowed_host_namespaces: list[str] = Field(alias="allowedHostNamespaces")
+    allowed_privileged: ContainerNames
+    allowed_socket_mounts: ContainerNames
+    allowed_sensitive_mounts: ContainerNames
+    allowed_host_namespaces: ContainerNames
     # Capabilities any container may add beyond Docker's default set (e.g. NET_ADMIN).
-    allowed_capabilities: list[str] = Field(alias="allowedCapabilities")
+    allowed_capabilities: Annotated[list[str], Check(_capabilities)]
     # Per-user daemons outside the policy's reach (rootless Docker).
-    rootless_sockets: str = Field(alias="rootlessSockets")
-    timeout_seconds: float = Field(ge=0.1, le=300, allow_inf_nan=False, alias="timeoutSeconds")
-
-    _names = field_validator("allowed_privileged", "allowed_socket_mounts", "allowed_sensitive_mounts",
-                             "allowed_host_namespaces")(_container_names)
-
-    @field_validator("allowed_capabilities")
-    @classmethod
-    def _caps(cls, value: list[str]) -> list[str]:
-        return [c.upper().removeprefix("CAP_") for c in value]
-
-    @field_validator("sensitive_mounts", "rootless_sockets")
-    @classmethod
-    def _absolute(cls, value: str | list[str]) -> str | list[str]:
-        for path in [value] if isinstance(value, str) else value:
-            if not path.startswith("/"):
-                raise ValueError(f"{path!r} must be an absolute host path")
-        return value
+    rootless_sockets: Annotated[str, Check(_absolute)]
+    timeout_seconds: Annotated[float, Meta(ge=0.1, le=300)]
 
 
-class HostPolicy(ControlPolicy):
+class HostPolicy(ControlPolicy, kw_only=True, frozen=True):
     """Host-side checks: the daemon's TLS material, sshd, the data root's block device."""
 
-    cert_expiry_warn_days: int = Field(ge=0, le=3650, alias="certExpiryWarnDays")
-    min_rsa_bits: int = Field(ge=1024, le=16384, alias="minRsaBits")
-    min_ec_bits: int = Field(ge=160, le=571, alias="minEcBits")
-    sshd_config: str = Field(alias="sshdConfig")
+    cert_expiry_warn_days: Annotated[int, Meta(ge=0, le=3650)]
+    min_rsa_bits: Annotated[int, Meta(ge=1024, le=16384)]
+    min_ec_bits: Annotated[int, Meta(ge=160, le=571)]
+    sshd_config: str
     # PermitRootLogin values accepted (without-password is the old name of prohibit-password).
-    permit_root_login: list[str] = Field(alias="permitRootLogin")
+    permit_root_login: list[str]
 
 
-class Controls(_Strict):
-    daemon_config: DaemonConfigPolicy = Field(alias="daemonConfig")
-    daemon_files: DaemonFilesPolicy = Field(alias="daemonFiles")
+class Controls(_Strict, kw_only=True, frozen=True):
+    daemon_config: DaemonConfigPolicy
+    daemon_files: DaemonFilesPolicy
     socket: SocketPolicy
-    docker_group: DockerGroupPolicy = Field(alias="dockerGroup")
+    docker_group: DockerGroupPolicy
     firewall: FirewallPolicy
     listeners: ListenersPolicy
-    host_audit: HostAuditPolicy = Field(alias="hostAudit")
-    host_layout: HostLayoutPolicy = Field(alias="hostLayout")
+    host_audit: HostAuditPolicy
+    host_layout: HostLayoutPolicy
     runtime: RuntimePolicy
     host: HostPolicy
 
 
 # policy key ("daemonConfig") -> field name ("daemon_config"), for Policy.control.
-_CONTROL_FIELDS = {(info.alias or name): name for name, info in Controls.model_fields.items()}
+_CONTROL_FIELDS = {f.encode_name: f.name for f in msgspec.structs.fields(Controls)}
 
 
-class DaemonLocation(_Strict):
+class DaemonLocation(_Strict, kw_only=True, frozen=True):
     """Where to find the running dockerd (its pidfile), to read the flags it really runs with."""
 
-    pid_file: str = Field(alias="pidFile")
+    pid_file: str
 
 
 # Every number has a range (issue 17): a value outside it is refused with its line by `policy
 # validate` and by a reload (which keeps the last good policy), instead of an OverflowError in the
-# agent's loop (`resyncSeconds: 1e10`) or a rule quietly turned off. NaN and infinity are refused.
+# agent's loop (`resyncSeconds: 1e10`) or a rule quietly turned off. NaN and infinity are refused
+# (by the ranges; nodeguard.validation says "finite").
 DAY_S = 86_400.0
 
 
-class Flapping(_Strict):
+class Flapping(_Strict, kw_only=True, frozen=True):
     # A threshold out of reach (1000000) is how a benchmark or a noisy host switches flapping off.
-    threshold: int = Field(ge=1, le=1_000_000, description="reverts of one finding within the window")
-    window_seconds: float = Field(ge=1, le=DAY_S, allow_inf_nan=False, alias="windowSeconds")
-    max_backoff_seconds: float = Field(ge=1, le=DAY_S, allow_inf_nan=False, alias="maxBackoffSeconds")
+    threshold: Annotated[int, Meta(ge=1, le=1_000_000)]  # reverts of one finding within the window
+    window_seconds: Annotated[float, Meta(ge=1, le=DAY_S)]
+    max_backoff_seconds: Annotated[float, Meta(ge=1, le=DAY_S)]
 
 
-class Attribution(_Strict):
+class Attribution(_Strict, kw_only=True, frozen=True):
     """Who made a drift, read from the host's audit log (nodeguard/attribution/)."""
 
     enabled: bool
-    audit_log: str | None = Field(alias="auditLog", pattern=r"^/",
-                                  description="host path; unset: log_file of the host's /etc/audit/auditd.conf")
-    wait_ms: int = Field(ge=0, le=5000, alias="waitMs",
-                         description="how long the actor may follow the drift event")
-    max_per_finding_per_minute: int = Field(ge=1, alias="maxPerFindingPerMinute",
-                                            description="beyond it (a fight), only flapping events are attributed")
+    # Host path; unset: log_file of the host's /etc/audit/auditd.conf.
+    audit_log: Annotated[str, Meta(pattern="^/")] | None
+    wait_ms: Annotated[int, Meta(ge=0, le=5000)]  # how long the actor may follow the drift event
+    # Beyond it (a fight), only flapping events are attributed.
+    max_per_finding_per_minute: Annotated[int, Meta(ge=1)]
 
 
-class AgentSettings(_Strict):
-    resync_seconds: float = Field(ge=1, le=DAY_S, allow_inf_nan=False, alias="resyncSeconds")
-    coalesce_ms: int = Field(ge=0, le=5000, alias="coalesceMs")
+class AgentSettings(_Strict, kw_only=True, frozen=True):
+    resync_seconds: Annotated[float, Meta(ge=1, le=DAY_S)]
+    coalesce_ms: Annotated[int, Meta(ge=0, le=5000)]
     # Events per rule per pass before the rest are folded into one summary event (issue 12.3).
-    max_events_per_rule: int = Field(ge=1, le=100_000, alias="maxEventsPerRule")
+    max_events_per_rule: Annotated[int, Meta(ge=1, le=100_000)]
     flapping: Flapping
     attribution: Attribution
 
 
-class Spec(_Strict):
+class Spec(_Strict, kw_only=True, frozen=True):
     mode: Mode
     daemon: DaemonLocation
     agent: AgentSettings
     controls: Controls
 
 
-class Metadata(_Strict):
+class Metadata(_Strict, kw_only=True, frozen=True):
     name: str
     labels: dict[str, str]
 
 
-class Policy(_Strict):
-    api_version: Literal["nodeguard.io/v1alpha1"] = Field(alias="apiVersion")
+class Policy(_Strict, kw_only=True, frozen=True):
+    api_version: Literal["nodeguard.io/v1alpha1"]
     kind: Literal["NodeGuardPolicy"]
     metadata: Metadata
     spec: Spec
@@ -497,9 +498,9 @@ class Policy(_Strict):
         """
         return self.control(policy_key).rule_mode(rule_id, self.spec.mode)
 
-    def with_mode(self, mode: Mode) -> Policy:
+    def with_mode(self, mode: Mode) -> "Policy":
         """The same policy with spec.mode overridden (the CLI's --mode)."""
-        return self.model_copy(update={"spec": self.spec.model_copy(update={"mode": mode})})
+        return msgspec.structs.replace(self, spec=msgspec.structs.replace(self.spec, mode=mode))
 
 
 def file_mode_bits(text: str) -> int:
@@ -538,8 +539,8 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
     return out
 
 
-def _node_line(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
-    """Line of the YAML node at a pydantic error location (falls back to the nearest parent)."""
+def _node_line(node: "yaml.Node | None", loc: Sequence[int | str]) -> int | None:
+    """Line of the YAML node at an error's location (falls back to the nearest parent)."""
     if node is None:
         return None
     import yaml
@@ -568,7 +569,7 @@ def _dotted(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _check_rule_ids(merged: Mapping[str, Any], node: yaml.Node | None) -> list[tuple[int | None, str, str]]:
+def _check_rule_ids(merged: Mapping[str, Any], node: "yaml.Node | None") -> list[tuple[int | None, str, str]]:
     """Unknown rule ids, read from the merged document so they are reported beside schema errors."""
     # The rule catalog is data below the policy: validating a rule id imports no control.
     from nodeguard.catalog import rule_ids_by_policy_key
@@ -578,7 +579,7 @@ def _check_rule_ids(merged: Mapping[str, Any], node: yaml.Node | None) -> list[t
     spec = merged.get("spec")
     controls = spec.get("controls") if isinstance(spec, Mapping) else None
     # An unknown control key is the schema's error to report, not a list of unknown rules.
-    control_keys = {info.alias or name for name, info in Controls.model_fields.items()}
+    control_keys = _CONTROL_FIELDS.keys()
     for key, ctl in controls.items() if isinstance(controls, Mapping) else ():
         rules = ctl.get("rules") if isinstance(ctl, Mapping) else None
         for rule_id in rules if isinstance(rules, Mapping) and key in control_keys else ():
@@ -608,17 +609,9 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
                                             f"`kind: {KIND}` (is the file complete?)") for key in missing])
     merged = _deep_merge(default_policy_data(), data)
     try:
-        policy = Policy.model_validate(merged)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
-            why = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                why = "unknown key (keys are case-sensitive camelCase; see `nodeguard policy show`)"
-            elif err["type"] in ("enum", "literal_error"):
-                why += f", got {err['input']!r}"
-            problems.append((_node_line(node, loc), _dotted(loc), why))
+        policy = convert(merged, Policy, unknown_key=UNKNOWN_KEY)
+    except Invalid as exc:
+        problems = [(_node_line(node, loc), _dotted(loc), why) for loc, why in exc.problems]
         problems += _check_rule_ids(merged, node)
         raise PolicyError(source, sorted(problems, key=lambda p: p[0] or 0)) from None
     problems = _check_rule_ids(merged, node)

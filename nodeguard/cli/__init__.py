@@ -302,8 +302,11 @@ def policy_validate(file: Path) -> None:
 @setting_option(settings.POLICY)
 def policy_show(policy: Path | None) -> None:
     """Print the effective policy (the file merged over the embedded default) as JSON."""
+    import msgspec
+
     pol = _load_policy_or_exit(policy)
-    click.echo(pol.model_dump_json(by_alias=True, indent=2))
+    # Keys as written in a policy file (camelCase), in the models' order.
+    click.echo(msgspec.json.format(msgspec.json.encode(pol), indent=2).decode())
 
 
 def _least_privilege_or_exit(host_root: Path, policy: Path | None, state_dir: Path) -> None:

@@ -5,11 +5,11 @@
 Needs root, dockerd and busybox-static: the sandbox host root and daemon of bench_check_core.
 Every run is a fresh interpreter in the daemon's network namespace that does what `nodeguard
 check --format json` does under its CLI, one phase after the other, and reports each phase's wall
-and CPU time: importing pydantic, importing the policy module (pydantic builds the models),
-load_policy() of the embedded default, importing the audit, the report and every control, the audit
-pass, the JSON rendering. The Docker SDK is imported, and the daemon read, by the forked reader
-`check` starts first (nodeguard.api_prefetch), on the other CPU: its time shows only where the
-audit pass waits for its answer, and its CPU is not in this table.
+and CPU time: forking the Docker API reader, importing msgspec, importing the policy module (the
+models, msgspec Structs), load_policy() of the embedded default, importing the audit, the report
+and every control, the audit pass, the JSON rendering. The Docker SDK is imported, and the daemon
+read, by the forked reader `check` starts first (nodeguard.api_prefetch), on the other CPU: its
+time shows only where the audit pass waits for its answer, and its CPU is not in this table.
 The table gives the median and the minimum of `--runs` runs, beside the same-run floor (`python -c
 pass`); the minimum is the steadier figure on a machine shared with other work.
 """
@@ -32,7 +32,6 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 # One run: argv[1] the host root, argv[2:] the --only controls. Prints {phase: [wall_s, cpu_s]}.
 PHASES = """
 import os, sys, time
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")  # as nodeguard/__main__.py does
 out, last = {}, (time.perf_counter(), time.process_time())
 def done(name):
     global last
@@ -45,8 +44,8 @@ if only is None or "runtime" in only:
     from nodeguard.api_prefetch import ForkedDaemonReader
     reader = ForkedDaemonReader()  # as `check` does first: the child imports the Docker SDK meanwhile
 done("fork the Docker API reader")
-import pydantic
-done("import pydantic")
+import msgspec
+done("import msgspec")
 from nodeguard.policy import load_policy
 from nodeguard.host import HostRoot
 done("import nodeguard.policy (models)")

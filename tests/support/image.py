@@ -150,7 +150,7 @@ def build_python_rootfs(root: Path) -> Path:
     # A shared-library build of CPython finds libpython through its RPATH: ldd names it, and it is
     # copied to that same path below.
     elves = [interpreter, *target_stdlib.glob("lib-dynload/*.so")]
-    # Binary wheels (cryptography, grpcio, pydantic-core, ...) load only glibc's libraries, which
+    # Binary wheels (cryptography, grpcio, msgspec, ...) load only glibc's libraries, which
     # the interpreter's own list already holds; scan them anyway, they are few.
     elves += [Path(str(d.locate_file(f))) for d in runtime_closure(["nodeguard"]).values()
               for f in d.files or [] if str(f).endswith(".so") and not str(f).startswith("..")]

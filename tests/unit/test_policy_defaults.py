@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
+import msgspec
+import msgspec.inspect
 
 from nodeguard.policy import (
     ControlPolicy,
@@ -19,31 +19,37 @@ from nodeguard.policy import (
 REPO = Path(__file__).resolve().parents[2]
 # Not policy values (see the comment above nodeguard.policy._Strict): "unset, inherit" and list items.
 ALLOWED = {(ControlPolicy, "mode"), (ControlPolicy, "rules")} | {
-    (model, name) for model in (FileRequirement, FirewallPort) for name in model.model_fields}
+    (model, f.name) for model in (FileRequirement, FirewallPort) for f in msgspec.structs.fields(model)}
 
 
-def _models(model: type[BaseModel], seen: set[type[BaseModel]]) -> set[type[BaseModel]]:
-    if model in seen:
-        return seen
-    seen.add(model)
-    for info in model.model_fields.values():
-        for arg in (info.annotation, *getattr(info.annotation, "__args__", ())):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                _models(arg, seen)
+def _models(t: msgspec.inspect.Type, seen: set[type[msgspec.Struct]]) -> set[type[msgspec.Struct]]:
+    """Every Struct type reachable from `t`: fields, list items, dict values, optionals."""
+    if isinstance(t, msgspec.inspect.StructType):
+        if t.cls in seen:
+            return seen
+        seen.add(t.cls)
+        for f in t.fields:
+            _models(f.type, seen)
+    elif isinstance(t, msgspec.inspect.ListType):
+        _models(t.item_type, seen)
+    elif isinstance(t, msgspec.inspect.DictType):
+        _models(t.value_type, seen)
+    elif isinstance(t, msgspec.inspect.UnionType):
+        for arm in t.types:
+            _models(arm, seen)
     return seen
 
 
-def _owner(model: type[BaseModel], name: str) -> type[BaseModel]:
+def _owner(model: type[msgspec.Struct], name: str) -> type[msgspec.Struct]:
     return next(base for base in model.__mro__ if name in getattr(base, "__annotations__", {}))
 
 
 def test_no_policy_model_has_a_default_of_its_own() -> None:
-    models = _models(Policy, set())
+    models = _models(msgspec.inspect.type_info(Policy), set())
     assert len(models) > 20  # every control's model was reached
     with_default = sorted(
-        f"{model.__name__}.{name}" for model in models for name, info in model.model_fields.items()
-        if (info.default is not PydanticUndefined or info.default_factory is not None)
-        and (_owner(model, name), name) not in ALLOWED)
+        f"{model.__name__}.{f.name}" for model in models for f in msgspec.structs.fields(model)
+        if not f.required and (_owner(model, f.name), f.name) not in ALLOWED)
     assert with_default == []
 
 

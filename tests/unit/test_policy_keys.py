@@ -1,6 +1,6 @@
 """Every policy key does something (issue 19): the schema is walked, and each key's change is seen.
 
-The keys are enumerated from the pydantic model, recursively (list items too), so a key added
+The keys are enumerated from the policy's msgspec Structs, recursively (list items too), so a key added
 without a behaviour case here fails `test_every_schema_key_has_a_behaviour_case`. For each key the
 embedded default (plus the case's `base`, when the default cannot show the key's effect) is
 compared with the same policy where only that key changed; the two must behave differently:
@@ -25,14 +25,13 @@ import subprocess
 import tempfile
 import threading
 import time
-import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec.inspect
 import pytest
-from pydantic import BaseModel
 
 from nodeguard.audit import apply_modes, run_audit
 from nodeguard.controls import all_controls
@@ -58,18 +57,16 @@ HEAD: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND}
 PID = 4242  # the fake dockerd's pid in the world's fake /proc
 
 
-def schema_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+def schema_keys(model: msgspec.inspect.StructType, prefix: str = "") -> list[str]:
     """Every key of the policy, dotted as written in a file; items of a list of objects as `key[].sub`."""
     out: list[str] = []
-    for name, info in model.model_fields.items():
-        key = f"{prefix}{info.alias or name}"
-        ann = info.annotation
-        args = typing.get_args(ann)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out += schema_keys(ann, key + ".")
-        elif typing.get_origin(ann) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+    for f in model.fields:
+        key = f"{prefix}{f.encode_name}"
+        if isinstance(f.type, msgspec.inspect.StructType):
+            out += schema_keys(f.type, key + ".")
+        elif isinstance(f.type, msgspec.inspect.ListType) and isinstance(f.type.item_type, msgspec.inspect.StructType):
             out.append(key)
-            out += schema_keys(args[0], key + "[].")
+            out += schema_keys(f.type.item_type, key + "[].")
         else:
             out.append(key)
     return out
@@ -449,7 +446,7 @@ for _ctl in all_controls():
     CASES[f"{CTL}{_ctl.policy_key}.rules"] = _control_case(f"{CTL}{_ctl.policy_key}.rules",
                                                            {_ctl.rules[0].id: "enforce"}, _base)
 
-KEYS = schema_keys(Policy)
+KEYS = schema_keys(msgspec.inspect.type_info(Policy))
 
 
 def test_every_schema_key_has_a_behaviour_case() -> None:
