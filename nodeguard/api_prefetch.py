@@ -16,6 +16,7 @@ reaps one that is still reading: no process outlives `check`.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -63,6 +64,26 @@ def _serve(requests: int, answers: int) -> int:
     reads = read_daemon(Path(asked["real"]), asked["shown"], float(asked["timeout"]))
     _write_all(answers, json.dumps(asdict(reads)).encode())
     return 0
+
+
+_early: ForkedDaemonReader | None = None
+
+
+def start_early() -> None:
+    """Fork the reader now, for `check` to take (nodeguard.__main__, before the CLI is imported).
+
+    A run that never takes it (a usage error, --help) ends it at exit."""
+    global _early
+    _early = ForkedDaemonReader.start()
+    if _early is not None:
+        atexit.register(_early.close)
+
+
+def take_early() -> ForkedDaemonReader | None:
+    """The reader start_early forked, once; None if there is none."""
+    global _early
+    reader, _early = _early, None
+    return reader
 
 
 class ForkedDaemonReader:

@@ -157,12 +157,12 @@ def check(host_root: Path, policy: Path | None, output_format: str, output: Path
 
     With no Docker engine under the host root (and no --only/--check), one line says so, exit 0.
     """
-    reader = None
-    if not only or "runtime" in only:
-        # Forked before anything heavy is imported: it imports the Docker SDK while this process
-        # loads the policy and the controls (nodeguard.api_prefetch).
-        from nodeguard.api_prefetch import ForkedDaemonReader
+    # Forked before anything heavy is imported (by nodeguard.__main__ when it can, before click):
+    # it imports the Docker SDK while this process loads the policy and the controls.
+    from nodeguard.api_prefetch import ForkedDaemonReader, take_early
 
+    reader = take_early()
+    if reader is None and (not only or "runtime" in only):
         reader = ForkedDaemonReader.start()
     try:
         _check(host_root, policy, output_format, output, fail_on, select, skip, only, failed_only, remediation,

@@ -131,3 +131,31 @@ def test_a_check_that_cannot_fork_reads_in_process(tmp_path: Path) -> None:
         assert refused >= 1, "the limit never refused a fork: the test did not test the fallback"
     finally:
         group.rmdir()
+
+
+@pytest.mark.parametrize(("args", "forks"), [
+    ([], True),
+    (["--only", "runtime"], True),
+    (["--only=runtime", "--only", "socket"], True),
+    (["--only", "socket"], False),
+    (["--only=docker-group"], False),
+    (["--format", "json", "--help"], False),
+])
+def test_main_forks_the_reader_before_the_cli_only_when_check_may_read_the_daemon(
+        args: list[str], forks: bool) -> None:
+    from nodeguard.__main__ import _may_read_the_daemon
+
+    assert _may_read_the_daemon(args) is forks
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("args", [["--format", "nope"], ["--help"], ["--policy", "/nonexistent/policy.yaml"]])
+def test_a_check_that_ends_before_its_audit_leaves_no_reader_behind(sandbox: Sandbox, args: list[str]) -> None:
+    """A usage error, --help or a policy that does not load: the reader forked before the CLI ends with it."""
+    with hung_socket(sandbox.path("/run/docker.sock")) as held:
+        run = run_and_count_orphans([sys.executable, "-m", "nodeguard", "check", "--host-root", str(sandbox.root),
+                                     *args])
+        time.sleep(0.3)
+        assert held == []
+    assert run.returncode in (0, 2), run.stderr
+    assert run.left == []
