@@ -8,7 +8,6 @@ file themselves.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 import weakref
@@ -130,6 +129,9 @@ def _read_into(host: HostRoot, obs: DaemonConfigObservation) -> None:
             obs.raw, obs.config, obs.error = last.raw, last.config, last.error
             return
         raw = host.read_bytes(path, follow=False)
+        if len(raw) > REREAD_ABOVE:
+            import hashlib  # only for a big file: OpenSSL's _hashlib costs every pass ~4 ms to load
+
         for _ in range(3):
             if len(raw) <= REREAD_ABOVE:
                 break

@@ -22,7 +22,6 @@ refused outright when the rules are immutable with `-e 2`), so nodeguard says wh
 from __future__ import annotations
 
 import shlex
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -314,11 +313,12 @@ class HostAuditControl(Control):
         # auditctl talks to *this* machine's kernel: that is the host only when the root is `/`.
         if s.auditctl == "never" or ctx.host.root != Path("/"):
             return
+        import shutil  # both only when the host root is this machine's own `/`
+        import subprocess
+
         auditctl = shutil.which("auditctl")
         if auditctl is None:
             return
-        import subprocess  # only when the host root is this machine's own `/`
-
         try:
             proc = subprocess.run([auditctl, "-l"], capture_output=True, text=True, timeout=AUDITCTL_TIMEOUT,
                                   check=False)

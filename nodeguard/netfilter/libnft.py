@@ -8,7 +8,6 @@ with `json=True` for output) and run in the caller's network namespace.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import shutil
 import threading
@@ -73,7 +72,9 @@ def _load_libnftables() -> ctypes.CDLL:
     try:
         return ctypes.CDLL(_SONAME)
     except OSError:
-        name = ctypes.util.find_library("nftables")
+        from ctypes.util import find_library  # ~5 ms (shutil, tempfile, subprocess): only when needed
+
+        name = find_library("nftables")
         if name is None or name == _SONAME:
             raise
         return ctypes.CDLL(name)
@@ -138,6 +139,8 @@ def shared_nft() -> Nft:
 
 def nft_via() -> str:
     """How nft commands would run here, without making a context."""
-    if ctypes.util.find_library("nftables"):
+    from ctypes.util import find_library
+
+    if find_library("nftables"):
         return "libnftables"
     return "nft binary" if shutil.which("nft") else "nothing (neither libnftables nor nft)"

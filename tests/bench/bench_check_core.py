@@ -108,9 +108,13 @@ def main() -> None:
         out = subprocess.run(cases["check --format json"], capture_output=True, text=True, cwd=REPO, check=False,
                              env=ENV)
         summary = json.loads(out.stdout)["summary"]
-        results: dict[str, list[Run]] = {}
-        for name, argv in cases.items():
-            results[name] = [run_once(argv) for _ in range(args.runs)]
+        # Round-robin, one run of each command per round: this machine's speed drifts by up to 2x
+        # within minutes (other guests on its host), and each command must see the same drift. The
+        # "x floor" column is the median over rounds of a run's wall time over its round's floor.
+        results: dict[str, list[Run]] = {name: [] for name in cases}
+        for _ in range(args.runs):
+            for name, argv in cases.items():
+                results[name].append(run_once(argv))
         split = json.loads(subprocess.run([*in_netns, sys.executable, "-c", PER_CONTROL, str(sb.root),
                                            str(args.runs)], capture_output=True, text=True, cwd=REPO,
                                           check=True, env=ENV).stdout)
@@ -123,13 +127,16 @@ def main() -> None:
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print()
     head = f"{'median':>8} {'min':>8} {'max':>8}"
-    print(f"{'command':<28} {'exit':>4} | {'wall ms':^26} | {'CPU ms (user+sys)':^26} | {'peak RSS MiB':^26}")
-    print(f"{'':<28} {'':>4} | {head} | {head} | {head}")
-    print("-" * 120)
+    print(f"{'command':<28} {'exit':>4} | {'wall ms':^26} | {'x floor':>7} | {'CPU ms (user+sys)':^26} | "
+          f"{'peak RSS MiB':^26}")
+    print(f"{'':<28} {'':>4} | {head} | {'median':>7} | {head} | {head}")
+    print("-" * 130)
+    floors = results["python -c pass (floor)"]
     for name, runs in results.items():
         codes = sorted({r.exit_code for r in runs})
+        ratio = statistics.median(r.wall_s / f.wall_s for r, f in zip(runs, floors, strict=True))
         print(f"{name:<28} {','.join(map(str, codes)):>4} | {stats([r.wall_s * 1000 for r in runs])} | "
-              f"{stats([r.cpu_s * 1000 for r in runs])} | {stats([r.maxrss_mib for r in runs])}")
+              f"{ratio:7.1f} | {stats([r.cpu_s * 1000 for r in runs])} | {stats([r.maxrss_mib for r in runs])}")
     print()
     print(f"one audit pass by control, wall ms (median/min/max of {args.runs} passes in one process; "
           f"imports before them: {split['imports'] * 1000:.0f} ms)")
