@@ -316,3 +316,24 @@ def test_cis_list() -> None:
     assert ids[:3] == ["1.1.1", "1.1.2", "1.1.3"] and "5.5" in ids
     icc = next(r for r in rows if r["id"] == "2.2")
     assert icc["nodeguard"] == "enforce" and icc["rules"] == ["daemon-config/icc"]
+
+
+@pytest.mark.parametrize("to_file", [False, True])
+def test_a_big_report_arrives_whole_before_check_exits(sandbox: Sandbox, tmp_path: Path, to_file: bool) -> None:
+    """`check` ends without tearing the interpreter down (nodeguard.__main__._exit_now): what it
+    wrote must still arrive whole, through a pipe (read here by a slower reader) or in --output,
+    with its exit code. 20,000 docker group members: a ~10 MB report, far beyond any buffer."""
+    from tests.support.bigfiles import big_group
+
+    sandbox.write("/etc/group", big_group(20_000))
+    out = tmp_path / "report.json"
+    args = ["-o", str(out)] if to_file else []
+    # Block-buffered stdout, as a pipe gets it outside this test environment (PYTHONUNBUFFERED is
+    # set here; an empty value unsets it).
+    proc = run_nodeguard("check", "--host-root", str(sandbox.root), "--only", "docker-group", "--format", "json",
+                         *args, timeout=120, env={"PYTHONUNBUFFERED": ""})
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(out.read_text() if to_file else proc.stdout)
+    members = {f["subject"] for f in report["findings"] if f["rule"] == "member-allowed" and f["status"] == "fail"}
+    assert len(members) == 20_000
+    assert report["summary"]["fail"] >= 20_000
