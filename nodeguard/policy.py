@@ -17,7 +17,7 @@ import os
 import pkgutil
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -211,18 +211,22 @@ def _no_restart(value: bool) -> bool:
     return value
 
 
-def _acl_entries(value: list[str]) -> list[str]:
-    for entry in value:
-        if not re.match(r"^(user|group):[^:]+:[r-][w-][x-]$", entry):
-            raise ValueError(f"ACL entry {entry!r} must look like user:NAME:rw- or group:NAME:r--")
-    return value
+def _each_matching(pattern: re.Pattern[str], why: str) -> Callable[[list[str]], list[str]]:
+    """A check that every item of a list matches `pattern`; `why` names the first that does not ({!r})."""
+    def check(value: list[str]) -> list[str]:
+        for item in value:
+            if not pattern.match(item):
+                raise ValueError(why.format(item))
+        return value
+
+    return check
 
 
-def _user_names(value: list[str]) -> list[str]:
-    for name in value:
-        if not _NAME.match(name):
-            raise ValueError(f"{name!r} is not a valid user name")
-    return value
+_acl_entries = _each_matching(re.compile(r"^(user|group):[^:]+:[r-][w-][x-]$"),
+                              "ACL entry {!r} must look like user:NAME:rw- or group:NAME:r--")
+_user_names = _each_matching(_NAME, "{!r} is not a valid user name")
+_container_names = _each_matching(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+                                  "{!r} is not a container name (matched whole, without the leading /)")
 
 
 def _cidrs(value: list[str]) -> list[str]:
@@ -233,13 +237,6 @@ def _cidrs(value: list[str]) -> list[str]:
         except ValueError as exc:
             raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 network: {exc}") from None
     return out
-
-
-def _container_names(value: list[str]) -> list[str]:
-    for name in value:
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
-            raise ValueError(f"{name!r} is not a container name (matched whole, without the leading /)")
-    return value
 
 
 def _capabilities(value: list[str]) -> list[str]:

@@ -183,13 +183,8 @@ def _collect(value: Any, tp: Any, loc: Loc, problems: list[tuple[Loc, str]], unk
     converts whole is not walked.
     """
     checks = _checks_in(tp)
-    for check in checks:
-        try:
-            if check.before is not None:
-                check.before(value)
-        except ValueError as exc:
-            problems.append((loc, str(exc)))
-            return value
+    if any(c.before is not None and _refused(c.before, value, loc, problems) for c in checks):
+        return value
     bare, found = _bare(tp), len(problems)
     value = _lax(value, bare)
     try:
@@ -204,14 +199,20 @@ def _collect(value: Any, tp: Any, loc: Loc, problems: list[tuple[Loc, str]], unk
             where = _path(exc)
             problems.append(((*loc, *where), _why(exc, None if where else tp, value)))
             return value
-    for check in checks:
-        try:
-            if check.after is not None:
-                check.after(converted)
-        except ValueError as exc:
-            problems.append((loc, str(exc)))
-            break
+    for c in checks:
+        if c.after is not None and _refused(c.after, converted, loc, problems):
+            break  # the first problem of a value, as pydantic stopped at its first failing validator
     return value
+
+
+def _refused(check: Callable[[Any], object], value: Any, loc: Loc, problems: list[tuple[Loc, str]]) -> bool:
+    """Run one Check function; a ValueError is the problem at `loc`."""
+    try:
+        check(value)
+    except ValueError as exc:
+        problems.append((loc, str(exc)))
+        return True
+    return False
 
 
 def _collect_within(value: Any, bare: Any, loc: Loc, problems: list[tuple[Loc, str]], unknown_key: str) -> Any:
