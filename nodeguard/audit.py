@@ -146,11 +146,7 @@ def run_audit(
     ctx = Context(host, policy, proc)
     wanted = set(only) if only else None
     report = AuditReport(started=time.time())
-    if controls is None:
-        # Only the controls that can be chosen are imported (the catalog knows their keys and rules).
-        controls = all_controls(candidates(wanted, select))
-    chosen = [c for c in controls if runs(c.name, c.policy_key, {r.id for r in c.rules}, policy,
-                                          wanted=wanted, select=select, skip=skip)]
+    chosen = choose_controls(policy, wanted=wanted, select=select, skip=skip, controls=controls)
     api = [c for c in chosen if c.name in _API_CONTROLS]
     results: dict[str, ControlResult]
     if api and daemon_reader is not None:
@@ -177,6 +173,16 @@ def run_audit(
     report.results = [_selected(results[c.name], select, skip) for c in chosen]
     report.ended = time.time()
     return report
+
+
+def choose_controls(policy: Policy, *, wanted: Collection[str] | None, select: Collection[tuple[str, str]] | None,
+                    skip: Collection[tuple[str, str]], controls: Iterable[Control] | None = None) -> list[Control]:
+    """The controls a run covers, in run order (`controls`: every control when None)."""
+    if controls is None:
+        # Only the controls that can be chosen are imported (the catalog knows their keys and rules).
+        controls = all_controls(candidates(wanted, select))
+    return [c for c in controls if runs(c.name, c.policy_key, {r.id for r in c.rules}, policy,
+                                        wanted=wanted, select=select, skip=skip)]
 
 
 _DOCKERD_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin")

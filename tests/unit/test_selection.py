@@ -1,14 +1,13 @@
 """Which controls a run covers is decided from the catalog before any control is imported
 (`check` needs it to know whether its forked Docker API reader has work): it must be exactly the
-controls the audit then runs."""
+controls the audit then runs, chosen from the control classes' own rules (nothing is run here:
+the firewall and listeners controls would read this machine's network namespace)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from nodeguard.audit import run_audit
+from nodeguard.audit import choose_controls
 from nodeguard.catalog import rules_matching
 from nodeguard.policy import parse_policy
 from nodeguard.selection import controls_to_run
@@ -32,15 +31,14 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_the_catalog_names_exactly_the_controls_the_audit_runs(tmp_path: Path, case: str) -> None:
+def test_the_catalog_names_exactly_the_controls_the_audit_runs(case: str) -> None:
     text, only, check, skip = CASES[case]
     policy = parse_policy(text)
     select = rules_matching(check)[0] if check else None
     skipped = rules_matching(skip)[0] if skip else set()
     wanted = set(only) or None
     named = controls_to_run(policy, wanted=wanted, select=select, skip=skipped)
-    report = run_audit(tmp_path, policy, only=only or None, select=select, skip=skipped)
-    assert named == [r.control.name for r in report.results]
+    assert named == [c.name for c in choose_controls(policy, wanted=wanted, select=select, skip=skipped)]
 
 
 def test_the_cases_tell_runtime_in_and_out() -> None:
