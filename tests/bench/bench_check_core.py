@@ -5,12 +5,14 @@
 Needs root, dockerd and busybox-static (a real daemon on a sandbox host root, in its own network
 namespace, like the tests). Every run is a fresh `python -m nodeguard check` subprocess, started
 inside the daemon's network namespace (so the firewall and listener controls read the daemon's
-network, not this machine's) and reaped with wait4(), whose rusage gives that one child's peak
-RSS. Prints the median, min and max of `--runs` runs per command line. Two floors are measured in
-the same run: `python -c pass` (the interpreter alone) and `nodeguard version` (the CLI's own
-imports); the pod's probe (`python -m nodeguard.health`) is timed beside them. A second table
-splits one audit pass by control (in one process, after the imports, a fresh Context per pass as
-the agent makes). docker-bench-security is not run: it is no Debian, PyPI or npm package here.
+network, not this machine's) by a small spawner process (see Spawner) and reaped with wait4(),
+whose rusage gives that child's peak RSS. The commands run round-robin; the table gives the
+median, min and max of `--runs` runs per command line, and each run's wall time over its round's
+floor. Two floors are measured in the same run: `python -c pass` (the interpreter alone) and
+`nodeguard version` (the CLI's own imports); the pod's probe (`python -m nodeguard.health`) is timed
+beside them. A second table splits one audit pass by control (in one process, after the imports, a
+fresh Context per pass as the agent makes). docker-bench-security is not run: it is no Debian, PyPI
+or npm package here.
 
 The children run without PYTHONDONTWRITEBYTECODE: the warm-up run writes nodeguard's .pyc files
 and every timed run reads them, as an installed package's would be (pip compiles them). With it
@@ -28,8 +30,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from tests.bench.audit_host import audit_host
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -63,14 +63,54 @@ class Run:
     exit_code: int
 
 
-def run_once(argv: list[str]) -> Run:
-    t = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=ENV)
-    # wait4 reaps this very child and returns its own rusage (ru_maxrss in KiB on Linux).
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode)
+class Spawner:
+    """Starts every timed command from a process forked before this benchmark imported anything big.
+
+    The kernel carries the exec'ing process's RSS high-water mark into the new program's ru_maxrss:
+    started from this benchmark (~30 MiB once the sandbox support is imported), no command could
+    show a peak below that. The spawner is forked at ~10 MiB, so the floor row shows what a bare
+    interpreter really takes and `check` its own peak (its forked reader included: wait4's rusage
+    covers the descendants it reaped)."""
+
+    def __init__(self) -> None:
+        req_r, self._requests = os.pipe()
+        self._answers, ans_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self._requests)
+            os.close(self._answers)
+            try:
+                self._serve(req_r, ans_w)
+            finally:
+                os._exit(0)
+        os.close(req_r)
+        os.close(ans_w)
+        self._out = os.fdopen(self._requests, "w", buffering=1)
+        self._in = os.fdopen(self._answers, "r")
+
+    @staticmethod
+    def _serve(requests: int, answers: int) -> None:
+        os.chdir(REPO)
+        devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
+        with os.fdopen(requests) as lines, os.fdopen(answers, "w", buffering=1) as out:
+            for line in lines:
+                argv = json.loads(line)
+                t = time.perf_counter()
+                pid = os.posix_spawnp(argv[0], argv, ENV, file_actions=devnull)
+                # wait4 reaps this very child and returns its own rusage (ru_maxrss in KiB on Linux).
+                _, status, usage = os.wait4(pid, 0)
+                out.write(json.dumps([time.perf_counter() - t, usage.ru_utime + usage.ru_stime,
+                                      usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)]) + "\n")
+
+    def run(self, argv: list[str]) -> Run:
+        self._out.write(json.dumps(argv) + "\n")
+        wall, cpu, rss, code = json.loads(self._in.readline())
+        return Run(wall, cpu, rss, code)
+
+    def close(self) -> None:
+        self._out.close()
+        self._in.close()
+        os.waitpid(self.pid, 0)
 
 
 def stats(values: list[float]) -> str:
@@ -82,6 +122,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--containers", type=int, default=10, help="created containers the runtime checks list")
     args = ap.parse_args()
+
+    spawner = Spawner()  # before the sandbox support below is imported
+    from tests.bench.audit_host import audit_host
 
     with audit_host(args.containers) as (sb, d):
         in_netns = ["nsenter", f"--net=/var/run/netns/{d.netns}"]
@@ -114,7 +157,8 @@ def main() -> None:
         results: dict[str, list[Run]] = {name: [] for name in cases}
         for _ in range(args.runs):
             for name, argv in cases.items():
-                results[name].append(run_once(argv))
+                results[name].append(spawner.run(argv))
+        spawner.close()
         split = json.loads(subprocess.run([*in_netns, sys.executable, "-c", PER_CONTROL, str(sb.root),
                                            str(args.runs)], capture_output=True, text=True, cwd=REPO,
                                           check=True, env=ENV).stdout)
