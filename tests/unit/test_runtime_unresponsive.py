@@ -114,8 +114,8 @@ print(json.dumps({"reader": reader is not None, "fds_kept": sorted(os.listdir("/
 
 @pytest.mark.root
 def test_a_check_that_cannot_fork_reads_in_process(tmp_path: Path) -> None:
-    """Under a pids limit (a container's pids.max) fork fails: no reader, no leaked pipe, and
-    `check` goes on with the read in process."""
+    """Under a pids limit (a container's pids.max) fork fails: `start` gives no reader instead of an
+    error and leaks no pipe; `check` then reads in process, the path every test without a reader takes."""
     require_root()
     pids = Path("/sys/fs/cgroup/pids")
     require(pids.is_dir(), "needs the cgroup v1 pids controller at /sys/fs/cgroup/pids")
