@@ -182,9 +182,3 @@ class ForkedDaemonReader:
         if done == 0:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-
-    def __enter__(self) -> ForkedDaemonReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
