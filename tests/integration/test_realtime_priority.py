@@ -7,7 +7,6 @@ Threads are counted by their scheduling policy as the kernel reports it (sched_g
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import threading
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from nodeguard.priority import is_realtime, make_realtime, to_normal_priority
 from tests.support.agent import is_event, running_agent
+from tests.support.hung_daemon import socket_file
 from tests.support.sandbox import DOCKER_GID, Sandbox, require_root
 
 pytestmark = [pytest.mark.root]
@@ -52,12 +52,7 @@ def test_a_thread_goes_realtime_and_back() -> None:
 def test_the_inotify_reader_and_the_socket_lane_run_realtime_and_nothing_else(sandbox: Sandbox,
                                                                              tmp_path: Path) -> None:
     require_root()
-    sock_path = sandbox.path("/run/docker.sock")
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(sock_path))
-    try:
-        os.chown(sock_path, 0, DOCKER_GID)
-        sock_path.chmod(0o660)
+    with socket_file(sandbox.path("/run/docker.sock"), DOCKER_GID) as sock_path:
         state = tmp_path / "state"
         with running_agent(sandbox.root, state, "--mode", "enforce") as agent:
             deadline = time.monotonic() + 10
@@ -75,5 +70,3 @@ def test_the_inotify_reader_and_the_socket_lane_run_realtime_and_nothing_else(sa
             while fifo_threads(agent.proc.pid) != 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert fifo_threads(agent.proc.pid) == 2
-    finally:
-        server.close()

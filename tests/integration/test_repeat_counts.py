@@ -7,9 +7,7 @@ its revert. README "Rate".)
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import stat
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import is_event, running_agent
+from tests.support.hung_daemon import socket_file
 from tests.support.sandbox import DOCKER_GID, Sandbox, require_root
 
 pytestmark = [pytest.mark.root]
@@ -28,15 +27,10 @@ ENFORCE = ("apiVersion: nodeguard.io/v1alpha1\nkind: NodeGuardPolicy\nspec:\n  m
 def test_counted_repeats_survive_a_sigkill_and_are_sent_at_the_next_start(sandbox: Sandbox,
                                                                            tmp_path: Path) -> None:
     require_root()
-    sock_path = sandbox.path("/run/docker.sock")
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(sock_path))
-    os.chown(sock_path, 0, DOCKER_GID)
-    sock_path.chmod(0o660)
     policy = tmp_path / "p.yaml"
     policy.write_text(ENFORCE)
     state = tmp_path / "state"
-    try:
+    with socket_file(sandbox.path("/run/docker.sock"), DOCKER_GID) as sock_path:
         with running_agent(sandbox.root, state, "--policy", str(policy)) as agent:
             for _ in range(4):  # one event out, three repeats counted (not sent: watched on the host)
                 sock_path.chmod(0o666)
@@ -60,5 +54,3 @@ def test_counted_repeats_survive_a_sigkill_and_are_sent_at_the_next_start(sandbo
                                      and e["attributes"].get("nodeguard.observed") == "0666"
                                      and "nodeguard.aggregate.count" in e["attributes"])
             assert summary["attributes"]["nodeguard.aggregate.count"] == 3
-    finally:
-        server.close()

@@ -1,4 +1,5 @@
-"""A daemon socket that accepts connections and never answers: a hung dockerd, for real."""
+"""Stand-ins for the daemon's socket: one nothing listens on, and one that accepts connections and
+never answers (a hung dockerd, for real)."""
 
 from __future__ import annotations
 
@@ -41,4 +42,18 @@ def hung_socket(path: Path, gid: int = 0) -> Iterator[list[socket.socket]]:
         t.join(2)
         for conn in held:
             conn.close()
+        server.close()
+
+
+@contextlib.contextmanager
+def socket_file(path: Path, gid: int = 0) -> Iterator[Path]:
+    """A unix socket bound at `path` (root:`gid` 0660) that nothing listens on: the socket file the
+    socket control guards, with no daemon behind it (a connect is refused at once)."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    try:
+        os.chown(path, 0, gid)
+        path.chmod(0o660)
+        yield path
+    finally:
         server.close()
